@@ -1,0 +1,213 @@
+"""Reference attention on stock diffusers: "write" and "read" attention processors.
+
+The UNet's self-attention takes its queries from its own tokens and its keys/values
+from ``[own, source state, driving state]`` along the token axis.  The authors' code
+uses all three as queries and keeps the first third of the output; each query row is
+independent, so queries from the own tokens alone give the same result at a third of
+the cost (proved by ``tests/test_attention.py``).  The reference keys/values do not
+depend on the timestep, so they are projected once per sampling run and cached.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from .states import parse_attn1_name, sorted_in_forward_order
+
+ROUTING_MODES = ("as_trained", "per_layer")
+
+
+def attn1_names(unet: torch.nn.Module) -> list[str]:
+    """Names of the self-attention layers of the transformer blocks, in forward order."""
+    names = [
+        name
+        for name, module in unet.named_modules()
+        if name.endswith("attn1") and isinstance(module, Attention) and ".transformer_blocks." in name
+    ]
+    return sorted_in_forward_order(names)
+
+
+def route_states(unet_layers: list[str], mode: str = "as_trained") -> dict[str, str]:
+    """Map each UNet ``attn1`` layer to the ReferenceNet layer whose state it reads.
+
+    ``as_trained``: every attention of a block reads the state of the ReferenceNet's
+    *first* attention of the same block (``...attentions.0.transformer_blocks.t``): this
+    is how the published weights were trained.  ``per_layer``: each layer reads its own
+    counterpart, as the paper's prose describes.
+    """
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown state routing {mode!r}: choose one of {ROUTING_MODES}")
+    routing = {}
+    for name in unet_layers:
+        if mode == "per_layer":
+            routing[name] = name
+            continue
+        kind, block, _attn, tb = parse_attn1_name(name)
+        prefix = "mid_block" if kind == "mid_block" else f"{kind}.{block}"
+        routing[name] = f"{prefix}.attentions.0.transformer_blocks.{tb}.attn1"
+    return routing
+
+
+def _heads(attn: Attention, tensor: torch.Tensor) -> torch.Tensor:
+    batch, tokens, inner = tensor.shape
+    return tensor.view(batch, tokens, attn.heads, inner // attn.heads).transpose(1, 2)
+
+
+def _finish(attn: Attention, out: torch.Tensor) -> torch.Tensor:
+    batch, heads, tokens, head_dim = out.shape
+    out = out.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out / attn.rescale_output_factor
+
+
+def _check_plain(attn: Attention) -> None:
+    if attn.group_norm is not None or attn.spatial_norm is not None or attn.residual_connection:
+        raise ValueError("reference attention supports only plain transformer self-attention layers")
+    if attn.norm_q is not None or attn.norm_k is not None:
+        raise ValueError("reference attention does not support query/key normalisation layers")
+
+
+def project_reference(attn: Attention, reference_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the reference tokens, split into heads: computed once per run."""
+    return _heads(attn, attn.to_k(reference_tokens)), _heads(attn, attn.to_v(reference_tokens))
+
+
+def reference_attention(
+    attn: Attention, hidden_states: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor
+) -> torch.Tensor:
+    """Queries from the own tokens; keys/values ``[own, reference]`` (reference already projected)."""
+    _check_plain(attn)
+    query = _heads(attn, attn.to_q(hidden_states))
+    key = torch.cat([_heads(attn, attn.to_k(hidden_states)), ref_key.to(query.dtype)], dim=2)
+    value = torch.cat([_heads(attn, attn.to_v(hidden_states)), ref_value.to(query.dtype)], dim=2)
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    return _finish(attn, out)
+
+
+def reference_attention_naive(
+    attn: Attention, hidden_states: torch.Tensor, source_state: torch.Tensor, driving_state: torch.Tensor
+) -> torch.Tensor:
+    """The authors' formulation: all 3N tokens as queries, keys and values; keep the first third.
+
+    Kept as the numerical reference for tests and the speed benchmark.
+    """
+    _check_plain(attn)
+    tokens = hidden_states.shape[1]
+    joint = torch.cat([hidden_states, source_state.to(hidden_states.dtype), driving_state.to(hidden_states.dtype)], 1)
+    query, key, value = (_heads(attn, proj(joint)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    return _finish(attn, out[:, :, :tokens])
+
+
+class CaptureComplete(Exception):
+    """Raised inside a ReferenceNet forward once every needed state is recorded."""
+
+
+class StateRecorder:
+    """"Write" processor: records the input of ``attn1`` (= ``norm1(x)``), then attends normally.
+
+    When this is the last layer whose state is needed, it stops the forward pass: the
+    layers after it never influence the result.
+    """
+
+    def __init__(self, name: str, store: dict, stop_after: bool):
+        self.name, self.store, self.stop_after = name, store, stop_after
+        self._plain = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        self.store[self.name] = hidden_states
+        if self.stop_after:
+            raise CaptureComplete
+        return self._plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+@torch.no_grad()
+def capture_states(
+    refnet: torch.nn.Module,
+    latents: torch.Tensor,
+    embeds: torch.Tensor,
+    layer_names: list[str],
+    timestep: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Run a ReferenceNet once at ``timestep`` and return the states of ``layer_names``.
+
+    The processors installed for the capture are removed again afterwards, whatever happens.
+    """
+    layer_names = sorted_in_forward_order(layer_names)
+    available = set(attn1_names(refnet))
+    missing = [n for n in layer_names if n not in available]
+    if missing:
+        raise ValueError(f"the ReferenceNet has no self-attention layer(s) {missing}: does it match the UNet?")
+    store: dict[str, torch.Tensor] = {}
+    original = refnet.attn_processors
+    processors = dict(original)
+    for name in layer_names:
+        processors[f"{name}.processor"] = StateRecorder(name, store, stop_after=name == layer_names[-1])
+    refnet.set_attn_processor(processors)
+    try:
+        refnet(latents, timestep, encoder_hidden_states=embeds, return_dict=False)
+    except CaptureComplete:
+        pass
+    finally:
+        refnet.set_attn_processor(original)
+    return {name: store[name] for name in layer_names}
+
+
+class ReferenceContext:
+    """The reference tokens of one sampling run, shared by all "read" processors.
+
+    ``tokens[ref_layer]`` is ``[batch, N_src + N_drv, C]`` in the row order of the UNet
+    batch.  Projected keys/values are cached per UNet layer, since each UNet layer has
+    its own projections, and dropped at the end of the run.
+    """
+
+    def __init__(self):
+        self.tokens: dict[str, torch.Tensor] | None = None
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cache_projections = True
+
+    def begin(self, tokens: dict[str, torch.Tensor]) -> None:
+        self.tokens, self._cache = tokens, {}
+
+    def end(self) -> None:
+        self.tokens, self._cache = None, {}
+
+    def keys_values(self, layer: str, ref_layer: str, attn: Attention):
+        if self.tokens is None:
+            raise RuntimeError(
+                "the UNet was called without reference states: use FaceAnonPipeline, or "
+                "ReferenceContext.begin() before calling the UNet directly"
+            )
+        cached = self._cache.get(layer)
+        if cached is None:
+            cached = project_reference(attn, self.tokens[ref_layer])
+            if self.cache_projections:
+                self._cache[layer] = cached
+        return cached
+
+
+class ReferenceReader:
+    """"Read" processor for a UNet ``attn1`` layer: extends keys/values with reference tokens."""
+
+    def __init__(self, name: str, ref_layer: str, context: ReferenceContext):
+        self.name, self.ref_layer, self.context = name, ref_layer, context
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError(f"{self.name}: reference self-attention takes no context and no mask")
+        key, value = self.context.keys_values(self.name, self.ref_layer, attn)
+        if key.shape[0] != hidden_states.shape[0]:
+            raise ValueError(
+                f"{self.name}: {hidden_states.shape[0]} UNet rows but reference states for {key.shape[0]}"
+            )
+        return reference_attention(attn, hidden_states, key, value)
+
+
+def install_readers(unet: torch.nn.Module, routing: dict[str, str], context: ReferenceContext) -> None:
+    """Give every routed UNet ``attn1`` a read processor; all other layers keep theirs."""
+    processors = dict(unet.attn_processors)
+    for layer, ref_layer in routing.items():
+        processors[f"{layer}.processor"] = ReferenceReader(layer, ref_layer, context)
+    unet.set_attn_processor(processors)

@@ -1,0 +1,293 @@
+"""FaceAnonPipeline: the dual-reference method on stock diffusers.
+
+Per call: CLIP pooled embeddings of source and driving images; Eq. 1 on the source
+embedding; the source ReferenceNet on the source latents (conditional) and on zero
+latents with a zero embedding (unconditional); Eq. 2 on the source states; the driving
+ReferenceNet on the driving image; then a denoising loop in which every UNet
+self-attention also attends to ``[source, driving]`` states, with classifier-free
+guidance ``(1-g)·uncond + g·cond`` over the source side.  Any diffusers scheduler works.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from .attention import ReferenceContext, attn1_names, capture_states, install_readers, route_states
+from .states import ReferenceStates, expand_batch, mix_embeds
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class FaceAnonOutput:
+    images: list | np.ndarray | torch.Tensor
+
+
+def to_image_batch(images, what: str = "images") -> torch.Tensor:
+    """PIL / uint8 numpy / float tensors, single or lists -> float32 ``[B,3,H,W]`` in 0..1.
+
+    Tensors are ``[3,H,W]`` or ``[B,3,H,W]`` (channels-last ``[...,H,W,3]`` is accepted too)
+    in 0..1; numpy arrays are uint8 ``[H,W,3]``/``[B,H,W,3]`` or float in 0..1.
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError(f"{what}: an empty list was given, pass at least one image")
+        return torch.cat([to_image_batch(image, what) for image in images])
+    if isinstance(images, Image.Image):
+        return to_image_batch(np.asarray(images.convert("RGB")), what)
+    if isinstance(images, np.ndarray):
+        if images.dtype == np.uint8:
+            array = images.astype(np.float32) / 255.0
+        elif np.issubdtype(images.dtype, np.floating):
+            array = images.astype(np.float32)
+        else:
+            raise ValueError(f"{what}: numpy images must be uint8 or float in 0..1, got {images.dtype}")
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 3 else tensor
+        return to_image_batch(tensor.permute(0, 3, 1, 2), what)
+    if isinstance(images, torch.Tensor):
+        tensor = images.detach().float().cpu()
+        if tensor.ndim == 3:
+            tensor = tensor.unsqueeze(0)
+        if tensor.ndim != 4:
+            raise ValueError(f"{what}: expected an image tensor [B,3,H,W], got shape {tuple(images.shape)}")
+        if tensor.shape[1] not in (1, 3, 4) and tensor.shape[-1] in (1, 3, 4):
+            tensor = tensor.permute(0, 3, 1, 2)
+        if tensor.shape[1] == 1:
+            tensor = tensor.expand(-1, 3, -1, -1)
+        elif tensor.shape[1] == 4:
+            tensor = tensor[:, :3]
+        elif tensor.shape[1] != 3:
+            raise ValueError(f"{what}: expected 1, 3 or 4 channels, got shape {tuple(images.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{what}: the image holds NaN or infinite values")
+        if tensor.min() < -1e-3 or tensor.max() > 1 + 1e-3:
+            raise ValueError(
+                f"{what}: float images must be in 0..1 (got {tensor.min():.3g}..{tensor.max():.3g}); "
+                "pass uint8 arrays for 0..255 data"
+            )
+        return tensor.clamp(0, 1).contiguous()
+    raise TypeError(f"{what}: unsupported image type {type(images).__name__}: pass PIL images, arrays or tensors")
+
+
+class FaceAnonPipeline(DiffusionPipeline):
+    """Anonymize (same image as source and driving, degree d) or swap faces (d = 0)."""
+
+    model_cpu_offload_seq = "image_encoder->referencenet->conditioning_referencenet->unet->vae"
+
+    def __init__(self, unet, referencenet, conditioning_referencenet, vae, image_encoder, feature_extractor,
+                 scheduler, routing: str = "as_trained"):
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            referencenet=referencenet,
+            conditioning_referencenet=conditioning_referencenet,
+            vae=vae,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            scheduler=scheduler,
+        )
+        self.routing_mode = routing
+        self.routing = route_states(attn1_names(unet), routing)
+        self.reference_layers = sorted(set(self.routing.values()))
+        self.reference_context = ReferenceContext()
+        install_readers(unet, self.routing, self.reference_context)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, model, *, vae=None, image_encoder=None, feature_extractor=None, scheduler=None,
+                        torch_dtype=None, routing: str | None = None, allow_download: bool = False, **_ignored):
+        """Load the published layout from a local folder (or the hub when ``allow_download``).
+
+        ``routing`` defaults to the ``faceanon_routing`` recorded in ``unet/config.json`` by
+        our trainer, else ``as_trained`` (the published weights).
+        """
+        from .loading import load_components
+
+        parts = load_components(model, vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor,
+                                scheduler=scheduler, torch_dtype=torch_dtype, allow_download=allow_download)
+        if routing is None:
+            routing = getattr(parts["unet"].config, "faceanon_routing", None) or "as_trained"
+        return cls(**parts, routing=routing)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def _prepare_images(self, images, height: int, width: int, what: str) -> torch.Tensor:
+        batch = to_image_batch(images, what)
+        if batch.shape[-2:] != (height, width):
+            logger.info("resizing %s from %dx%d to %dx%d", what, batch.shape[-1], batch.shape[-2], width, height)
+            batch = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+            batch = batch.clamp(0, 1)
+        return batch
+
+    def check_inputs(self, height, width, degree, guidance_scale, num_inference_steps, output_type):
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if height % multiple or width % multiple or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}")
+        if not np.isfinite(degree):
+            raise ValueError(f"degree must be a finite number, got {degree}")
+        if not np.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        if int(num_inference_steps) < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+    # -- the method's pieces (also used by the trainer and the nodes' reference tests) ----
+
+    @torch.no_grad()
+    def encode_image_embeds(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP pooled output (post-layernorm CLS, before the projection), one token: ``[B,1,C]``."""
+        pixels = self.feature_extractor(images=images, return_tensors="pt", do_rescale=False).pixel_values
+        encoder = self.image_encoder
+        out = encoder(pixels.to(device=self.device, dtype=encoder.dtype))
+        return out.pooler_output.unsqueeze(1)
+
+    @torch.no_grad()
+    def encode_latents(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """VAE posterior mean scaled by the VAE scaling factor."""
+        pixels = (images * 2 - 1).to(device=self.device, dtype=self.vae.dtype)
+        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def reference_states(self, refnet, latents: torch.Tensor, embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        latents = latents.to(device=self.device, dtype=refnet.dtype)
+        return capture_states(refnet, latents, embeds.to(self.device, refnet.dtype), self.reference_layers)
+
+    @torch.no_grad()
+    def source_states(self, latents: torch.Tensor, embeds: torch.Tensor, degree: float) -> ReferenceStates:
+        """Eq. 1 before the source ReferenceNet, its unconditional branch, then Eq. 2."""
+        cond = self.reference_states(self.referencenet, latents, mix_embeds(embeds, degree))
+        uncond = self.reference_states(self.referencenet, torch.zeros_like(latents[:1]),
+                                       torch.zeros_like(embeds[:1]))
+        return ReferenceStates(cond=cond, uncond=uncond).mixed(degree)
+
+    # -- sampling -----------------------------------------------------------------------
+
+    def prepare_latents(self, batch, height, width, dtype, generator, latents):
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            latents = latents.to(device=self.device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        source,
+        driving,
+        degree: float = 0.0,
+        guidance_scale: float = 4.0,
+        num_inference_steps: int = 50,
+        generator=None,
+        latents: torch.Tensor | None = None,
+        height: int = 512,
+        width: int = 512,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        same_image: bool = False,
+    ):
+        self.check_inputs(height, width, degree, guidance_scale, num_inference_steps, output_type)
+        driving_px = self._prepare_images(driving, height, width, "driving image")
+        batch = driving_px.shape[0]
+        source_px = driving_px if same_image else self._prepare_images(source, height, width, "source image")
+        source_px = expand_batch(source_px, batch, "the source image")
+
+        dtype = self.unet.dtype
+        driving_embeds = self.encode_image_embeds(driving_px)
+        driving_latents = self.encode_latents(driving_px)
+        if same_image:
+            source_embeds, source_latents = driving_embeds, driving_latents
+        else:
+            source_embeds = self.encode_image_embeds(source_px)
+            source_latents = self.encode_latents(source_px)
+        source = self.source_states(source_latents, source_embeds, degree)
+        driving_states = self.reference_states(self.conditioning_referencenet, driving_latents, driving_embeds)
+
+        cfg = guidance_scale != 1.0
+        tokens, context = self._reference_tokens(source, driving_states, mix_embeds(source_embeds, degree),
+                                                 driving_embeds, batch, cfg, dtype)
+        latents = self.prepare_latents(batch, height, width, dtype, generator, latents)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        extra_step = {"generator": generator} if "generator" in _step_params(self.scheduler) else {}
+
+        self.reference_context.begin(tokens)
+        try:
+            for t in self.progress_bar(self.scheduler.timesteps):
+                model_input = torch.cat([latents] * 2) if cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
+                if cfg:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = (1 - guidance_scale) * uncond + guidance_scale * cond
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step, return_dict=False)[0]
+        finally:
+            self.reference_context.end()
+
+        images = self.decode_latents(latents)
+        output = self._to_output(images, output_type)
+        return FaceAnonOutput(images=output) if return_dict else (output,)
+
+    def _reference_tokens(self, source: ReferenceStates, driving: dict, source_embeds, driving_embeds, batch, cfg,
+                          dtype):
+        """Per reference layer ``[rows, N_src + N_drv, C]`` and the context, rows = [uncond; cond]."""
+        tokens = {}
+        for name in self.reference_layers:
+            src = expand_batch(source.cond[name], batch, "the source states")
+            drv = expand_batch(driving[name], batch, "the driving states")
+            rows = [torch.cat([src, drv], dim=1)]
+            if cfg:
+                src_uncond = expand_batch(source.uncond[name], batch, "the unconditional states")
+                rows.insert(0, torch.cat([src_uncond, drv], dim=1))
+            tokens[name] = torch.cat(rows).to(dtype)
+        source_embeds = expand_batch(source_embeds, batch, "the source embedding")
+        driving_embeds = expand_batch(driving_embeds, batch, "the driving embedding")
+        context = [torch.cat([source_embeds, driving_embeds], dim=1)]
+        if cfg:
+            context.insert(0, torch.cat([torch.zeros_like(source_embeds), driving_embeds], dim=1))
+        return tokens, torch.cat(context).to(device=self.device, dtype=dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        return (self.vae.decode(latents, return_dict=False)[0] / 2 + 0.5).clamp(0, 1).float()
+
+    @staticmethod
+    def _to_output(images: torch.Tensor, output_type: str):
+        if output_type == "pt":
+            return images.cpu()
+        array = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        if output_type == "np":
+            return array
+        return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in array]
+
+    # -- the two tasks ------------------------------------------------------------------
+
+    def anonymize(self, images, degree: float = 1.25, **kwargs):
+        """Same image as source and driving; ``degree`` 1 removes the identity, > 1 goes past it."""
+        return self(images, images, degree=degree, same_image=True, **kwargs)
+
+    def swap(self, source, driving, degree: float = 0.0, **kwargs):
+        """The identity of ``source`` with the pose, expression and background of ``driving``."""
+        return self(source, driving, degree=degree, **kwargs)
+
+
+def _step_params(scheduler) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(scheduler.step).parameters)

@@ -1,0 +1,146 @@
+"""Reference states: the tokens captured from a ReferenceNet, and the paper's mixing.
+
+A *state* is the input of a transformer block's self-attention (``norm1(x)``),
+``[B, N_l, C_l]`` per layer.  States are keyed by the diffusers module name of the
+ReferenceNet ``attn1`` layer they were captured at
+(``down_blocks.0.attentions.0.transformer_blocks.0.attn1``) and kept in forward order
+(down, mid, up), so that both backends (diffusers and ComfyUI) can address them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_BLOCK_RE = re.compile(
+    r"^(?P<kind>down_blocks|mid_block|up_blocks)(?:\.(?P<block>\d+))?\.attentions\.(?P<attn>\d+)"
+    r"\.transformer_blocks\.(?P<tb>\d+)\.attn1$"
+)
+_KIND_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+
+
+def parse_attn1_name(name: str) -> tuple[str, int, int, int]:
+    """Split an ``attn1`` module name into (kind, block, attention, transformer block)."""
+    match = _BLOCK_RE.match(name)
+    if match is None:
+        raise ValueError(
+            f"{name!r} is not the name of a UNet self-attention layer "
+            "(expected e.g. 'down_blocks.1.attentions.0.transformer_blocks.0.attn1')"
+        )
+    block = int(match["block"]) if match["block"] is not None else 0
+    return match["kind"], block, int(match["attn"]), int(match["tb"])
+
+
+def forward_order_key(name: str) -> tuple[int, int, int, int]:
+    """Sort key giving the order in which a UNet forward pass visits its attn1 layers."""
+    kind, block, attn, tb = parse_attn1_name(name)
+    return _KIND_ORDER[kind], block, attn, tb
+
+
+def sorted_in_forward_order(names) -> list[str]:
+    return sorted(names, key=forward_order_key)
+
+
+def mix_embeds(embeds: torch.Tensor, degree: float) -> torch.Tensor:
+    """Eq. 1: ``Z' = (1-d)·Z`` (the unconditional embedding is zero)."""
+    return (1.0 - degree) * embeds
+
+
+def mix_states(cond: torch.Tensor, uncond: torch.Tensor, degree: float) -> torch.Tensor:
+    """Eq. 2: ``S' = (1-d)·S_cond + d·S_uncond``; ``d > 1`` extrapolates past "no identity"."""
+    return (1.0 - degree) * cond + degree * uncond
+
+
+def expand_batch(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """Broadcast a batch of 1 to ``batch``; any other mismatch is an error naming both sizes."""
+    if tensor.shape[0] == batch:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    raise ValueError(
+        f"{what} has a batch of {tensor.shape[0]} but {batch} images are being processed: "
+        "pass one image (it is used for every image) or exactly one per image"
+    )
+
+
+@dataclass
+class ReferenceStates:
+    """Per-layer states of one ReferenceNet for a batch of images.
+
+    ``cond`` holds the states of the real images (for the source side possibly already
+    mixed with Eq. 2); ``uncond`` the states of the unconditional branch (zero latents,
+    zero embedding).  ``uncond`` is image independent, so it usually has a batch of 1.
+    """
+
+    cond: dict[str, torch.Tensor]
+    uncond: dict[str, torch.Tensor] | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        order = sorted_in_forward_order(self.cond)
+        self.cond = {name: self.cond[name] for name in order}
+        if self.uncond is not None:
+            if set(self.uncond) != set(self.cond):
+                missing = sorted(set(self.cond) ^ set(self.uncond))
+                raise ValueError(f"conditional and unconditional states cover different layers: {missing}")
+            self.uncond = {name: self.uncond[name] for name in order}
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.cond)
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.cond.values())).shape[0]
+
+    def mixed(self, degree: float) -> "ReferenceStates":
+        """Apply Eq. 2 to the conditional states; the unconditional ones are kept for CFG."""
+        if self.uncond is None:
+            raise ValueError("these states have no unconditional branch, so the degree cannot be applied")
+        cond = {name: mix_states(self.cond[name], self.uncond[name], degree) for name in self.cond}
+        meta = dict(self.meta, degree=str(float(degree)))
+        return ReferenceStates(cond=cond, uncond=self.uncond, meta=meta)
+
+    def to(self, device=None, dtype=None) -> "ReferenceStates":
+        def move(states):
+            if states is None:
+                return None
+            return {k: v.to(device=device, dtype=dtype) for k, v in states.items()}
+
+        return ReferenceStates(cond=move(self.cond), uncond=move(self.uncond), meta=dict(self.meta))
+
+    def select(self, index) -> "ReferenceStates":
+        """A sub-batch of the conditional states (the unconditional ones are shared)."""
+        cond = {k: v[index] for k, v in self.cond.items()}
+        return ReferenceStates(cond=cond, uncond=self.uncond, meta=dict(self.meta))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to a ``.safetensors`` file atomically (temporary file, then rename)."""
+        from safetensors.torch import save_file
+
+        tensors = {f"cond/{k}": v.contiguous().cpu() for k, v in self.cond.items()}
+        if self.uncond is not None:
+            tensors.update({f"uncond/{k}": v.contiguous().cpu() for k, v in self.uncond.items()})
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={"faceanon_states": json.dumps(self.meta)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ReferenceStates":
+        from safetensors import safe_open
+
+        cond, uncond = {}, {}
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if "faceanon_states" not in metadata:
+                raise ValueError(f"{path} is not a reference-states file written by faceanon (no metadata)")
+            for key in handle.keys():
+                part, name = key.split("/", 1)
+                (cond if part == "cond" else uncond)[name] = handle.get_tensor(key)
+        return cls(cond=cond, uncond=uncond or None, meta=json.loads(metadata["faceanon_states"]))
