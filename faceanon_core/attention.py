@@ -205,9 +205,24 @@ class ReferenceReader:
         return reference_attention(attn, hidden_states, key, value)
 
 
-def install_readers(unet: torch.nn.Module, routing: dict[str, str], context: ReferenceContext) -> None:
+def install_readers(unet: torch.nn.Module, routing: dict[str, str], context: ReferenceContext,
+                    reader_cls=None) -> None:
     """Give every routed UNet ``attn1`` a read processor; all other layers keep theirs."""
+    reader_cls = reader_cls or ReferenceReader
     processors = dict(unet.attn_processors)
     for layer, ref_layer in routing.items():
-        processors[f"{layer}.processor"] = ReferenceReader(layer, ref_layer, context)
+        processors[f"{layer}.processor"] = reader_cls(layer, ref_layer, context)
     unet.set_attn_processor(processors)
+
+
+class NaiveReferenceReader(ReferenceReader):
+    """The authors' formulation as a processor (all tokens as queries, no key/value cache).
+
+    Only for the equivalence tests and the speed benchmark's baseline.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        tokens = self.context.tokens[self.ref_layer].to(hidden_states.dtype)
+        half = tokens.shape[1] // 2
+        return reference_attention_naive(attn, hidden_states, tokens[:, :half], tokens[:, half:])
+

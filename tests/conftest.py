@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random models in the published layout, built once per session."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from faceanon_core.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
+
+logging.getLogger("diffusers").setLevel(logging.ERROR)
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return write_tiny_model_folder(tmp_path_factory.mktemp("tiny_model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    from faceanon_core import FaceAnonPipeline
+
+    from diffusers import DDIMScheduler
+
+    pipe = FaceAnonPipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    # Deterministic given the initial latents (DDPM adds fresh noise at every step).
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+@pytest.fixture
+def face_images():
+    """Two different, smooth 64x64 uint8 images (smooth so that resizing behaves like photos)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
+    return np.stack([np.kron(img, np.ones((8, 8, 1), dtype=np.uint8)) for img in small])
+
+
+@pytest.fixture
+def run_kwargs():
+    return dict(num_inference_steps=2, height=TINY_IMAGE_SIZE, width=TINY_IMAGE_SIZE, output_type="np")
+
+
+def noise(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn((batch, 4, TINY_IMAGE_SIZE // 8, TINY_IMAGE_SIZE // 8), generator=torch.manual_seed(seed))
