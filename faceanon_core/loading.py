@@ -245,7 +245,7 @@ def load_components(
 ) -> dict:
     """Load every part of the model; each may come from the model folder or its own source."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
     root = resolve_source(model, "the face-anon model", allow_download,
                           allow_patterns=[f"{p}/*" for p in UNET_PARTS])
@@ -281,7 +281,7 @@ def load_components(
     try:
         vae_model = AutoencoderKL.from_pretrained(vae_path, **kwargs)
         encoder = CLIPVisionModel.from_pretrained(encoder_path, **kwargs)
-        extractor = CLIPImageProcessor.from_pretrained(extractor_path)
+        extractor = image_processor_class().from_pretrained(extractor_path)
     except (OSError, ValueError) as exc:
         raise ModelFolderError(f"could not load a model part: {exc}") from exc
 
@@ -301,6 +301,33 @@ def load_components(
         "feature_extractor": extractor,
         "scheduler": scheduler,
     }
+
+
+def save_clip_vision(encoder, folder: str | os.PathLike) -> None:
+    """Save a CLIPVisionModel with the hub's key names (``vision_model.*``).
+
+    transformers 5 writes the keys without that prefix, which transformers 4.x and
+    ComfyUI's CLIP vision loader do not recognise; the published checkpoints have it.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder.config.save_pretrained(folder)
+    state = {k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous()
+             for k, v in encoder.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def image_processor_class():
+    """The PIL-based CLIP processor: the same pixels whether or not torchvision is installed.
+
+    transformers 5 switches ``CLIPImageProcessor`` to a torchvision backend when it can,
+    whose resizing differs slightly from PIL's; the authors' pipeline used PIL.
+    """
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 def download_models(
@@ -332,7 +359,7 @@ def download_models(
                           allow_patterns=["config.json", "preprocessor_config.json", "model.safetensors"])
         encoder = CLIPVisionModel.from_pretrained(staging)
         tmp = to / ".image_encoder.tmp"
-        encoder.save_pretrained(tmp, safe_serialization=True)
+        save_clip_vision(encoder, tmp)
         CLIPImageProcessor.from_pretrained(staging).save_pretrained(to / "feature_extractor")
         if (to / "image_encoder").exists():
             shutil.rmtree(to / "image_encoder")

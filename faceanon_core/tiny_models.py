@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .loading import UNET_PARTS, default_scheduler_config
+from .loading import UNET_PARTS, default_scheduler_config, save_clip_vision
 
 TINY_IMAGE_SIZE = 64
 
@@ -63,7 +63,7 @@ def write_tiny_model_folder(root, seed: int = 0, *, extras: bool = True, layers_
         hidden_size=hidden, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
         image_size=32, patch_size=8, projection_dim=16,
     ))
-    encoder.save_pretrained(root / "image_encoder", safe_serialization=True)
+    save_clip_vision(encoder, root / "image_encoder")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         root / "feature_extractor")
     (root / "scheduler").mkdir(parents=True, exist_ok=True)
