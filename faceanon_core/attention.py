@@ -123,7 +123,6 @@ class StateRecorder:
         return self._plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-@torch.no_grad()
 def capture_states(
     refnet: torch.nn.Module,
     latents: torch.Tensor,
@@ -134,6 +133,8 @@ def capture_states(
     """Run a ReferenceNet once at ``timestep`` and return the states of ``layer_names``.
 
     The processors installed for the capture are removed again afterwards, whatever happens.
+    Gradients flow when the caller enables them (the trainer does; inference wraps it in
+    ``torch.no_grad``).
     """
     layer_names = sorted_in_forward_order(layer_names)
     available = set(attn1_names(refnet))
