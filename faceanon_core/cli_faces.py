@@ -1,0 +1,177 @@
+"""``faceanon redact`` and ``faceanon detect``: the CLI commands that need no diffusion weights.
+
+``register(subparsers)`` adds both to the ``faceanon`` argparse parser; each
+sets ``func`` to a function taking the parsed args and returning an exit code
+(0 all good, 1 some images failed or bad input). Errors are one line on
+stderr; outputs are written atomically, so none is ever half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .faces import FaceDetectorError, MTCNNDetector
+from .imageio import ImageReadError, load_image, save_image
+from .photos import InputError, Manifest, expand_inputs, plan_outputs, run_batch
+from .redact import DEFAULT_STRENGTH, METHODS, redact_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["register", "cmd_redact", "cmd_detect"]
+
+MANIFEST_NAME = "faceanon-manifest.jsonl"
+
+
+def _color(text: str) -> tuple[int, int, int]:
+    """'#RRGGBB' or 'R,G,B' -> (r, g, b)."""
+    t = text.strip()
+    try:
+        if t.startswith("#") and len(t) == 7:
+            return tuple(int(t[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        parts = [int(v) for v in t.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+        raise argparse.ArgumentTypeError(f"invalid colour {text!r}: use R,G,B (0-255) or #RRGGBB")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return v
+
+
+def detector_from_args(args: argparse.Namespace) -> MTCNNDetector:
+    return MTCNNDetector(min_face_size=args.min_face_size, thresholds=(0.6, 0.7, args.threshold))
+
+
+def add_detector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-face-size", type=_positive, default=20.0, metavar="PX",
+                   help="smallest face to look for, in pixels (default 20)")
+    p.add_argument("--threshold", type=_probability, default=0.95, metavar="P",
+                   help="detector confidence threshold, 0-1 (default 0.95; lower finds more, with more false alarms)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``redact`` and ``detect`` subcommands."""
+    p = subparsers.add_parser(
+        "redact",
+        help="blur, pixelate or fill the faces of photos (no diffusion model needed)",
+        description="Blur, pixelate or fill every detected face. Writes new files; never touches the inputs.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="PHOTO_OR_DIR", help="photos and/or folders of photos")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
+    p.add_argument("--method", choices=METHODS, default="blur", help="redaction style (default blur)")
+    p.add_argument("--strength", type=_positive, default=None,
+                   help=f"blur: sigma as a fraction of the eye distance (default {DEFAULT_STRENGTH['blur']}); "
+                        f"pixelate: blocks across the face (default {DEFAULT_STRENGTH['pixelate']:.0f})")
+    p.add_argument("--color", type=_color, default=(0, 0, 0), help="fill colour for --method solid: R,G,B or #RRGGBB")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--manifest", metavar="PATH", default=None,
+                   help=f"resumable JSON-lines log (default OUT/{MANIFEST_NAME}); finished photos are skipped on rerun")
+    p.add_argument("--keep-metadata", action="store_true",
+                   help="keep EXIF (camera, date) in outputs; GPS, maker notes and thumbnails are always removed")
+    p.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
+    p.add_argument("--ext", default=None, metavar="EXT", help="output format by extension (png, jpg, webp, tiff, bmp); default: as input")
+    p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
+    add_detector_args(p)
+    p.set_defaults(func=cmd_redact)
+
+    d = subparsers.add_parser("detect", help="list the faces found in a photo",
+                              description="Detect faces and print boxes, 5 landmarks and scores.")
+    d.add_argument("photo", metavar="PHOTO")
+    d.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_detector_args(d)
+    d.set_defaults(func=cmd_detect)
+
+
+def _fail(cmd: str, msg: str) -> int:
+    print(f"faceanon {cmd}: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def cmd_redact(args: argparse.Namespace) -> int:
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        return _fail("redact", f"{out_dir}: output exists and is not a folder")
+    if args.ext is not None and f".{args.ext.lower().lstrip('.')}" not in {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}:
+        return _fail("redact", f"--ext {args.ext}: use png, jpg, webp, tiff or bmp")
+    try:
+        items = expand_inputs(args.inputs, recursive=args.recursive, exclude=out_dir)
+        plan = plan_outputs(items, out_dir, args.ext)
+        detector = detector_from_args(args)
+    except (InputError, FaceDetectorError, ValueError) as exc:
+        return _fail("redact", str(exc))
+    if not plan:
+        return _fail("redact", "no photos found in the inputs")
+    try:
+        manifest = Manifest(args.manifest or out_dir / MANIFEST_NAME)
+    except InputError as exc:
+        return _fail("redact", str(exc))
+    params = {
+        "command": "redact",
+        "method": args.method,
+        "strength": args.strength if args.strength is not None else DEFAULT_STRENGTH[args.method],
+        "color": list(args.color) if args.method == "solid" else None,
+        "min_face_size": args.min_face_size,
+        "threshold": args.threshold,
+    }
+
+    def process(src: Path, dst: Path) -> dict[str, Any]:
+        img = load_image(src)
+        res = redact_image(img.rgb, args.method, args.strength, color=args.color, detector=detector,
+                           image_name=str(src))
+        save_image(dst, res.image, img.alpha, overwrite=args.overwrite, strip_metadata=not args.keep_metadata,
+                   icc_profile=img.icc_profile, exif=img.exif)
+        return {"faces": len(res.faces)}
+
+    summary = run_batch(plan, process, manifest=manifest, params=params, stop_on_error=args.stop_on_error)
+    print(
+        f"redact: {summary.done} written, {summary.skipped} already done, {summary.failed} failed -> {out_dir}",
+        file=sys.stderr,
+    )
+    for path, msg in summary.errors:
+        print(f"faceanon redact: error: {msg}" if path in msg else f"faceanon redact: error: {path}: {msg}",
+              file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    try:
+        img = load_image(args.photo)
+        faces = detector_from_args(args).detect(img.rgb)
+    except (ImageReadError, FaceDetectorError, ValueError) as exc:
+        return _fail("detect", str(exc))
+    if args.json:
+        doc = {"path": str(args.photo), "width": img.width, "height": img.height,
+               "faces": [f.to_dict() for f in faces]}
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{args.photo}: {img.width}x{img.height}, {len(faces)} face(s)")
+    if faces:
+        print(f"{'#':>2}  {'score':>6}  {'box (x0,y0,x1,y1)':<26}  landmarks (L eye, R eye, nose, L mouth, R mouth)")
+        for i, f in enumerate(faces):
+            box = ",".join(f"{v:.0f}" for v in f.box)
+            lm = " ".join(f"({x:.0f},{y:.0f})" for x, y in f.landmarks5)
+            print(f"{i:>2}  {f.score:6.3f}  {box:<26}  {lm}")
+    return 0
