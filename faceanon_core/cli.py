@@ -15,7 +15,6 @@ from pathlib import Path
 
 logger = logging.getLogger("faceanon")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MODELS_DIR = Path("~/.cache/faceanon/models")
 
 
@@ -85,41 +84,34 @@ def pick_device(name: str):
     return torch.device("cpu")
 
 
-def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input root) for files and folders (recursive, sorted)."""
-    found = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not files:
-                raise CliError(f"{path}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            found.extend((p, p.relative_to(path)) for p in files)
-        elif path.is_file():
-            found.append((path, Path(path.name)))
-        else:
-            raise CliError(f"{path}: no such file or folder")
-    return found
+def plan_images(inputs: list[str], out: str, suffix: str | None, recursive: bool = False):
+    """(InputItem, output) pairs: ``out`` itself for one input with an image extension, else a folder."""
+    from .imageio import IMAGE_EXTENSIONS
+    from .photos import InputError, expand_inputs, plan_outputs
 
-
-def plan_outputs(items: list[tuple[Path, Path]], out: str, suffix: str | None, overwrite: bool) -> list[Path]:
-    """One output per input: ``out`` itself for a single file with an image extension, else a folder."""
     out_path = Path(out).expanduser()
-    if len(items) == 1 and out_path.suffix.lower() in IMAGE_EXTENSIONS:
-        targets = [out_path]
-    else:
-        if out_path.suffix.lower() in IMAGE_EXTENSIONS:
-            raise CliError(f"{out_path}: several inputs need an output folder, not a file name")
-        targets = [out_path / (rel.with_suffix(suffix) if suffix else rel) for _, rel in items]
-    inputs = {p.resolve() for p, _ in items}
-    for target in targets:
-        if target.resolve() in inputs:
-            raise CliError(f"{target}: the output would replace an input; choose another output path")
+    try:
+        items = expand_inputs(inputs, recursive=recursive, exclude=out_path)
+        if not items:
+            raise CliError("no images found in the inputs")
+        if len(items) == 1 and out_path.suffix.lower() in IMAGE_EXTENSIONS:
+            if out_path.resolve() == items[0].path.resolve():
+                raise CliError(f"{out_path}: the output would replace the input; choose another output path")
+            return [(items[0], out_path)]
+        if out_path.suffix.lower() in IMAGE_EXTENSIONS or (out_path.exists() and not out_path.is_dir()):
+            raise CliError(f"{out_path}: several inputs need an output folder, not a file")
+        return plan_outputs(items, out_path, suffix)
+    except InputError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def plan_crops(inputs: list[str], out: str, suffix: str | None, overwrite: bool) -> list[tuple[Path, Path]]:
+    """Like :func:`plan_images`, refusing outputs that exist unless ``overwrite``."""
+    plan = plan_images(inputs, out, suffix)
+    for _, target in plan:
         if target.exists() and not overwrite:
             raise CliError(f"{target} exists: choose another output or pass --overwrite")
-    if len(set(targets)) != len(targets):
-        raise CliError("two inputs would be written to the same output name; use separate runs or folders")
-    return targets
+    return [(item.path, target) for item, target in plan]
 
 
 def read_rgb(path: Path):
@@ -131,12 +123,12 @@ def read_rgb(path: Path):
         raise CliError(str(exc)) from exc
 
 
-def write_rgb(path: Path, rgb, alpha, overwrite: bool, keep_metadata: bool = False, exif=None):
+def write_rgb(path: Path, image, rgb, overwrite: bool):
+    """Write ``rgb`` with ``image``'s alpha and colour profile; metadata is not copied."""
     from .imageio import save_image
 
     try:
-        save_image(path, rgb, alpha, overwrite=overwrite, strip_metadata=not keep_metadata,
-                   exif=exif if keep_metadata else None)
+        save_image(path, rgb, image.alpha, overwrite=overwrite, icc_profile=image.icc_profile)
     except (OSError, ValueError) as exc:
         raise CliError(f"{path}: could not write the output ({exc})") from exc
 
@@ -155,9 +147,9 @@ def run_anonymize_aligned(args) -> int:
     """Aligned 512x512 face crops in, anonymized crops out (photos: see ``faceanon anonymize``)."""
     import numpy as np
 
-    items = collect_images(args.inputs)
-    targets = plan_outputs(items, args.output, args.suffix, args.overwrite)
-    images = [read_rgb(path) for path, _ in items]
+    plan = plan_crops(args.inputs, args.output, args.suffix, args.overwrite)
+    targets = [target for _, target in plan]
+    images = [read_rgb(path) for path, _ in plan]
     pipe = load_pipeline(args)
     size = args.size
     for start in range(0, len(images), args.batch_size):
@@ -169,7 +161,7 @@ def run_anonymize_aligned(args) -> int:
         ).images
         for img, out, target in zip(chunk, result, targets[start:start + args.batch_size]):
             out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
-            write_rgb(target, out, img.alpha, args.overwrite)
+            write_rgb(target, img, out, args.overwrite)
             logger.info("wrote %s", target)
     return 0
 
@@ -178,9 +170,9 @@ def run_swap(args) -> int:
     import numpy as np
 
     source = read_rgb(Path(args.source))
-    items = collect_images(args.driving)
-    targets = plan_outputs(items, args.output, args.suffix, args.overwrite)
-    drivers = [read_rgb(path) for path, _ in items]
+    plan = plan_crops(args.driving, args.output, args.suffix, args.overwrite)
+    targets = [target for _, target in plan]
+    drivers = [read_rgb(path) for path, _ in plan]
     pipe = load_pipeline(args)
     size = args.size
     src = _square(source.rgb, size)[None]
@@ -193,7 +185,7 @@ def run_swap(args) -> int:
         ).images
         for img, out, target in zip(chunk, result, targets[start:start + args.batch_size]):
             out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
-            write_rgb(target, out, img.alpha, args.overwrite)
+            write_rgb(target, img, out, args.overwrite)
             logger.info("wrote %s", target)
     return 0
 
@@ -265,6 +257,8 @@ def _add_model_options(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import cli_faces
+
     parser = argparse.ArgumentParser(prog="faceanon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only")
@@ -275,7 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     anon.add_argument("--degree", type=float, default=1.25,
                       help="anonymization degree d: 0 keeps the identity, 1 removes it, >1 goes further "
                            "(default 1.25)")
-    anon.add_argument("--aligned", action="store_true", help="inputs are aligned square face crops")
+    anon.add_argument("--aligned", action="store_true",
+                      help="inputs are aligned square face crops (default: find every face in the photos)")
+    anon.add_argument("--small-faces", choices=["redact", "fail", "keep"], default="redact",
+                      help="faces too small for the model: blur them (default), fail the photo, or keep them")
+    anon.add_argument("--manifest", help="resumable JSON-lines record (default: OUT/faceanon-manifest.jsonl "
+                                         "for several photos)")
+    anon.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
+    anon.add_argument("--keep-metadata", action="store_true",
+                      help="keep EXIF (GPS, maker notes and thumbnails are always dropped)")
+    anon.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
+    cli_faces.add_detector_args(anon)
     _add_model_options(anon)
     anon.set_defaults(func=run_anonymize)
 
@@ -303,12 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the three UNets (VAE and CLIP are given separately)")
     check.set_defaults(func=run_models_check)
 
-    try:
-        from . import cli_faces
-    except ImportError:  # the face tools are optional only while being developed
-        cli_faces = None
-    if cli_faces is not None:
-        cli_faces.register(sub)
+    cli_faces.register(sub)
     return parser
 
 

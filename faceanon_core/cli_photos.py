@@ -1,0 +1,110 @@
+"""``faceanon anonymize PHOTO...``: every face of ordinary photos, through the diffusion model.
+
+Detect -> align each face to a 512 crop -> the model on all crops of a photo as one
+batch (chunked to ``--batch-size``) -> paste back with a feathered mask.  Folders are
+processed resumably through a JSON-lines manifest; a face that cannot be processed is
+an error for its photo (fail closed), a photo without faces is copied unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cli import load_pipeline, plan_images
+from .faces import FaceProcessingError, process_faces
+from .imageio import load_image, save_image
+from .photos import Manifest, run_batch
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "faceanon-manifest.jsonl"
+
+
+def crop_processor(pipe, args):
+    """``process_crops`` for :func:`process_faces`: float crops in, anonymized crops out.
+
+    Every face gets the same seed, so a face keeps its anonymous identity from frame to
+    frame of a clip (same seed, same degree).
+    """
+    import cv2
+    import torch
+
+    def process(crops: np.ndarray) -> np.ndarray:
+        size = crops.shape[1]
+        model_in = crops if size == args.size else np.stack(
+            [cv2.resize(c, (args.size, args.size), interpolation=cv2.INTER_AREA) for c in crops])
+        out = pipe.anonymize(
+            torch.from_numpy(np.ascontiguousarray(model_in)).permute(0, 3, 1, 2),
+            degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
+            generator=[torch.Generator().manual_seed(args.seed) for _ in range(len(crops))],
+            height=args.size, width=args.size, output_type="np",
+        ).images
+        if size != args.size:
+            out = np.stack([cv2.resize(o, (size, size), interpolation=cv2.INTER_CUBIC) for o in out])
+        return np.clip(out, 0.0, 1.0)
+
+    return process
+
+
+def handle_small_faces(result, policy: str, name: str) -> np.ndarray:
+    """Faces too small for the model must not leak: blur them, fail, or (asked) keep them."""
+    if not result.skipped or policy == "keep":
+        if result.skipped:
+            logger.warning("%s: %d small face(s) left unchanged (--small-faces keep)", name, len(result.skipped))
+        return result.image
+    if policy == "fail":
+        raise FaceProcessingError(f"{name}: {len(result.skipped)} face(s) too small for the model; "
+                                  "use --small-faces redact to blur them, or a smaller --min-face-size")
+    from .redact import redact_image
+
+    logger.info("%s: %d small face(s) blurred instead", name, len(result.skipped))
+    return redact_image(result.image, "blur", faces=result.skipped, image_name=name).image
+
+
+def run_anonymize_photos(args) -> int:
+    from .cli_faces import detector_from_args
+
+    plan = plan_images(args.inputs, args.output, args.suffix, recursive=args.recursive)
+    detector = detector_from_args(args)
+    manifest_path = args.manifest or (Path(args.output) / MANIFEST_NAME if len(plan) > 1 else None)
+    manifest = Manifest(manifest_path) if manifest_path else None
+    todo = [(item, out) for item, out in plan if not (manifest and manifest.is_done(item.path, out))]
+    if not todo:
+        print(f"anonymize: all {len(plan)} photo(s) already done (manifest {manifest_path})", file=sys.stderr)
+        return 0
+    pipe = load_pipeline(args)
+    pipe.set_progress_bar_config(disable=True)
+    process_crops = crop_processor(pipe, args)
+    params = {"command": "anonymize", "degree": args.degree, "guidance": args.guidance, "steps": args.steps,
+              "size": args.size, "scheduler": args.scheduler, "min_face_size": args.min_face_size,
+              "threshold": args.threshold}
+
+    def process(src: Path, dst: Path) -> dict[str, Any]:
+        image = load_image(src)
+        result = process_faces(image.rgb, process_crops, detector=detector, batch_size=args.batch_size,
+                               image_name=str(src))
+        anonymized = handle_small_faces(result, args.small_faces, str(src))
+        save_image(dst, anonymized, image.alpha, overwrite=args.overwrite,
+                   strip_metadata=not args.keep_metadata, icc_profile=image.icc_profile,
+                   exif=image.exif if args.keep_metadata else None)
+        logger.info("%s: %d face(s) anonymized -> %s", src, len(result.faces), dst)
+        return {"faces": len(result.faces), "small_faces": len(result.skipped), "small_faces_policy": args.small_faces}
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(plan), unit="photo", disable=len(plan) < 2) as bar:
+        summary = run_batch(plan, process, manifest=manifest, params=params, seed=args.seed,
+                            stop_on_error=args.stop_on_error, progress=lambda n, total, path: bar.update(1))
+    print(f"anonymize: {summary.done} written, {summary.skipped} already done, {summary.failed} failed",
+          file=sys.stderr)
+    for path, message in summary.errors:
+        print(f"faceanon anonymize: error: {path}: {message}", file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+__all__ = ["run_anonymize_photos", "crop_processor", "handle_small_faces"]
