@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="inputs are aligned square face crops (default: find every face in the photos)")
     anon.add_argument("--small-faces", choices=["redact", "fail", "keep"], default="redact",
                       help="faces too small for the model: blur them (default), fail the photo, or keep them")
+    anon.add_argument("--min-model-face", type=float, default=None, metavar="PX",
+                      help="eye distance below which a face is too small for the model (default 10 px)")
     anon.add_argument("--manifest", help="resumable JSON-lines record (default: OUT/faceanon-manifest.jsonl "
                                          "for several photos)")
     anon.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")

@@ -84,10 +84,12 @@ def run_anonymize_photos(args) -> int:
               "size": args.size, "scheduler": args.scheduler, "min_face_size": args.min_face_size,
               "threshold": args.threshold}
 
+    min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
+
     def process(src: Path, dst: Path) -> dict[str, Any]:
         image = load_image(src)
         result = process_faces(image.rgb, process_crops, detector=detector, batch_size=args.batch_size,
-                               image_name=str(src))
+                               image_name=str(src), **min_size)
         anonymized = handle_small_faces(result, args.small_faces, str(src))
         save_image(dst, anonymized, image.alpha, overwrite=args.overwrite,
                    strip_metadata=not args.keep_metadata, icc_profile=image.icc_profile,
