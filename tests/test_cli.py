@@ -125,3 +125,18 @@ def test_small_faces_never_leak(tmp_path, tiny_model_dir, capsys):
     assert main(base + ["-o", str(tmp_path / "fail.png"), "--small-faces", "fail"]) == 1
     assert "too small" in capsys.readouterr().err
     assert not (tmp_path / "fail.png").exists()
+
+
+def test_the_readme_main_command_works_offline(tmp_path):
+    """`faceanon redact "$(python -m faceanon_core.samples grace_hopper)" -o redacted/`."""
+    from faceanon_core.samples import sample_path
+
+    photo = sample_path("grace_hopper")
+    assert photo.is_file()
+    assert main(["redact", str(photo), "-o", str(tmp_path / "redacted")]) == 0
+    original = np.asarray(Image.open(photo))
+    redacted = np.asarray(Image.open(tmp_path / "redacted" / "grace_hopper.jpg"))
+    assert redacted.shape == original.shape
+    assert np.abs(redacted.astype(int) - original).mean() > 1
+    with pytest.raises(KeyError, match="no sample called"):
+        sample_path("nobody")
