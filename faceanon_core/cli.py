@@ -133,11 +133,11 @@ def write_rgb(path: Path, image, rgb, overwrite: bool):
         raise CliError(f"{path}: could not write the output ({exc})") from exc
 
 
-def generators(seed: int, count: int, start: int = 0):
-    """One generator per image: image i of a run always gets the same noise for a seed."""
+def generators(seed: int, count: int):
+    """The same seed for every face: a face keeps its anonymous identity across the frames of a clip."""
     import torch
 
-    return [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+    return [torch.Generator().manual_seed(seed) for _ in range(count)]
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -145,45 +145,35 @@ def generators(seed: int, count: int, start: int = 0):
 
 def run_anonymize_aligned(args) -> int:
     """Aligned 512x512 face crops in, anonymized crops out (photos: see ``faceanon anonymize``)."""
+    pipe_call = lambda pipe, crops, **kw: pipe.anonymize(crops, **kw)  # noqa: E731
+    return _run_on_crops(args, args.inputs, pipe_call)
+
+
+def run_swap(args) -> int:
+    source = read_rgb(Path(args.source))
+
+    def pipe_call(pipe, crops, **kw):
+        return pipe.swap(_square(source.rgb, args.size)[None], crops, **kw)
+
+    return _run_on_crops(args, args.driving, pipe_call)
+
+
+def _run_on_crops(args, inputs, pipe_call) -> int:
+    """Read every crop first (bad input fails before the model loads), then run in batches."""
     import numpy as np
 
-    plan = plan_crops(args.inputs, args.output, args.suffix, args.overwrite)
-    targets = [target for _, target in plan]
+    plan = plan_crops(inputs, args.output, args.suffix, args.overwrite)
     images = [read_rgb(path) for path, _ in plan]
     pipe = load_pipeline(args)
     size = args.size
     for start in range(0, len(images), args.batch_size):
         chunk = images[start:start + args.batch_size]
         crops = np.stack([_square(img.rgb, size) for img in chunk])
-        result = pipe.anonymize(
-            crops, degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
-            generator=generators(args.seed, len(chunk), start), height=size, width=size, output_type="np",
+        result = pipe_call(
+            pipe, crops, degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
+            generator=generators(args.seed, len(chunk)), height=size, width=size, output_type="np",
         ).images
-        for img, out, target in zip(chunk, result, targets[start:start + args.batch_size]):
-            out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
-            write_rgb(target, img, out, args.overwrite)
-            logger.info("wrote %s", target)
-    return 0
-
-
-def run_swap(args) -> int:
-    import numpy as np
-
-    source = read_rgb(Path(args.source))
-    plan = plan_crops(args.driving, args.output, args.suffix, args.overwrite)
-    targets = [target for _, target in plan]
-    drivers = [read_rgb(path) for path, _ in plan]
-    pipe = load_pipeline(args)
-    size = args.size
-    src = _square(source.rgb, size)[None]
-    for start in range(0, len(drivers), args.batch_size):
-        chunk = drivers[start:start + args.batch_size]
-        driving = np.stack([_square(img.rgb, size) for img in chunk])
-        result = pipe.swap(
-            src, driving, degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
-            generator=generators(args.seed, len(chunk), start), height=size, width=size, output_type="np",
-        ).images
-        for img, out, target in zip(chunk, result, targets[start:start + args.batch_size]):
+        for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size]):
             out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
             write_rgb(target, img, out, args.overwrite)
             logger.info("wrote %s", target)
@@ -246,7 +236,7 @@ def _add_model_options(parser):
     parser.add_argument("--fp32", action="store_true", help="full precision on the GPU (default there: fp16)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (image i of a run uses seed+i)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, the same for every face (default 0)")
     parser.add_argument("--scheduler", default="default", choices=["default", "ddpm", "ddim", "euler", "dpm++",
                                                                     "unipc"])
     parser.add_argument("--size", type=int, default=512, help="model resolution (default 512)")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import load_pipeline, plan_images
+from .cli import generators, load_pipeline, plan_images
 from .faces import FaceProcessingError, process_faces
 from .imageio import load_image, save_image
 from .photos import Manifest, run_batch
@@ -41,7 +41,7 @@ def crop_processor(pipe, args):
         out = pipe.anonymize(
             torch.from_numpy(np.ascontiguousarray(model_in)).permute(0, 3, 1, 2),
             degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
-            generator=[torch.Generator().manual_seed(args.seed) for _ in range(len(crops))],
+            generator=generators(args.seed, len(crops)),
             height=args.size, width=args.size, output_type="np",
         ).images
         if size != args.size:
