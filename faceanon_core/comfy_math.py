@@ -1,0 +1,429 @@
+"""Pure-torch pieces of the ComfyUI node pack (no ComfyUI imports, unit-testable without the host).
+
+The nodes in ``nodes/`` are thin adapters around these functions:
+
+* :func:`comfy_unet_config` / :func:`comfy_vae_config`: diffusers ``config.json`` -> the
+  config dicts ComfyUI's own UNet / VAE classes are built from (ComfyUI's model detection
+  accepts only the exact stock shapes, so the pack builds the models itself).
+* :func:`attn1_layout`: ComfyUI's ``(block kind, block id, block_index)`` of every
+  ``attn1`` -> the diffusers module name the reference states are keyed by.
+* :class:`StateRecorder`: an ``attn1_patch`` recording ``n = norm1(x)`` (the state) during
+  the ReferenceNet forward at t = 0, stopping it after the last state that is used.
+* :func:`reference_rows` and :class:`ReferencePatch`: the ``attn1_patch`` of the
+  dual-reference sampler: keys/values ``[own, source, driving]``, the source side chosen
+  per batch row from ``extra_options["cond_or_uncond"]``.
+* :func:`pooled_clip`: CLIP's pooled output (post-layernorm CLS) from the last hidden state.
+* :func:`seeded_noise`, :func:`resolve_batch`, :func:`sampler_conditioning`,
+  :func:`resize_images`.
+
+The method's maths (routing, Eq. 1, Eq. 2, batch broadcasting) is reused from
+:mod:`faceanon_core.states` and :mod:`faceanon_core.attention`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .states import ReferenceStates, expand_batch, mix_embeds, sorted_in_forward_order
+
+logger = logging.getLogger(__name__)
+
+#: ComfyUI's UNet and VAE build every GroupNorm with 32 groups.
+COMFY_GROUPS = 32
+
+LayerKey = tuple  # (kind: "input"|"middle"|"output", block id, block_index)
+
+
+# ------------------------------------------------------------------------ configs
+
+
+def _per_level(value, levels: int, what: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != levels:
+            raise ValueError(f"{what} has {len(value)} entries for {levels} levels")
+        return list(value)
+    return [value] * levels
+
+
+def comfy_unet_config(cfg: dict) -> dict:
+    """A diffusers ``UNet2DConditionModel`` config -> ComfyUI ``unet_config`` (SD-style UNet).
+
+    Raises ``ValueError`` naming the setting for architectures ComfyUI's UNet cannot express.
+    ``norm_num_groups`` other than 32 is allowed (the loader sets the groups after building).
+    """
+    boc = list(cfg.get("block_out_channels", (320, 640, 1280, 1280)))
+    levels = len(boc)
+    mc = boc[0]
+    if any(c % mc for c in boc):
+        raise ValueError(f"block_out_channels {boc} must be multiples of the first entry")
+    lpb = _per_level(cfg.get("layers_per_block", 2), levels, "layers_per_block")
+    tl = _per_level(cfg.get("transformer_layers_per_block", 1), levels, "transformer_layers_per_block")
+    down = list(cfg.get("down_block_types", ()))
+    up = list(cfg.get("up_block_types", ()))
+    if len(down) != levels or len(up) != levels:
+        raise ValueError("down_block_types / up_block_types must have one entry per block_out_channels entry")
+    for key, want in (("flip_sin_to_cos", True), ("freq_shift", 0), ("center_input_sample", False),
+                      ("dual_cross_attention", False), ("class_embed_type", None), ("addition_embed_type", None),
+                      ("encoder_hid_dim", None), ("time_embedding_type", "positional"),
+                      ("resnet_time_scale_shift", "default")):
+        # (upcast_attention, set by SD 2.1, needs nothing: the loader keeps SD2's fp32 attention.)
+        value = cfg.get(key, want)
+        if value != want:
+            raise ValueError(f"config setting {key}={value!r} is not supported by ComfyUI's UNet")
+    if float(cfg.get("norm_eps", 1e-5)) != 1e-5:
+        raise ValueError(f"norm_eps={cfg.get('norm_eps')} is not supported by ComfyUI's UNet (needs 1e-5)")
+    groups = int(cfg.get("norm_num_groups", COMFY_GROUPS))
+    if any(c % groups for c in boc) or any(c % COMFY_GROUPS for c in boc):
+        raise ValueError(f"block_out_channels {boc} must be divisible by 32 and by norm_num_groups={groups}")
+    t_in, t_out = [], []
+    for lvl in range(levels):
+        t_in += [tl[lvl] if "CrossAttn" in down[lvl] else 0] * lpb[lvl]
+    for lvl in range(levels):  # level order; up_blocks[j] is level levels-1-j
+        t_out += [tl[lvl] if "CrossAttn" in up[levels - 1 - lvl] else 0] * (lpb[lvl] + 1)
+    mid = cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if mid == "UNetMidBlock2DCrossAttn":
+        t_mid = tl[-1]
+    elif mid is None:
+        t_mid = -2
+    else:
+        raise ValueError(f"mid_block_type {mid!r} is not supported")
+    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)  # diffusers naming quirk
+    if isinstance(heads, (list, tuple)):
+        dims = {boc[i] // heads[i] for i in range(levels)}
+        if len(dims) != 1:
+            raise ValueError(f"attention heads {heads} give different head sizes per level; ComfyUI needs "
+                             "a constant head count or a constant head size")
+        num_heads, num_head_channels = -1, dims.pop()
+    else:
+        num_heads, num_head_channels = int(heads), -1
+    if not cfg.get("cross_attention_dim"):
+        raise ValueError("config.json has no cross_attention_dim")
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "in_channels": int(cfg.get("in_channels", 4)), "out_channels": int(cfg.get("out_channels", 4)),
+        "model_channels": mc, "channel_mult": [c // mc for c in boc], "num_res_blocks": lpb,
+        "transformer_depth": t_in, "transformer_depth_output": t_out, "transformer_depth_middle": t_mid,
+        "context_dim": int(cfg["cross_attention_dim"]),
+        "use_linear_in_transformer": bool(cfg.get("use_linear_projection", False)),
+        "num_heads": num_heads, "num_head_channels": num_head_channels, "adm_in_channels": None,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def comfy_vae_config(cfg: dict) -> dict:
+    """A diffusers ``AutoencoderKL`` config -> the ``config`` ComfyUI's ``comfy.sd.VAE`` accepts."""
+    boc = list(cfg.get("block_out_channels", (128, 256, 512, 512)))
+    groups = int(cfg.get("norm_num_groups", COMFY_GROUPS))
+    if groups != COMFY_GROUPS:
+        raise ValueError(
+            f"the VAE has norm_num_groups={groups}; ComfyUI's VAE supports only 32 (every SD VAE has 32). "
+            "Connect ComfyUI's own VAE loader instead"
+        )
+    if any(c % boc[0] for c in boc):
+        raise ValueError(f"VAE block_out_channels {boc} must be multiples of the first entry")
+    if not cfg.get("mid_block_add_attention", True):
+        raise ValueError("a VAE without mid-block attention is not supported by ComfyUI's VAE")
+    latent = int(cfg.get("latent_channels", 4))
+    ddconfig = {
+        "double_z": True, "z_channels": latent, "resolution": int(cfg.get("sample_size", 256)),
+        "in_channels": int(cfg.get("in_channels", 3)), "out_ch": int(cfg.get("out_channels", 3)),
+        "ch": boc[0], "ch_mult": [c // boc[0] for c in boc], "num_res_blocks": int(cfg.get("layers_per_block", 2)),
+        "attn_resolutions": [], "dropout": 0.0,
+    }
+    return {"params": {"ddconfig": ddconfig, "embed_dim": latent}}
+
+
+# ------------------------------------------------------------------------ layer names
+
+
+def attn1_layout(unet_config: dict) -> dict[LayerKey, str]:
+    """ComfyUI ``(kind, block id, block_index)`` -> diffusers ``attn1`` name, in forward order.
+
+    Follows how ComfyUI's UNet consumes ``transformer_depth`` (front to back over the input
+    blocks) and ``transformer_depth_output`` (back to front over the output blocks).
+    """
+    nrb = list(unet_config["num_res_blocks"])
+    levels = len(unet_config["channel_mult"])
+    if len(nrb) != levels:
+        nrb = [nrb[0]] * levels
+    depth_in = list(unet_config["transformer_depth"])
+    depth_out = list(unet_config["transformer_depth_output"])
+    layout: dict[LayerKey, str] = {}
+    block = 0
+    for lvl in range(levels):
+        for k in range(nrb[lvl]):
+            block += 1
+            depth = depth_in.pop(0) if depth_in else 0
+            for t in range(depth):
+                layout[("input", block, t)] = f"down_blocks.{lvl}.attentions.{k}.transformer_blocks.{t}.attn1"
+        if lvl != levels - 1:
+            block += 1  # downsampler
+    for t in range(max(int(unet_config.get("transformer_depth_middle", -2)), 0)):
+        layout[("middle", 0, t)] = f"mid_block.attentions.0.transformer_blocks.{t}.attn1"
+    block = 0
+    for lvl in reversed(range(levels)):
+        for k in range(nrb[lvl] + 1):
+            depth = depth_out.pop() if depth_out else 0
+            for t in range(depth):
+                layout[("output", block, t)] = f"up_blocks.{levels - 1 - lvl}.attentions.{k}.transformer_blocks.{t}.attn1"
+            block += 1
+    return layout
+
+
+def layer_key(extra_options: dict) -> LayerKey:
+    kind, number = extra_options["block"][:2]
+    return kind, int(number), int(extra_options["block_index"])
+
+
+def routed_layers(layout: dict[LayerKey, str], mode: str) -> tuple[dict[str, str], list[str]]:
+    """UNet attn1 name -> ReferenceNet attn1 name (``route_states``), and the reference layers used."""
+    from .attention import route_states  # imports diffusers: only when a node runs
+
+    routing = route_states(sorted_in_forward_order(layout.values()), mode)
+    return routing, sorted_in_forward_order(set(routing.values()))
+
+
+# ------------------------------------------------------------------------ capture
+
+
+class CaptureDone(Exception):
+    """Raised by :class:`StateRecorder` after the last state that is needed."""
+
+
+class StateRecorder:
+    """``attn1_patch`` recording ``n`` (= ``norm1(x)``, the state) of the needed layers.
+
+    ``wanted``: ComfyUI layer key -> diffusers name. After the last wanted layer in
+    forward order it raises :class:`CaptureDone` (later layers never influence the states).
+    """
+
+    def __init__(self, wanted: dict[LayerKey, str], stop_early: bool = True):
+        if not wanted:
+            raise ValueError("no reference layers to capture")
+        self.wanted = dict(wanted)
+        self.last = sorted(wanted.values(), key=_forward_key)[-1]
+        self.stop_early = stop_early
+        self.states: dict[str, torch.Tensor] = {}
+
+    def __call__(self, n, context_attn1, value_attn1, extra_options):
+        name = self.wanted.get(layer_key(extra_options))
+        if name is not None:
+            self.states[name] = n.detach()
+            if self.stop_early and name == self.last:
+                raise CaptureDone
+        return n, context_attn1, value_attn1
+
+    def result(self) -> dict[str, torch.Tensor]:
+        missing = sorted(set(self.wanted.values()) - set(self.states))
+        if missing:
+            raise RuntimeError(f"the ReferenceNet forward did not reach the layer(s) {missing}")
+        return {name: self.states[name] for name in sorted_in_forward_order(self.states)}
+
+
+def _forward_key(name: str):
+    from .states import forward_order_key
+
+    return forward_order_key(name)
+
+
+def split_capture(states: dict[str, torch.Tensor], batch: int) -> tuple[dict, dict]:
+    """A capture of ``batch`` image rows followed by one unconditional row -> (cond, uncond)."""
+    cond = {k: v[:batch] for k, v in states.items()}
+    uncond = {k: v[batch:batch + 1] for k, v in states.items()}
+    return cond, uncond
+
+
+def capture_inputs(latents: torch.Tensor, embeds: torch.Tensor, degree: float):
+    """ReferenceNet inputs: the images (context ``Z' = (1-d)·Z``, Eq. 1) plus one
+    unconditional row (zero latents, zero embedding) appended at the end."""
+    context = mix_embeds(embeds, degree)
+    x = torch.cat([latents, torch.zeros_like(latents[:1])])
+    c = torch.cat([context, torch.zeros_like(context[:1])])
+    return x, c
+
+
+def mix_captured(states: ReferenceStates, embeds: torch.Tensor, degree: float):
+    """The mixing node: Eq. 2 on captured states, Eq. 1 on the embeddings.
+
+    The source ReferenceNet must have seen ``Z' = (1-d)·Z`` already (Eq. 1 comes before it), so
+    states captured with a different degree, or mixed twice, are an error.
+    """
+    if "degree" in states.meta:
+        raise ValueError(f"these states are already mixed (degree {states.meta['degree']}); mix captured states once")
+    captured = float(states.meta.get("embed_degree", "0.0"))
+    if abs(captured - float(degree)) > 1e-6:
+        raise ValueError(
+            f"the states were captured with degree {captured:g} but are mixed with degree {float(degree):g}: "
+            "set the same degree on the capture node (Eq. 1 is applied before the ReferenceNet runs)"
+        )
+    resolve_batch({"the states": states.batch_size, "the embeddings": embeds.shape[0]})
+    return states.mixed(float(degree)), mix_embeds(embeds, float(degree))
+
+
+# ------------------------------------------------------------------------ sampling
+
+
+def resolve_batch(sizes: dict[str, int]) -> int:
+    """The batch every input broadcasts to: sizes of 1 broadcast, any other mismatch is an error."""
+    batch = max(sizes.values())
+    for what, size in sizes.items():
+        if size not in (1, batch):
+            other = next(k for k, v in sizes.items() if v == batch)
+            raise ValueError(f"{what} has a batch of {size} but {other} has {batch}: "
+                             "pass one item (used for every image) or exactly one per image")
+    return batch
+
+
+def sampler_conditioning(source_embeds: torch.Tensor, driving_embeds: torch.Tensor, batch: int):
+    """Positive ``[Z'_src, Z_drv]`` and negative ``[0, Z_drv]`` cross-attention contexts, ``[B, 2, C]``."""
+    src = expand_batch(source_embeds, batch, "the source embedding")
+    drv = expand_batch(driving_embeds, batch, "the driving embedding")
+    positive = torch.cat([src, drv], dim=1)
+    negative = torch.cat([torch.zeros_like(src), drv], dim=1)
+    return positive, negative
+
+
+def seeded_noise(shape, seed: int, per_image: bool = False) -> torch.Tensor:
+    """Initial noise on the CPU.
+
+    Default: one noise image from ``seed`` shared by the whole batch, so that a given seed and
+    degree give the same anonymous identity in every frame of a clip (and a frame gets the same
+    result whatever batch it is processed in). ``per_image``: ComfyUI's usual consecutive draws.
+    """
+    shape = tuple(shape)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    if per_image:
+        return torch.randn(shape, generator=generator, device="cpu")
+    one = torch.randn((1,) + shape[1:], generator=generator, device="cpu")
+    return one.expand(shape).contiguous()
+
+
+def reference_rows(cond_or_uncond, rows: int, source_cond: torch.Tensor, source_uncond: torch.Tensor,
+                   driving: torch.Tensor) -> torch.Tensor:
+    """Reference tokens ``[rows, N_src + N_drv, C]`` for one UNet call.
+
+    ComfyUI stacks one chunk of B rows per entry of ``cond_or_uncond`` (0 = positive, 1 =
+    negative). Positive rows get the (mixed) source states ``S'``, negative rows ``S_uncond``;
+    both get the driving states. Each state tensor has a batch of 1 or B.
+    """
+    chunks = list(cond_or_uncond)
+    if not chunks or rows % len(chunks):
+        raise ValueError(f"{rows} attention rows cannot be split into the {len(chunks)} chunks {chunks}")
+    batch = rows // len(chunks)
+    src = expand_batch(source_cond, batch, "the source states")
+    unc = expand_batch(source_uncond, batch, "the unconditional source states")
+    drv = expand_batch(driving, batch, "the driving states")
+    per_chunk = {0: torch.cat([src, drv], dim=1), 1: torch.cat([unc, drv], dim=1)}
+    for c in chunks:
+        if c not in per_chunk:
+            raise ValueError(f"unknown cond_or_uncond flag {c!r}")
+    return torch.cat([per_chunk[c] for c in chunks])
+
+
+class ReferencePatch:
+    """The dual-reference ``attn1_patch``: keys/values ``[own(+earlier patches), source, driving]``.
+
+    Queries stay the UNet's own tokens. The reference layer of each UNet layer comes from
+    ``routing`` (as trained: the ReferenceNet's first attention of the same block).
+    The object is shared, not copied, by ``ModelPatcher.clone()`` (states are read-only).
+    """
+
+    def __init__(self, layout: dict[LayerKey, str], routing: dict[str, str], source: ReferenceStates,
+                 driving: ReferenceStates):
+        if source.uncond is None:
+            raise ValueError("the source states have no unconditional branch: capture them with the "
+                             "FaceAnon ReferenceNet capture node")
+        needed = set(routing.values())
+        for what, states in (("source", source), ("driving", driving)):
+            missing = sorted(needed - set(states.cond))
+            if missing:
+                raise ValueError(f"the {what} states lack the layer(s) {missing[:3]} this UNet reads: were they "
+                                 "captured with the ReferenceNets of the same model folder?")
+        self.layout = dict(layout)
+        self.routing = dict(routing)
+        self.source_cond = {k: source.cond[k] for k in needed}
+        self.source_uncond = {k: source.uncond[k] for k in needed}
+        self.driving = {k: driving.cond[k] for k in needed}
+        self._cast: dict = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device):
+        for states in (self.source_cond, self.source_uncond, self.driving):
+            for k in states:
+                states[k] = states[k].to(device)
+        self._cast = {}
+        return self
+
+    def _tensor(self, which: dict, name: str, like: torch.Tensor) -> torch.Tensor:
+        key = (id(which), name, like.device, like.dtype)
+        t = self._cast.get(key)
+        if t is None:
+            t = which[name].to(device=like.device, dtype=like.dtype)
+            self._cast[key] = t
+        return t
+
+    def tokens(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        key = layer_key(extra_options)
+        layer = self.layout.get(key)
+        if layer is None:
+            raise ValueError(f"UNet layer {key} is not in this model's layout: the MODEL does not match the "
+                             "FaceAnon reference states")
+        ref = self.routing[layer]
+        if "cond_or_uncond" not in extra_options:
+            raise ValueError("the UNet was called outside ComfyUI sampling (no cond_or_uncond): FaceAnon "
+                             "cannot tell conditional from unconditional rows")
+        tokens = reference_rows(extra_options["cond_or_uncond"], n.shape[0], self._tensor(self.source_cond, ref, n),
+                                self._tensor(self.source_uncond, ref, n), self._tensor(self.driving, ref, n))
+        if tokens.shape[-1] != n.shape[-1]:
+            raise ValueError(f"{layer}: reference states have {tokens.shape[-1]} channels, the UNet {n.shape[-1]}")
+        return tokens
+
+    def __call__(self, n, context_attn1, value_attn1, extra_options):
+        tokens = self.tokens(n, extra_options)
+        context = n if context_attn1 is None else context_attn1
+        value = context if value_attn1 is None else value_attn1
+        return n, torch.cat([context, tokens], dim=1), torch.cat([value, tokens], dim=1)
+
+
+# ------------------------------------------------------------------------ images / CLIP
+
+
+def pooled_clip(last_hidden_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """CLIP ``pooler_output`` = post-layernorm of the CLS token (before the projection), ``[B, 1, C]``."""
+    cls = last_hidden_state[:, 0].float()
+    pooled = F.layer_norm(cls, (cls.shape[-1],), weight.float().to(cls.device), bias.float().to(cls.device), eps)
+    return pooled.unsqueeze(1)
+
+
+def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """ComfyUI ``IMAGE`` ``[B,H,W,C]`` -> ``[B,height,width,3]`` (bicubic, antialiased, as the core)."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an IMAGE batch [B,H,W,C], got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("the IMAGE batch is empty")
+    images = images[..., :3] if images.shape[-1] >= 3 else images.expand(-1, -1, -1, 3)
+    if not torch.isfinite(images).all():
+        raise ValueError("the image holds NaN or infinite values")
+    if tuple(images.shape[1:3]) == (height, width):
+        return images.float().contiguous()
+    logger.info("FaceAnon: resizing %d image(s) from %dx%d to the model's %dx%d", images.shape[0],
+                images.shape[2], images.shape[1], width, height)
+    x = images.float().movedim(-1, 1)
+    x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return x.clamp(0, 1).movedim(1, -1).contiguous()
+
+
+def latent_hw(resolution: int, factor: int = 8) -> int:
+    if resolution % factor:
+        raise ValueError(f"resolution {resolution} is not a multiple of {factor}")
+    return resolution // factor
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,207 @@
+"""Face nodes: Detect & Align Faces, Paste Faces Back, Redact Faces (adapters over faceanon_core.faces/redact).
+
+``faceanon_core.faces`` imports OpenCV, so it is imported when a node runs, not when ComfyUI starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "FaceAnon"
+
+
+@dataclass
+class FaceSet:
+    """``FACEANON_FACES``: the aligned faces of a batch, in the order of the crops.
+
+    Each face records its source frame index, landmarks, affine (image -> crop), crop size and score.
+    """
+
+    faces: list = field(default_factory=list)  # faceanon_core.faces.AlignedFace
+    frame_sizes: list = field(default_factory=list)  # (height, width) per frame
+    crop_size: int = 512
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+
+def to_uint8_frames(image: torch.Tensor, what: str = "image") -> list[np.ndarray]:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
+        raise ValueError(f"{what}: expected an IMAGE batch [B,H,W,3], got {tuple(getattr(image, 'shape', ()))}")
+    from ..faceanon_core.imageio import from_float
+
+    array = image[..., :3].detach().float().cpu().numpy()
+    return [from_float(frame) for frame in array]
+
+
+def to_image(frames) -> torch.Tensor:
+    from ..faceanon_core.imageio import to_float_batch
+
+    return torch.from_numpy(to_float_batch(np.stack(frames)))
+
+
+@functools.lru_cache(maxsize=4)
+def _detector(threshold: float, min_face_px: float):
+    from ..faceanon_core.faces import MTCNNDetector
+
+    return MTCNNDetector(min_face_size=min_face_px, thresholds=(0.6, 0.7, threshold))
+
+
+def _detected(face):
+    from ..faceanon_core.faces import DetectedFace
+
+    return DetectedFace(box=face.box, score=face.score, landmarks5=face.landmarks)
+
+
+class FaceAnonDetectFaces:
+    DESCRIPTION = ("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square crop. "
+                   "Returns all crops of all frames as one IMAGE batch (in frame order) and the face list for "
+                   "Paste Faces Back. Frames without a face are logged and contribute no crop.")
+    CATEGORY = CATEGORY
+    FUNCTION = "detect"
+    RETURN_TYPES = ("IMAGE", "FACEANON_FACES")
+    RETURN_NAMES = ("crops", "faces")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE",),
+            "threshold": ("FLOAT", {"default": 0.95, "min": 0.5, "max": 0.999, "step": 0.005}),
+            "min_face_size": ("FLOAT", {"default": 10.0, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                        "tooltip": "skip faces with fewer pixels between the eyes"}),
+            "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
+            "if_no_face": (["continue", "error"], {"default": "continue"}),
+        }}
+
+    def detect(self, image, threshold, min_face_size, crop_size, if_no_face):
+        from ..faceanon_core.faces import align_faces, extract_crops
+
+        frames = to_uint8_frames(image)
+        detector = _detector(float(threshold), 20.0)
+        faces, crops = [], []
+        pbar = comfy.utils.ProgressBar(len(frames))
+        for index, frame in enumerate(frames):
+            found = detector.detect(frame)
+            aligned, _skipped = align_faces(found, frame_index=index, crop_size=crop_size,
+                                            min_face_size=min_face_size, image_name=f"frame {index}")
+            if not found:
+                if if_no_face == "error":
+                    raise ValueError(f"frame {index}: no face found")
+                logger.warning("FaceAnon: frame %d: no face found", index)
+            if aligned:
+                faces.extend(aligned)
+                crops.append(extract_crops(frame, aligned))
+            pbar.update(1)
+        result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size)
+        if crops:
+            batch = to_image(np.concatenate(crops))
+        else:
+            batch = torch.zeros((0, crop_size, crop_size, 3))
+        return batch.to(mm.intermediate_device()), result
+
+
+class FaceAnonPasteFaces:
+    DESCRIPTION = ("Warps processed crops back into the original frames and blends them with a feathered face mask; "
+                   "pixels outside the mask stay exactly as they were. Returns the frames and the blend mask.")
+    CATEGORY = CATEGORY
+    FUNCTION = "paste"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE",), "crops": ("IMAGE",), "faces": ("FACEANON_FACES",),
+            "feather": ("FLOAT", {"default": 0.025, "min": 0.0, "max": 0.2, "step": 0.005}),
+            "erode": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 0.2, "step": 0.005}),
+            "color_match": ("BOOLEAN", {"default": False}),
+        }}
+
+    def paste(self, image, crops, faces, feather, erode, color_match):
+        from ..faceanon_core.faces import paste_back
+
+        if not isinstance(faces, FaceSet):
+            raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
+        frames = to_uint8_frames(image)
+        if len(frames) != len(faces.frame_sizes):
+            raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
+                             f"{len(faces.frame_sizes)} frames")
+        for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
+            if tuple(frame.shape[:2]) != tuple(size):
+                raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
+                                 f"on a {size[1]}x{size[0]} frame")
+        if crops.shape[0] != len(faces):
+            raise ValueError(f"got {crops.shape[0]} processed crops for {len(faces)} detected faces")
+        if len(faces) and not torch.isfinite(crops).all():
+            raise ValueError("the processed crops hold NaN or infinite values; nothing was pasted")
+        if len(faces) and tuple(crops.shape[1:3]) != (faces.crop_size, faces.crop_size):
+            from ..faceanon_core.comfy_math import resize_images
+
+            logger.info("FaceAnon: resizing crops from %dx%d to %d", crops.shape[2], crops.shape[1], faces.crop_size)
+            crops = resize_images(crops, faces.crop_size, faces.crop_size)
+        crops_np = crops[..., :3].detach().float().clamp(0, 1).cpu().numpy() if len(faces) else None
+        out, masks = [], []
+        for index, frame in enumerate(frames):
+            picks = [i for i, f in enumerate(faces.faces) if f.frame_index == index]
+            if not picks:
+                out.append(frame)
+                masks.append(np.zeros(frame.shape[:2], np.float32))
+                continue
+            pasted, mask = paste_back(frame, [faces.faces[i] for i in picks], crops_np[picks], erode=erode,
+                                      feather=feather, color_match=color_match)
+            out.append(pasted)
+            masks.append(mask)
+        return to_image(out), torch.from_numpy(np.stack(masks))
+
+
+class FaceAnonRedactFaces:
+    DESCRIPTION = ("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid fill in "
+                   "aligned-crop space, pasted back with an opaque mask. strength 0 = the method's default (blur: "
+                   "sigma 0.35 eye distances; pixelate: 8 blocks across the face). Optionally reuse detected faces.")
+    CATEGORY = CATEGORY
+    FUNCTION = "redact"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "method": (["blur", "pixelate", "solid"], {"default": "blur"}),
+                "strength": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05}),
+                "threshold": ("FLOAT", {"default": 0.95, "min": 0.5, "max": 0.999, "step": 0.005}),
+            },
+            "optional": {"faces": ("FACEANON_FACES",)},
+        }
+
+    def redact(self, image, method, strength, threshold, faces=None):
+        from ..faceanon_core.redact import redact_image
+
+        frames = to_uint8_frames(image)
+        if faces is not None and len(faces.frame_sizes) != len(frames):
+            raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
+                             f"{len(faces.frame_sizes)} frames")
+        detector = None if faces is not None else _detector(float(threshold), 20.0)
+        out, masks = [], []
+        pbar = comfy.utils.ProgressBar(len(frames))
+        for index, frame in enumerate(frames):
+            given = None
+            if faces is not None:
+                given = [_detected(f) for f in faces.faces if f.frame_index == index]
+            result = redact_image(frame, method, strength if strength > 0 else None, faces=given, detector=detector,
+                                  image_name=f"frame {index}")
+            out.append(result.image)
+            masks.append(result.mask)
+            pbar.update(1)
+        return to_image(out), torch.from_numpy(np.stack(masks))

@@ -1,0 +1,245 @@
+"""Model loading for the node pack: a FaceAnon model folder -> ComfyUI MODEL, ReferenceNets, VAE, CLIP vision.
+
+ComfyUI's own model detection accepts only the exact stock shapes, so the UNet-shaped parts are
+built from their ``config.json`` with ComfyUI's UNet class and its own diffusers key map. The
+same code path serves the published weights and the tiny test models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import comfy.clip_vision
+import comfy.diffusers_convert
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models
+import comfy.utils
+import folder_paths
+
+from ..faceanon_core import comfy_math
+
+logger = logging.getLogger(__name__)
+
+FOLDER_NAME = "faceanon"
+UNET_PARTS = ("unet", "referencenet", "conditioning_referencenet")
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def register_model_folder() -> None:
+    """``models/faceanon`` (plus any ``faceanon:`` entries of extra_model_paths.yaml). Creates nothing."""
+    folder_paths.add_model_folder_path(FOLDER_NAME, os.path.join(folder_paths.models_dir, FOLDER_NAME))
+
+
+def list_model_folders() -> list[str]:
+    """Model folders (relative names) under every registered ``faceanon`` root: those holding ``unet/config.json``."""
+    found = []
+    for root in folder_paths.get_folder_paths(FOLDER_NAME):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            if os.path.isfile(os.path.join(dirpath, "unet", "config.json")):
+                rel = os.path.relpath(dirpath, root)
+                if rel != "." and rel not in found:
+                    found.append(rel.replace(os.sep, "/"))
+                dirnames[:] = []  # do not descend into a model folder
+            else:
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return sorted(found)
+
+
+def resolve_model_folder(name: str) -> Path:
+    for root in folder_paths.get_folder_paths(FOLDER_NAME):
+        path = Path(root) / name
+        if path.is_dir():
+            return path
+    roots = ", ".join(folder_paths.get_folder_paths(FOLDER_NAME)) or "(none registered)"
+    raise FileNotFoundError(f"FaceAnon model folder {name!r} not found under {roots}")
+
+
+class FaceAnonSD2Config(comfy.supported_models.SD20):
+    """SD 2.x settings (fp32 attention, SD latent format) without SD20's forced 64-channel heads."""
+
+    unet_extra_config = {"attn_precision": torch.float32}
+
+
+@dataclass
+class FaceAnonRefNet:
+    """``FACEANON_REFNET``: a ReferenceNet as a ComfyUI ModelPatcher plus what the capture needs."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    role: str  # "source" or "driving"
+    folder: str
+    layout: dict = field(repr=False)
+    routing_mode: str = "as_trained"
+    resolution: int = 512
+
+    @property
+    def latent_format(self):
+        return self.patcher.model.latent_format
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def _prediction_type(root: Path) -> comfy.model_base.ModelType:
+    config = root / "scheduler" / "scheduler_config.json"
+    prediction = _read_json(config).get("prediction_type", "v_prediction") if config.is_file() else "v_prediction"
+    if prediction == "v_prediction":
+        return comfy.model_base.ModelType.V_PREDICTION
+    if prediction == "epsilon":
+        return comfy.model_base.ModelType.EPS
+    raise ValueError(f"{config}: prediction_type {prediction!r} is not supported (v_prediction or epsilon)")
+
+
+def load_unet_part(folder: Path, model_type=comfy.model_base.ModelType.V_PREDICTION):
+    """One UNet-shaped part (config.json + safetensors) -> (ModelPatcher, diffusers config, unet_config)."""
+    cfg = _read_json(folder / "config.json")
+    try:
+        unet_config = comfy_math.comfy_unet_config(cfg)
+    except ValueError as exc:
+        raise ValueError(f"{folder / 'config.json'}: {exc}") from exc
+    model_config = FaceAnonSD2Config(unet_config)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing")
+    sd = comfy.utils.load_torch_file(str(weights), safe_load=True)
+    keymap = comfy.utils.unet_to_diffusers(model_config.unet_config)  # diffusers name -> ComfyUI name
+    unknown = sorted(set(sd) - set(keymap))
+    if unknown:
+        raise ValueError(f"{weights}: {len(unknown)} tensors do not belong to the UNet described by config.json, "
+                         f"e.g. {unknown[:3]}")
+    new_sd = {keymap[k]: v for k, v in sd.items()}
+
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(new_sd),
+                          supported_dtypes=list(model_config.supported_inference_dtypes))
+    manual_cast = mm.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = comfy.model_base.BaseModel(model_config, model_type=model_type, device=offload_device)
+    expected = set(model.diffusion_model.state_dict())
+    missing = sorted(expected - set(new_sd))
+    if missing:
+        raise ValueError(f"{weights}: {len(missing)} UNet tensors are missing, e.g. {missing[:3]}")
+    model.load_model_weights(new_sd, "")
+    groups = int(cfg.get("norm_num_groups", comfy_math.COMFY_GROUPS))
+    if groups != comfy_math.COMFY_GROUPS:  # ComfyUI builds GroupNorm(32, ...); honour the config
+        for module in model.diffusion_model.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.num_groups = groups
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return patcher, cfg, unet_config
+
+
+def load_vae(folder: Path):
+    cfg = _read_json(folder / "config.json")
+    try:
+        config = comfy_math.comfy_vae_config(cfg)
+    except ValueError as exc:
+        raise ValueError(f"{folder / 'config.json'}: {exc}") from exc
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing")
+    sd = comfy.utils.load_torch_file(str(weights), safe_load=True)
+    converted = set(comfy.diffusers_convert.convert_vae_state_dict(dict(sd))) if any(
+        k.startswith("decoder.up_blocks.") for k in sd) else set(sd)
+    vae = comfy.sd.VAE(sd=sd, config=config)
+    missing = sorted(set(vae.first_stage_model.state_dict()) - converted)
+    if missing:
+        raise ValueError(f"{weights}: {len(missing)} VAE tensors are missing for config.json, e.g. {missing[:3]}")
+    return vae
+
+
+def load_clip_vision(encoder: Path, extractor: Path | None):
+    cfg = _read_json(encoder / "config.json")
+    if "vision_config" in cfg:  # a full CLIPConfig
+        cfg = dict(cfg["vision_config"], projection_dim=cfg.get("projection_dim", cfg["vision_config"].get(
+            "projection_dim", 768)))
+    cfg.setdefault("model_type", "clip_vision_model")
+    if extractor is not None and (extractor / "preprocessor_config.json").is_file():
+        pre = _read_json(extractor / "preprocessor_config.json")
+        cfg["image_mean"] = pre.get("image_mean", cfg.get("image_mean"))
+        cfg["image_std"] = pre.get("image_std", cfg.get("image_std"))
+    weights = encoder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing")
+    sd = comfy.utils.load_torch_file(str(weights), safe_load=True)
+    if not any(k.startswith("vision_model.") for k in sd):
+        sd = {f"vision_model.{k}": v for k, v in sd.items()}
+    with tempfile.TemporaryDirectory(prefix="faceanon_clip_") as tmp:
+        path = os.path.join(tmp, "config.json")
+        with open(path, "w") as handle:
+            json.dump({k: v for k, v in cfg.items() if v is not None}, handle)
+        clip = comfy.clip_vision.ClipVisionModel(path)
+    missing, _unexpected = clip.load_sd(sd)
+    missing = [k for k in missing if not k.startswith("visual_projection")]  # the projection is not used
+    if missing:
+        raise ValueError(f"{weights}: {len(missing)} CLIP vision tensors are missing, e.g. {missing[:3]}")
+    return clip
+
+
+def check_folder(root: Path) -> None:
+    """Validate the layout with the core's checker (clear messages with the expected paths)."""
+    from ..faceanon_core.loading import check_model_folder
+
+    check_model_folder(root).raise_if_bad()
+
+
+def load_model_folder(name: str):
+    """-> (MODEL, source REFNET, driving REFNET, VAE or None, CLIP_VISION or None)."""
+    root = resolve_model_folder(name)
+    check_folder(root)
+    model_type = _prediction_type(root)
+    unet, cfg, unet_config = load_unet_part(root / "unet", model_type)
+    layout = comfy_math.attn1_layout(unet_config)
+    routing_mode = cfg.get("faceanon_routing") or "as_trained"
+    resolution = int(cfg.get("sample_size", 64)) * 8
+    refnets = []
+    for part, role in (("referencenet", "source"), ("conditioning_referencenet", "driving")):
+        patcher, part_cfg, part_unet_config = load_unet_part(root / part, model_type)
+        if comfy_math.attn1_layout(part_unet_config) != layout:
+            raise ValueError(f"{root / part / 'config.json'}: the ReferenceNet's layers differ from the UNet's")
+        refnets.append(FaceAnonRefNet(patcher=patcher, role=role, folder=str(root), layout=layout,
+                                      routing_mode=routing_mode, resolution=resolution))
+    vae = load_vae(root / "vae") if (root / "vae").is_dir() else None
+    clip = None
+    if (root / "image_encoder").is_dir():
+        extractor = root / "feature_extractor"
+        clip = load_clip_vision(root / "image_encoder", extractor if extractor.is_dir() else None)
+    if vae is None or clip is None:
+        logger.info("FaceAnon: %s has no %s; connect ComfyUI's own loaders for them", root,
+                    " and ".join(n for n, v in (("vae/", vae), ("image_encoder/", clip)) if v is None))
+    return unet, refnets[0], refnets[1], vae, clip
+
+
+class FaceAnonModelLoader:
+    DESCRIPTION = ("Loads a FaceAnon model folder from models/faceanon/ (unet/, referencenet/, "
+                   "conditioning_referencenet/; optional vae/ and image_encoder/). MODEL is the UNet (v-prediction); "
+                   "VAE and CLIP_VISION are empty when the folder lacks them: connect ComfyUI's own loaders then.")
+    CATEGORY = "FaceAnon"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "FACEANON_REFNET", "FACEANON_REFNET", "VAE", "CLIP_VISION")
+    RETURN_NAMES = ("model", "source_refnet", "driving_refnet", "vae", "clip_vision")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model_folder": (list_model_folders(),)}}
+
+    def load(self, model_folder):
+        return load_model_folder(model_folder)

@@ -1,0 +1,98 @@
+"""All-in-one nodes: Face Anonymize and Face Swap (the granular graph in one box)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.model_management as mm
+
+from ..faceanon_core import comfy_math
+from . import reference
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed, steps,
+         cfg, sampler_name, scheduler, same_image: bool):
+    """Both images resized to the model's resolution; the result resized back to the driving size."""
+    reference._check_images(driving_image, "driving image")
+    if vae is None or clip_vision is None:
+        raise ValueError("connect a VAE and a CLIP vision model (the model folder has no vae/ or image_encoder/)")
+    size = driving_refnet.resolution
+    driving_px = comfy_math.resize_images(driving_image, size, size)
+    batch = driving_px.shape[0]
+    driving_embeds = reference.encode_embeds(clip_vision, driving_px)
+    driving_latents = reference.encode_latents(driving_refnet, vae, driving_px)
+    if same_image:
+        source_embeds, source_latents = driving_embeds, driving_latents
+    else:
+        source_px = comfy_math.resize_images(reference._check_images(source_image, "source image"), size, size)
+        comfy_math.resolve_batch({"the source image": source_px.shape[0], "the driving image": batch})
+        source_embeds = reference.encode_embeds(clip_vision, source_px)
+        source_latents = reference.encode_latents(source_refnet, vae, source_px)
+    source = reference.capture_from_latents(source_refnet, source_latents, source_embeds, degree)
+    source, source_embeds = reference.mix(source, source_embeds, degree)
+    driving = reference.capture_from_latents(driving_refnet, driving_latents, driving_embeds, 0.0)
+    latent = {"samples": torch.zeros_like(driving_latents, device=mm.intermediate_device())}
+    out = reference.dual_reference_sample(model, source, source_embeds, driving, driving_embeds, latent, seed, steps,
+                                          cfg, sampler_name, scheduler)
+    images = vae.decode(out["samples"])  # sampling returns unscaled latents, as VAE Decode expects
+    height, width = driving_image.shape[1:3]
+    if tuple(images.shape[1:3]) != (height, width):
+        images = comfy_math.resize_images(images, height, width)
+    return images
+
+
+def _model_inputs() -> dict:
+    return {
+        "model": ("MODEL",), "source_refnet": ("FACEANON_REFNET",), "driving_refnet": ("FACEANON_REFNET",),
+        "vae": ("VAE",), "clip_vision": ("CLIP_VISION",),
+    }
+
+
+class FaceAnonAnonymize:
+    DESCRIPTION = ("Anonymizes aligned face crops (use Detect & Align Faces first for photos): the same image as "
+                   "source and driving with degree d (1 removes the identity, > 1 moves past it). Images are resized "
+                   "to the model's resolution (512) and back.")
+    CATEGORY = "FaceAnon"
+    FUNCTION = "anonymize"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = _model_inputs()
+        required["image"] = ("IMAGE",)
+        required["degree"] = ("FLOAT", {"default": 1.25, "min": 0.0, "max": 3.0, "step": 0.05})
+        required.update(reference._sampling_inputs())
+        return {"required": required}
+
+    def anonymize(self, model, source_refnet, driving_refnet, vae, clip_vision, image, degree, seed, steps, cfg,
+                  sampler_name, scheduler):
+        return (_run(model, source_refnet, driving_refnet, vae, clip_vision, image, image, degree, seed, steps, cfg,
+                     sampler_name, scheduler, same_image=True),)
+
+
+class FaceAnonSwap:
+    DESCRIPTION = ("Face swap on aligned crops: the identity of source_image with the pose, expression and "
+                   "background of driving_image (degree 0). A source batch of 1 is used for every driving image. "
+                   "Swapping the faces of real people needs their consent.")
+    CATEGORY = "FaceAnon"
+    FUNCTION = "swap"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = _model_inputs()
+        required["source_image"] = ("IMAGE",)
+        required["driving_image"] = ("IMAGE",)
+        required["degree"] = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.05})
+        required.update(reference._sampling_inputs())
+        return {"required": required}
+
+    def swap(self, model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed,
+             steps, cfg, sampler_name, scheduler):
+        return (_run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed,
+                     steps, cfg, sampler_name, scheduler, same_image=False),)

@@ -1,0 +1,260 @@
+"""The method's nodes: CLIP image encode, ReferenceNet state capture, state mixing, dual-reference sampler.
+
+All maths lives in ``faceanon_core``; this module moves tensors through ComfyUI's model
+management, progress bars and sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..faceanon_core import comfy_math
+from ..faceanon_core.states import ReferenceStates, expand_batch, mix_embeds
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "FaceAnon"
+CHUNK = 8  # images per ReferenceNet / CLIP forward (bounds activation memory for long clips)
+NOISE_MODES = ("same for every image", "per image")
+
+
+# ------------------------------------------------------------------------ shared functions
+
+
+def _check_images(image, what: str = "image") -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        raise ValueError(f"{what}: expected an IMAGE batch [B,H,W,C], got {type(image).__name__} "
+                         f"{tuple(getattr(image, 'shape', ()))}")
+    if image.shape[0] == 0:
+        raise ValueError(f"{what}: the batch is empty (no images or no faces)")
+    return image
+
+
+@torch.no_grad()
+def encode_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
+    """CLIP pooled output (post-layernorm CLS, before the projection) per image: ``[B,1,C]``."""
+    _check_images(image)
+    vision = getattr(getattr(clip_vision, "model", None), "vision_model", None)
+    if vision is None or not hasattr(vision, "post_layernorm"):
+        raise ValueError("clip_vision must be a CLIP vision model (ViT-L/14 for the published weights)")
+    ln = vision.post_layernorm
+    pbar = comfy.utils.ProgressBar(image.shape[0])
+    pooled = []
+    for start in range(0, image.shape[0], 4 * CHUNK):
+        chunk = image[start:start + 4 * CHUNK, :, :, :3]
+        out = clip_vision.encode_image(chunk, crop=True)
+        pooled.append(comfy_math.pooled_clip(out["last_hidden_state"], ln.weight.detach(), ln.bias.detach(), ln.eps))
+        pbar.update(chunk.shape[0])
+    return torch.cat(pooled).to(mm.intermediate_device())
+
+
+@torch.no_grad()
+def encode_latents(refnet, vae, image: torch.Tensor) -> torch.Tensor:
+    """VAE posterior mean, scaled like ComfyUI's sampler input (the SD scaling factor)."""
+    px = comfy_math.resize_images(_check_images(image), refnet.resolution, refnet.resolution)
+    if vae is None:
+        raise ValueError("no VAE connected (the model folder has no vae/: use ComfyUI's VAE loader)")
+    return refnet.latent_format.process_in(vae.encode(px))
+
+
+@torch.no_grad()
+def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, degree: float) -> ReferenceStates:
+    """One ReferenceNet forward at t = 0 over the images plus one unconditional row."""
+    if not hasattr(refnet, "patcher") or not hasattr(refnet, "layout"):
+        raise ValueError("refnet must come from the FaceAnon model loader (FACEANON_REFNET)")
+    batch = latents.shape[0]
+    embeds = expand_batch(embeds, batch, "the embeddings")
+    _routing, ref_layers = comfy_math.routed_layers(refnet.layout, refnet.routing_mode)
+    wanted = {key: name for key, name in refnet.layout.items() if name in ref_layers}
+    x_all, c_all = comfy_math.capture_inputs(latents, embeds, float(degree))
+
+    model = refnet.patcher.model
+    context_dim = model.model_config.unet_config["context_dim"]
+    if c_all.shape[-1] != context_dim:
+        raise ValueError(f"the embeddings have {c_all.shape[-1]} channels but the ReferenceNet expects "
+                         f"{context_dim}: use the CLIP vision model that belongs to this FaceAnon model")
+    mm.load_models_gpu([refnet.patcher])
+    device = refnet.patcher.load_device
+    dtype = model.manual_cast_dtype or model.get_dtype()
+    store_dtype = torch.float16 if dtype == torch.float16 else torch.float32
+    parts: list[dict] = []
+    pbar = comfy.utils.ProgressBar(x_all.shape[0])
+    for start in range(0, x_all.shape[0], CHUNK):
+        x = x_all[start:start + CHUNK].to(device=device, dtype=dtype)
+        c = c_all[start:start + CHUNK].to(device=device, dtype=dtype)
+        recorder = comfy_math.StateRecorder(wanted)
+        options = {"patches": {"attn1_patch": [recorder]}}
+        with torch.no_grad():
+            try:
+                model.diffusion_model(x, timesteps=torch.zeros(x.shape[0], device=device), context=c,
+                                      transformer_options=options)
+            except comfy_math.CaptureDone:
+                pass
+        parts.append({k: v.to(mm.intermediate_device(), store_dtype) for k, v in recorder.result().items()})
+        pbar.update(x.shape[0])
+    states = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    cond, uncond = comfy_math.split_capture(states, batch)
+    meta = {"routing": refnet.routing_mode, "role": refnet.role, "embed_degree": repr(float(degree))}
+    return ReferenceStates(cond=cond, uncond=uncond, meta=meta)
+
+
+def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float):
+    """Eq. 2 on the states, Eq. 1 on the embeddings (see ``comfy_math.mix_captured``)."""
+    if not isinstance(states, ReferenceStates):
+        raise ValueError("states must come from the FaceAnon ReferenceNet capture node")
+    return comfy_math.mix_captured(states, embeds, degree)
+
+
+@torch.no_grad()
+def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: torch.Tensor,
+                          driving_states: ReferenceStates, driving_embeds: torch.Tensor, latent: dict, seed: int,
+                          steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float = 1.0,
+                          noise_mode: str = NOISE_MODES[0]) -> dict:
+    """ComfyUI sampling of a clone of ``model`` with the dual-reference attn1 patch installed."""
+    for what, states, role in (("source_states", source_states, "source"),
+                               ("driving_states", driving_states, "driving")):
+        if not isinstance(states, ReferenceStates):
+            raise ValueError(f"{what} must come from the FaceAnon ReferenceNet capture node")
+        if states.meta.get("role", role) != role:
+            raise ValueError(f"{what} were captured with the {states.meta['role']} ReferenceNet; "
+                             f"connect the loader's {role}_refnet to that capture node")
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise_mode!r}")
+    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
+    if not unet_config or "transformer_depth" not in unet_config:
+        raise ValueError("model must be the FaceAnon UNet (an SD-style UNet MODEL from the FaceAnon loader)")
+    samples = latent["samples"]
+    batch = comfy_math.resolve_batch({
+        "the latent": samples.shape[0], "the source states": source_states.batch_size,
+        "the source embeddings": source_embeds.shape[0], "the driving states": driving_states.batch_size,
+        "the driving embeddings": driving_embeds.shape[0]})
+    if unet_config["context_dim"] != source_embeds.shape[-1] or source_embeds.shape[-1] != driving_embeds.shape[-1]:
+        raise ValueError(f"embedding sizes {source_embeds.shape[-1]}/{driving_embeds.shape[-1]} do not match the "
+                         f"UNet's context size {unet_config['context_dim']}")
+    samples = expand_batch(samples, batch, "the latent")
+
+    layout = comfy_math.attn1_layout(unet_config)
+    routing, _ = comfy_math.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
+    patch = comfy_math.ReferencePatch(layout, routing, source_states, driving_states)
+    patched = model.clone()
+    patched.set_model_attn1_patch(patch)
+
+    positive, negative = comfy_math.sampler_conditioning(source_embeds, driving_embeds, batch)
+    positive = [[positive.to(mm.intermediate_device()), {}]]
+    negative = [[negative.to(mm.intermediate_device()), {}]]
+    latent_image = comfy.sample.fix_empty_latent_channels(patched, samples.contiguous())
+    noise = comfy_math.seeded_noise(latent_image.shape, seed, per_image=noise_mode == "per image")
+    callback = latent_preview.prepare_callback(patched, steps)
+    out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                              denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
+                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    result = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
+    result["samples"] = out
+    return result
+
+
+# ------------------------------------------------------------------------ nodes
+
+
+class FaceAnonCLIPImageEncode:
+    DESCRIPTION = ("CLIP vision pooled output (post-layernorm CLS token, before the projection) of each image, "
+                   "one token per image: what the FaceAnon UNet and ReferenceNets were trained with.")
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("FACEANON_EMBEDS",)
+    RETURN_NAMES = ("embeds",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip_vision": ("CLIP_VISION",), "image": ("IMAGE",)}}
+
+    def encode(self, clip_vision, image):
+        return (encode_embeds(clip_vision, image),)
+
+
+class FaceAnonCaptureStates:
+    DESCRIPTION = ("Runs a FaceAnon ReferenceNet once at t = 0 on each image (VAE latents + its embedding) and "
+                   "records its self-attention inputs, plus the unconditional branch (zero image, zero embedding). "
+                   "degree: Eq. 1 applied to the embedding the ReferenceNet sees; use the anonymization degree on "
+                   "the source side and 0 on the driving side.")
+    CATEGORY = CATEGORY
+    FUNCTION = "capture"
+    RETURN_TYPES = ("FACEANON_STATES",)
+    RETURN_NAMES = ("states",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "refnet": ("FACEANON_REFNET",), "vae": ("VAE",), "image": ("IMAGE",), "embeds": ("FACEANON_EMBEDS",),
+            "degree": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.05}),
+        }}
+
+    def capture(self, refnet, vae, image, embeds, degree):
+        latents = encode_latents(refnet, vae, image)
+        return (capture_from_latents(refnet, latents, embeds, degree),)
+
+
+class FaceAnonMixStates:
+    DESCRIPTION = ("Anonymization degree d: S' = (1-d)·S + d·S_uncond (Eq. 2) on the source states and "
+                   "Z' = (1-d)·Z (Eq. 1) on the source embedding. d = 1 removes the identity, d > 1 moves past it "
+                   "(paper default 1.25). Use the same degree as on the source capture node.")
+    CATEGORY = CATEGORY
+    FUNCTION = "mix"
+    RETURN_TYPES = ("FACEANON_STATES", "FACEANON_EMBEDS")
+    RETURN_NAMES = ("states", "embeds")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "states": ("FACEANON_STATES",), "embeds": ("FACEANON_EMBEDS",),
+            "degree": ("FLOAT", {"default": 1.25, "min": 0.0, "max": 3.0, "step": 0.05}),
+        }}
+
+    def mix(self, states, embeds, degree):
+        return mix(states, embeds, degree)
+
+
+def _sampling_inputs() -> dict:
+    return {
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+        "steps": ("INT", {"default": 30, "min": 1, "max": 1000}),
+        "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01}),
+        "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler"}),
+        "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal"}),
+    }
+
+
+class FaceAnonDualReferenceSampler:
+    DESCRIPTION = ("KSampler for the FaceAnon UNet: every self-attention also attends to the source and driving "
+                   "ReferenceNet states of its block (source states per row: S' for the positive, S_uncond for the "
+                   "negative batch); context [Z'_src, Z_drv] vs [0, Z_drv]. noise 'same for every image' keeps the "
+                   "anonymous identity stable over the frames of a clip.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {
+            "model": ("MODEL",),
+            "source_states": ("FACEANON_STATES",), "source_embeds": ("FACEANON_EMBEDS",),
+            "driving_states": ("FACEANON_STATES",), "driving_embeds": ("FACEANON_EMBEDS",),
+            "latent_image": ("LATENT",),
+        }
+        required.update(_sampling_inputs())
+        required["denoise"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})
+        required["noise"] = (list(NOISE_MODES), {"default": NOISE_MODES[0]})
+        return {"required": required}
+
+    def sample(self, model, source_states, source_embeds, driving_states, driving_embeds, latent_image, seed, steps,
+               cfg, sampler_name, scheduler, denoise, noise):
+        return (dual_reference_sample(model, source_states, source_embeds, driving_states, driving_embeds,
+                                      latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, noise),)

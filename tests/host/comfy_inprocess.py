@@ -1,0 +1,42 @@
+"""Import ComfyUI (COMFYUI_PATH) and this pack in-process, for the host parity tests.
+
+Must run before anything imports ``comfy.model_management`` (CPU mode is set first).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_NAME = "faceanon_pack_under_test"
+
+
+def import_comfy():
+    comfy_path = os.environ["COMFYUI_PATH"]
+    if comfy_path not in sys.path:
+        sys.path.insert(0, comfy_path)
+    from comfy.cli_args import args
+
+    if not torch.cuda.is_available():
+        args.cpu = True  # before comfy.model_management is imported
+    import comfy.model_management  # noqa: F401
+
+    return args
+
+
+def import_pack():
+    """The repo root imported as a package, the way ComfyUI imports a custom node folder."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    import_comfy()
+    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,179 @@
+"""Host-test helpers: a real ComfyUI server process, its base directory, test images."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+HOST_DIR = Path(__file__).resolve().parent
+REPO = HOST_DIR.parents[1]
+# A test-only node pack: deterministic images in, float tensors out (no 8-bit PNG rounding).
+PROBE_PACK = textwrap.dedent('''
+    import os
+    import numpy as np
+    import torch
+    import folder_paths
+
+
+    def test_images(count, seed, size):
+        rng = np.random.default_rng(seed)
+        small = rng.integers(0, 256, size=(count, size // 8, size // 8, 3), dtype=np.uint8)
+        big = np.stack([np.kron(im, np.ones((8, 8, 1), dtype=np.uint8)) for im in small])
+        return big
+
+
+    class Images:
+        CATEGORY = "FaceAnonTest"
+        FUNCTION = "make"
+        RETURN_TYPES = ("IMAGE",)
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"count": ("INT", {"default": 1, "min": 1, "max": 64}),
+                                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+                                 "size": ("INT", {"default": 64, "min": 8, "max": 1024})}}
+
+        def make(self, count, seed, size):
+            return (torch.from_numpy(test_images(count, seed, size).astype(np.float32) / 255.0),)
+
+
+    class SaveTensor:
+        CATEGORY = "FaceAnonTest"
+        FUNCTION = "save"
+        RETURN_TYPES = ()
+        OUTPUT_NODE = True
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"image": ("IMAGE",), "name": ("STRING", {"default": "out"})}}
+
+        def save(self, image, name):
+            os.makedirs(folder_paths.get_output_directory(), exist_ok=True)
+            path = os.path.join(folder_paths.get_output_directory(), name + ".pt")
+            torch.save(image.detach().float().cpu().clone(), path)
+            return {"ui": {"text": [path, str(list(image.shape))]}}
+
+
+    NODE_CLASS_MAPPINGS = {"FaceAnonTest_Images": Images, "FaceAnonTest_SaveTensor": SaveTensor}
+''')
+
+
+def test_images(count: int, seed: int, size: int = 64) -> np.ndarray:
+    """Same images as the probe node (uint8), for the core pipeline."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(count, size // 8, size // 8, 3), dtype=np.uint8)
+    return np.stack([np.kron(im, np.ones((8, 8, 1), dtype=np.uint8)) for im in small])
+
+
+test_images.__test__ = False  # not a test
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, base: Path, extra_args=(), name="server", cpu: bool = True):
+        self.base = base
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / f"{name}.log"
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        cmd = [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(base), "--database-url", "sqlite:///:memory:", *extra_args]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=os.environ["COMFYUI_PATH"], stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not start in 180 s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        """Queue an API-format prompt, wait for it, return its /history entry."""
+        status, answer = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+        if status != 200:
+            raise AssertionError(f"/prompt refused the prompt ({status}): {json.dumps(answer)[:2000]}")
+        pid = answer["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{pid}")
+            if pid in history and history[pid].get("status", {}).get("completed") is not None:
+                if history[pid]["status"].get("status_str") in ("success", "error"):
+                    return history[pid]
+            time.sleep(0.25)
+        raise AssertionError(f"prompt {pid} did not finish in {timeout} s:\n{self.log()[-3000:]}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def error_message(entry: dict) -> str | None:
+    for event, data in entry.get("status", {}).get("messages", []):
+        if event == "execution_error":
+            return f"{data.get('exception_type')}: {data.get('exception_message')}"
+    return None
+
+
+def make_base(root: Path) -> Path:
+    """A ComfyUI base directory: this pack and the probe pack in custom_nodes/, tiny models in models/."""
+    sys.path.insert(0, str(HOST_DIR))
+    from tiny_folder import write_host_model_folder
+
+    (root / "custom_nodes").mkdir(parents=True)
+    (root / "custom_nodes" / "ComfyUI-FaceAnon").symlink_to(REPO, target_is_directory=True)
+    probe = root / "custom_nodes" / "faceanon_test_probe"
+    probe.mkdir()
+    (probe / "__init__.py").write_text(PROBE_PACK)
+    for sub in ("checkpoints", "vae", "clip_vision", "faceanon"):
+        (root / "models" / sub).mkdir(parents=True, exist_ok=True)
+    write_host_model_folder(root / "models" / "faceanon" / "tiny", seed=0)
+    broken = root / "models" / "faceanon" / "broken"
+    (broken / "unet").mkdir(parents=True)
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        (broken / "unet" / name).write_bytes((root / "models" / "faceanon" / "tiny" / "unet" / name).read_bytes())
+    return root
+
+

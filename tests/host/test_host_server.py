@@ -1,0 +1,359 @@
+"""The node pack in a real ComfyUI server (and in-process ComfyUI for the noise-prediction parity).
+
+Set COMFYUI_PATH to a ComfyUI checkout and COMFYUI_PYTHON to the interpreter of its environment
+(default: this interpreter); without COMFYUI_PATH every test here is skipped. (No conftest.py in
+this folder: the top-level tests import ``conftest`` by name.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import os
+import sys
+from pathlib import Path
+
+HOST_DIR = Path(__file__).resolve().parent
+if str(HOST_DIR) not in sys.path:
+    sys.path.insert(0, str(HOST_DIR))
+
+from host_helpers import ComfyServer, error_message, make_base, test_images  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("COMFYUI_PATH"),
+    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
+           "its environment)",
+)
+
+NODES = {
+    "FaceAnon_ModelLoader": (["MODEL", "FACEANON_REFNET", "FACEANON_REFNET", "VAE", "CLIP_VISION"]),
+    "FaceAnon_CLIPImageEncode": ["FACEANON_EMBEDS"],
+    "FaceAnon_CaptureStates": ["FACEANON_STATES"],
+    "FaceAnon_MixStates": ["FACEANON_STATES", "FACEANON_EMBEDS"],
+    "FaceAnon_DualReferenceSampler": ["LATENT"],
+    "FaceAnon_Anonymize": ["IMAGE"],
+    "FaceAnon_Swap": ["IMAGE"],
+    "FaceAnon_DetectFaces": ["IMAGE", "FACEANON_FACES"],
+    "FaceAnon_PasteFaces": ["IMAGE", "MASK"],
+    "FaceAnon_RedactFaces": ["IMAGE", "MASK"],
+}
+STEPS = 3
+PARITY_SCHEDULER = "simple"
+
+
+def granular(name, *, count=3, img_seed=0, seed=1, degree=1.25, cfg=4.0, steps=STEPS, latent_batch=1,
+             sampler="euler", scheduler=PARITY_SCHEDULER):
+    return {
+        "1": {"class_type": "FaceAnon_ModelLoader", "inputs": {"model_folder": "tiny"}},
+        "2": {"class_type": "FaceAnonTest_Images", "inputs": {"count": count, "seed": img_seed, "size": 64}},
+        "3": {"class_type": "FaceAnon_CLIPImageEncode", "inputs": {"clip_vision": ["1", 4], "image": ["2", 0]}},
+        "4": {"class_type": "FaceAnon_CaptureStates", "inputs": {"refnet": ["1", 1], "vae": ["1", 3],
+                                                                 "image": ["2", 0], "embeds": ["3", 0],
+                                                                 "degree": degree}},
+        "5": {"class_type": "FaceAnon_MixStates", "inputs": {"states": ["4", 0], "embeds": ["3", 0],
+                                                             "degree": degree}},
+        "6": {"class_type": "FaceAnon_CaptureStates", "inputs": {"refnet": ["1", 2], "vae": ["1", 3],
+                                                                 "image": ["2", 0], "embeds": ["3", 0],
+                                                                 "degree": 0.0}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": latent_batch}},
+        "8": {"class_type": "FaceAnon_DualReferenceSampler", "inputs": {
+            "model": ["1", 0], "source_states": ["5", 0], "source_embeds": ["5", 1], "driving_states": ["6", 0],
+            "driving_embeds": ["3", 0], "latent_image": ["7", 0], "seed": seed, "steps": steps, "cfg": cfg,
+            "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0, "noise": "same for every image"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 3]}},
+        "10": {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["9", 0], "name": name}},
+    }
+
+
+def all_in_one(name, *, kind="FaceAnon_Anonymize", count=2, seed=3, source_count=None, folder="tiny"):
+    inputs = {"model": ["1", 0], "source_refnet": ["1", 1], "driving_refnet": ["1", 2], "vae": ["1", 3],
+              "clip_vision": ["1", 4], "seed": seed, "steps": 2, "cfg": 4.0, "sampler_name": "euler",
+              "scheduler": "normal"}
+    prompt = {
+        "1": {"class_type": "FaceAnon_ModelLoader", "inputs": {"model_folder": folder}},
+        "2": {"class_type": "FaceAnonTest_Images", "inputs": {"count": count, "seed": 5, "size": 64}},
+        "4": {"class_type": kind, "inputs": inputs},
+        "5": {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["4", 0], "name": name}},
+    }
+    if kind == "FaceAnon_Anonymize":
+        inputs.update(image=["2", 0], degree=1.25)
+    else:
+        prompt["3"] = {"class_type": "FaceAnonTest_Images",
+                       "inputs": {"count": source_count or 1, "seed": 9, "size": 48}}
+        inputs.update(source_image=["3", 0], driving_image=["2", 0], degree=0.0)
+    return prompt
+
+
+def result_tensor(entry, node="10") -> torch.Tensor:
+    message = error_message(entry)
+    assert message is None, message
+    path = entry["outputs"][node]["text"][0]
+    return torch.load(path)
+
+
+# ------------------------------------------------------------------ fixtures: server, tiny models, core reference
+
+
+@pytest.fixture(scope="session")
+def comfy_base(tmp_path_factory):
+    from host_helpers import make_base
+
+    return make_base(tmp_path_factory.mktemp("comfy_base"))
+
+
+@pytest.fixture(scope="session")
+def server(comfy_base):
+    # fp32 CLIP vision (ComfyUI stores text/vision encoders in fp16 by default) for the parity checks
+    from host_helpers import ComfyServer
+
+    srv = ComfyServer(comfy_base, extra_args=("--fp32-text-enc",))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(comfy_base):
+    return comfy_base / "models" / "faceanon" / "tiny"
+
+
+
+
+def fixed_sigma_scheduler(pipe, sigmas):
+    from diffusers import EulerDiscreteScheduler
+
+    class FixedSigmaEuler(EulerDiscreteScheduler):
+        """diffusers Euler on exactly ComfyUI's sigma schedule (equivalent deterministic sampler)."""
+
+        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+            super().set_timesteps(device=device, sigmas=[float(s) for s in sigmas])
+
+    return FixedSigmaEuler.from_config(pipe.scheduler.config)
+
+
+@pytest.fixture(scope="session")
+def comfy_sigmas():
+    from comfy_inprocess import import_comfy
+
+    import_comfy()
+    import comfy.model_sampling
+    import comfy.samplers
+
+    class Config:
+        sampling_settings = {}
+
+    sampling = comfy.model_sampling.ModelSamplingDiscrete(Config())
+    return comfy.samplers.calculate_sigmas(sampling, PARITY_SCHEDULER, STEPS)
+
+
+@pytest.fixture(scope="session")
+def core_pipe(tiny_folder):
+    from faceanon_core import FaceAnonPipeline
+
+    pipe = FaceAnonPipeline.from_pretrained(tiny_folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def core_anonymize(pipe, sigmas, images, seed, degree, cfg):
+    from faceanon_core.comfy_math import seeded_noise
+
+    pipe.scheduler = fixed_sigma_scheduler(pipe, sigmas)
+    noise = seeded_noise((images.shape[0], 4, 8, 8), seed)
+    out = pipe.anonymize(images, degree=degree, guidance_scale=cfg, num_inference_steps=STEPS, latents=noise,
+                         height=64, width=64, output_type="pt")
+    return out.images.permute(0, 2, 3, 1)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_object_info_lists_every_node_with_its_types(server):
+    info = server.get("/object_info")
+    for node, outputs in NODES.items():
+        assert node in info, f"{node} missing; log:\n{server.log()[-3000:]}"
+        assert info[node]["output"] == outputs
+        assert info[node]["category"] == "FaceAnon"
+    loader = info["FaceAnon_ModelLoader"]["input"]["required"]["model_folder"][0]
+    assert loader == ["broken", "tiny"]
+    sampler = info["FaceAnon_DualReferenceSampler"]["input"]["required"]
+    assert sampler["source_states"][0] == "FACEANON_STATES" and sampler["model"][0] == "MODEL"
+    assert "euler" in sampler["sampler_name"][0]
+    assert "Cannot import" not in server.log()
+
+
+def test_granular_graph_batch_of_three_gives_three_outputs_matching_the_core(server, core_pipe, comfy_sigmas):
+    images = result_tensor(server.run(granular("granular_b3", seed=11)))
+    assert images.shape == (3, 64, 64, 3) and torch.isfinite(images).all()
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert (images[i] - images[j]).abs().max() > 1e-3, f"outputs {i} and {j} are identical"
+    reference = core_anonymize(core_pipe, comfy_sigmas, test_images(3, 0), seed=11, degree=1.25, cfg=4.0)
+    diff = float((images - reference).abs().max())
+    logger.warning("PARITY granular graph (cfg 4, euler/%s %d steps, B=3) vs FaceAnonPipeline: max |diff| = %.3g",
+                   PARITY_SCHEDULER, STEPS, diff)
+    print(f"\nPARITY image cfg=4: max|diff| = {diff:.3g}")
+    assert diff < 2e-3
+
+
+def test_cfg1_matches_the_core_with_g1(server, core_pipe, comfy_sigmas):
+    images = result_tensor(server.run(granular("granular_cfg1", seed=12, cfg=1.0, count=2, latent_batch=2)))
+    reference = core_anonymize(core_pipe, comfy_sigmas, test_images(2, 0), seed=12, degree=1.25, cfg=1.0)
+    diff = float((images - reference).abs().max())
+    print(f"\nPARITY image cfg=1: max|diff| = {diff:.3g}")
+    assert diff < 2e-3
+
+
+def test_same_seed_same_identity_across_batches(server):
+    """A frame's result does not depend on the batch it is processed in (shared seeded noise)."""
+    three = result_tensor(server.run(granular("frames3", seed=21, count=3)))
+    one = result_tensor(server.run(granular("frames1", seed=21, count=1)))
+    assert float((three[0] - one[0]).abs().max()) < 1e-4
+
+
+def test_all_in_one_anonymize_and_swap(server):
+    anon = result_tensor(server.run(all_in_one("anon")), node="5")
+    assert anon.shape == (2, 64, 64, 3) and torch.isfinite(anon).all()
+    swap = result_tensor(server.run(all_in_one("swap", kind="FaceAnon_Swap", source_count=1)), node="5")
+    assert swap.shape == (2, 64, 64, 3)
+    assert float((swap - anon).abs().max()) > 1e-3
+
+
+def test_bad_inputs_are_node_errors_and_the_server_survives(server):
+    entry = server.run(all_in_one("bad_folder", folder="broken", seed=31))
+    message = error_message(entry)
+    assert message is not None and "referencenet" in message, message
+    entry = server.run(all_in_one("bad_batch", kind="FaceAnon_Swap", count=3, source_count=2, seed=32))
+    message = error_message(entry)
+    assert message is not None and "batch of 2" in message and "3" in message, message
+    entry = server.run(granular("bad_latent", seed=33, count=3, latent_batch=2))
+    message = error_message(entry)
+    assert message is not None and "batch of 2" in message, message
+    assert server.get("/system_stats")["system"]
+    assert result_tensor(server.run(all_in_one("after_errors", seed=34)), node="5").shape[0] == 2
+
+
+def test_redact_and_face_nodes_run(server):
+    prompt = {
+        "1": {"class_type": "FaceAnonTest_Images", "inputs": {"count": 2, "seed": 1, "size": 128}},
+        "2": {"class_type": "FaceAnon_RedactFaces", "inputs": {"image": ["1", 0], "method": "pixelate",
+                                                               "strength": 0.0, "threshold": 0.95}},
+        "3": {"class_type": "FaceAnon_DetectFaces", "inputs": {"image": ["1", 0], "threshold": 0.95,
+                                                               "min_face_size": 10.0, "crop_size": 512,
+                                                               "if_no_face": "continue"}},
+        "4": {"class_type": "FaceAnon_PasteFaces", "inputs": {"image": ["1", 0], "crops": ["3", 0],
+                                                              "faces": ["3", 1], "feather": 0.025, "erode": 0.02,
+                                                              "color_match": False}},
+        "5": {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["2", 0], "name": "redact"}},
+        "6": {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["4", 0], "name": "paste"}},
+    }
+    entry = server.run(prompt)
+    redacted = result_tensor(entry, node="5")
+    pasted = result_tensor(entry, node="6")
+    source = torch.from_numpy(test_images(2, 1, 128).astype(np.float32) / 255)
+    # random blocks hold no face: both return the frames unchanged (with a warning), to the 8-bit level
+    assert float((redacted - source).abs().max()) < 1e-6 and float((pasted - source).abs().max()) < 1e-6
+
+
+def _gpu_in_comfy_python() -> bool:
+    import os
+    import subprocess
+    import sys
+
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    probe = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True,
+                           text=True, timeout=120)
+    return probe.stdout.strip() == "True"
+
+
+def test_lowvram_server_runs_the_all_in_one(tmp_path):
+    # ComfyUI's --lowvram and --cpu are mutually exclusive flags: low-VRAM mode needs a GPU
+    if not _gpu_in_comfy_python():
+        pytest.skip("--lowvram needs a CUDA GPU (ComfyUI rejects --lowvram together with --cpu)")
+    server = ComfyServer(make_base(tmp_path / "base"), extra_args=("--lowvram",), name="lowvram", cpu=False)
+    try:
+        images = result_tensor(server.run(all_in_one("lowvram")), node="5")
+        assert images.shape == (2, 64, 64, 3) and torch.isfinite(images).all()
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------ in-process: same noise prediction
+
+
+def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder, core_pipe):
+    from comfy_inprocess import import_pack
+
+    import_pack()
+    import folder_paths
+
+    folder_paths.add_model_folder_path("faceanon", str(tiny_folder.parent))
+    from faceanon_pack_under_test.faceanon_core import comfy_math
+    from faceanon_pack_under_test.nodes import models, reference
+
+    unet, src_refnet, drv_refnet, vae, clip = models.load_model_folder("tiny")
+    images = test_images(3, 0)
+    pixels = torch.from_numpy(images.astype(np.float32) / 255)
+    degree, g = 1.25, 4.0
+
+    # node path
+    embeds = reference.encode_embeds(clip, pixels)
+    latents = reference.encode_latents(src_refnet, vae, pixels)
+    src = reference.capture_from_latents(src_refnet, latents, embeds, degree)
+    src, src_embeds = reference.mix(src, embeds, degree)
+    drv = reference.capture_from_latents(drv_refnet, latents, embeds, 0.0)
+
+    # core path
+    px = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    core_embeds = core_pipe.encode_image_embeds(px)
+    core_latents = core_pipe.encode_latents(px)
+    core_src = core_pipe.source_states(core_latents, core_embeds, degree)
+    core_drv = core_pipe.reference_states(core_pipe.conditioning_referencenet, core_latents, core_embeds)
+    diffs = {
+        "clip embeds": float((embeds - core_embeds).abs().max()),
+        "vae latents": float((latents - core_latents).abs().max()),
+        "source states": max(float((src.cond[k] - core_src.cond[k]).abs().max()) for k in core_src.cond),
+        "uncond states": max(float((src.uncond[k] - core_src.uncond[k]).abs().max()) for k in core_src.cond),
+        "driving states": max(float((drv.cond[k] - core_drv[k]).abs().max()) for k in core_drv),
+    }
+
+    # one UNet call at t = 500 through ComfyUI's apply_model with the patch, rows [uncond; cond]
+    layout = comfy_math.attn1_layout(unet.model.model_config.unet_config)
+    routing, _ = comfy_math.routed_layers(layout, "as_trained")
+    patch = comfy_math.ReferencePatch(layout, routing, src, drv)
+    positive, negative = comfy_math.sampler_conditioning(src_embeds, embeds, 3)
+    sampling = unet.model.model_sampling
+    sigma = sampling.sigma(torch.tensor([500.0])).repeat(6)
+    x = torch.randn(3, 4, 8, 8, generator=torch.manual_seed(0)) * (sigma[0] ** 2 + 1) ** 0.5
+    options = {"patches": {"attn1_patch": [patch]}, "cond_or_uncond": [1, 0]}
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([unet])
+    with torch.no_grad():
+        denoised = unet.model.apply_model(torch.cat([x, x]), sigma, c_crossattn=torch.cat([negative, positive]),
+                                          transformer_options=options)
+        uncond, cond = denoised.chunk(2)
+        guided = uncond + g * (cond - uncond)
+
+        tokens, context = core_pipe._reference_tokens(core_src, core_drv, src_embeds, embeds, 3, True,
+                                                      torch.float32)
+        a = 1 / (sigma[0] ** 2 + 1) ** 0.5
+        x_t = x * a
+        core_pipe.reference_context.begin(tokens)
+        try:
+            v = core_pipe.unet(torch.cat([x_t, x_t]), 500, encoder_hidden_states=context, return_dict=False)[0]
+        finally:
+            core_pipe.reference_context.end()
+        v_uncond, v_cond = v.chunk(2)
+        v_guided = (1 - g) * v_uncond + g * v_cond
+        core_x0 = a * x_t - sigma[0] * a * v_guided
+    diffs["denoised (cfg 4) at t=500"] = float((guided - core_x0).abs().max())
+    print("\nPARITY in-process:", {k: f"{v:.3g}" for k, v in diffs.items()})
+    # CLIP preprocessing: ComfyUI resizes with torch (bicubic, antialias), the core with PIL: ~2e-3 on embeds
+    assert diffs["vae latents"] < 1e-4 and diffs["clip embeds"] < 1e-2 and diffs["driving states"] < 1e-2
+    assert diffs["denoised (cfg 4) at t=500"] < 1e-3

@@ -1,0 +1,275 @@
+"""The node pack's pure-torch pieces (faceanon_core.comfy_math), without ComfyUI."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from faceanon_core import comfy_math as cm
+from faceanon_core.attention import attn1_names, project_reference, reference_attention, route_states
+from faceanon_core.states import ReferenceStates, mix_embeds, mix_states
+from faceanon_core.tiny_models import tiny_unet_config
+
+SD21_UNET = {
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "cross_attention_dim": 1024,
+    "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True, "upcast_attention": True,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "sample_size": 96, "norm_num_groups": 32,
+}
+
+
+def _tiny_config():
+    return json.loads(json.dumps(tiny_unet_config()))
+
+
+# ------------------------------------------------------------------ configs and layer names
+
+
+def test_sd21_config_and_layout_match_comfy_table():
+    unet = cm.comfy_unet_config(SD21_UNET)
+    assert unet["num_heads"] == -1 and unet["num_head_channels"] == 64
+    assert unet["transformer_depth"] == [1, 1, 1, 1, 1, 1, 0, 0]
+    assert unet["transformer_depth_output"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert unet["channel_mult"] == [1, 2, 4, 4] and unet["context_dim"] == 1024
+    layout = cm.attn1_layout(unet)
+    assert layout[("input", 1, 0)] == "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    assert layout[("input", 8, 0)] == "down_blocks.2.attentions.1.transformer_blocks.0.attn1"
+    assert layout[("middle", 0, 0)] == "mid_block.attentions.0.transformer_blocks.0.attn1"
+    assert layout[("output", 3, 0)] == "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    assert layout[("output", 11, 0)] == "up_blocks.3.attentions.2.transformer_blocks.0.attn1"
+    assert sorted(k[1] for k in layout if k[0] == "input") == [1, 2, 4, 5, 7, 8]
+    assert sorted(k[1] for k in layout if k[0] == "output") == list(range(3, 12))
+    assert len(layout) == 16
+
+
+@pytest.mark.parametrize("layers_per_block", [1, 2])
+def test_layout_covers_the_diffusers_attn1_layers(layers_per_block):
+    from diffusers import UNet2DConditionModel
+
+    config = json.loads(json.dumps(tiny_unet_config(layers_per_block=layers_per_block)))
+    unet = UNet2DConditionModel(**config)
+    layout = cm.attn1_layout(cm.comfy_unet_config(config))
+    assert sorted(layout.values()) == sorted(attn1_names(unet))
+    assert list(layout.values()) == attn1_names(unet)  # forward order
+
+
+def test_routing_reuses_core_route_states():
+    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
+    routing, refs = cm.routed_layers(layout, "as_trained")
+    assert routing == route_states(list(layout.values()), "as_trained")
+    assert all(".attentions.0." in r for r in refs)
+    assert routing["up_blocks.1.attentions.2.transformer_blocks.0.attn1"] == \
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    per_layer, refs_pl = cm.routed_layers(layout, "per_layer")
+    assert all(k == v for k, v in per_layer.items()) and len(refs_pl) == len(layout)
+
+
+def test_unsupported_configs_are_clear_errors():
+    with pytest.raises(ValueError, match="multiples"):
+        cm.comfy_unet_config(dict(SD21_UNET, block_out_channels=[320, 500, 1280, 1280]))
+    with pytest.raises(ValueError, match="flip_sin_to_cos"):
+        cm.comfy_unet_config(dict(SD21_UNET, flip_sin_to_cos=False))
+    with pytest.raises(ValueError, match="norm_num_groups=8"):
+        cm.comfy_vae_config({"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 8})
+    vae = cm.comfy_vae_config({"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2})
+    assert vae["params"]["ddconfig"]["ch_mult"] == [1, 2, 4, 4] and vae["params"]["embed_dim"] == 4
+
+
+# ------------------------------------------------------------------ per-row reference tokens
+
+
+def _states(batch, tokens=4, channels=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, tokens, channels, generator=g)
+
+
+@pytest.mark.parametrize("chunks", [[1, 0], [0, 1], [0], [1]])
+def test_reference_rows_select_source_by_cond_or_uncond(chunks):
+    batch = 3
+    src, unc, drv = _states(batch, seed=1), _states(1, seed=2), _states(batch, seed=3)
+    rows = cm.reference_rows(chunks, batch * len(chunks), src, unc, drv)
+    assert rows.shape == (batch * len(chunks), 8, 8)
+    for chunk_index, flag in enumerate(chunks):
+        for image in range(batch):
+            row = rows[chunk_index * batch + image]
+            expected_src = src[image] if flag == 0 else unc[0]
+            assert torch.equal(row[:4], expected_src)
+            assert torch.equal(row[4:], drv[image])
+
+
+def test_reference_rows_broadcast_and_mismatch():
+    rows = cm.reference_rows([1, 0], 6, _states(1), _states(1), _states(3))
+    assert torch.equal(rows[3, :4], rows[5, :4])  # source batch 1 broadcasts
+    with pytest.raises(ValueError, match="batch of 2 but 3"):
+        cm.reference_rows([1, 0], 6, _states(2), _states(1), _states(3))
+    with pytest.raises(ValueError, match="cannot be split"):
+        cm.reference_rows([1, 0], 5, _states(1), _states(1), _states(1))
+
+
+def _patch(batch=3, channels=8, mode="as_trained"):
+    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
+    routing, refs = cm.routed_layers(layout, mode)
+    source = ReferenceStates(cond={r: _states(batch, channels=channels, seed=i) for i, r in enumerate(refs)},
+                             uncond={r: _states(1, channels=channels, seed=50 + i) for i, r in enumerate(refs)},
+                             meta={"role": "source"})
+    driving = ReferenceStates(cond={r: _states(batch, channels=channels, seed=90 + i) for i, r in enumerate(refs)})
+    return cm.ReferencePatch(layout, routing, source, driving), layout, routing, source, driving
+
+
+def test_patch_extends_context_and_value_for_the_routed_block():
+    patch, layout, routing, source, driving = _patch()
+    n = torch.randn(6, 5, 8)
+    opts = {"block": ("input", 2), "block_index": 0, "cond_or_uncond": [1, 0]}
+    out_n, ctx, val = patch(n, n, n, opts)
+    assert out_n is n and ctx.shape == (6, 5 + 8, 8) and torch.equal(ctx, val)
+    ref = routing[layout[("input", 2, 0)]]
+    assert ref == "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    assert torch.equal(ctx[:, :5], n)
+    assert torch.equal(ctx[0, 5:9], source.uncond[ref][0]) and torch.equal(ctx[4, 5:9], source.cond[ref][1])
+    assert torch.equal(ctx[4, 9:], driving.cond[ref][1])
+    # an earlier patch's context is kept, not replaced
+    earlier = torch.cat([n, torch.zeros(6, 2, 8)], 1)
+    _, ctx2, _ = patch(n, earlier, earlier, opts)
+    assert torch.equal(ctx2[:, :7], earlier) and ctx2.shape[1] == 15
+
+
+def test_patch_low_memory_single_chunks_and_cfg1():
+    patch, layout, routing, source, driving = _patch()
+    n = torch.randn(3, 5, 8)
+    ref = routing[layout[("output", 4, 0)]]
+    for flags, expected in (([0], source.cond[ref]), ([1], source.uncond[ref].expand(3, -1, -1))):
+        _, ctx, _ = patch(n, n, n, {"block": ("output", 4), "block_index": 0, "cond_or_uncond": flags})
+        assert torch.equal(ctx[:, 5:9], expected)
+
+
+def test_patch_survives_clone_deepcopies_and_moves():
+    patch, *_ = _patch()
+    options = {"transformer_options": {"patches": {"attn1_patch": [patch]}}}
+    copied = copy.deepcopy(options)
+    assert copied["transformer_options"]["patches"]["attn1_patch"][0] is patch
+    assert patch.to(torch.device("cpu")) is patch
+
+
+def test_patch_errors_are_clear():
+    patch, *_ = _patch()
+    n = torch.randn(3, 5, 8)
+    with pytest.raises(ValueError, match="cond_or_uncond"):
+        patch(n, n, n, {"block": ("input", 1), "block_index": 0})
+    with pytest.raises(ValueError, match="not in this model's layout"):
+        patch(n, n, n, {"block": ("input", 3), "block_index": 0, "cond_or_uncond": [0]})
+    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
+    routing, refs = cm.routed_layers(layout, "as_trained")
+    partial = ReferenceStates(cond={refs[0]: _states(1)}, uncond={refs[0]: _states(1)})
+    with pytest.raises(ValueError, match="lack the layer"):
+        cm.ReferencePatch(layout, routing, partial, partial)
+
+
+def test_patched_comfy_style_attention_equals_core_reference_attention():
+    """ComfyUI projects k/v of the extended context itself; that must equal the core's reader."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    own, src, drv = torch.randn(2, 6, 16), torch.randn(2, 4, 16), torch.randn(2, 4, 16)
+    with torch.no_grad():
+        ref_k, ref_v = project_reference(attn, torch.cat([src, drv], 1))
+        expected = reference_attention(attn, own, ref_k, ref_v)
+        patch_ctx = cm.reference_rows([0], 2, src, torch.zeros(1, 4, 16), drv)
+        context = torch.cat([own, patch_ctx], 1)
+        q, k, v = attn.to_q(own), attn.to_k(context), attn.to_v(context)
+        heads = lambda t: t.view(t.shape[0], t.shape[1], 2, 8).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).reshape(2, 6, 16)
+        out = attn.to_out[1](attn.to_out[0](out))
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------ capture and mixing
+
+
+def test_state_recorder_records_wanted_layers_and_stops_after_the_last():
+    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
+    _, refs = cm.routed_layers(layout, "as_trained")
+    wanted = {k: v for k, v in layout.items() if v in refs}
+    recorder = cm.StateRecorder(wanted)
+    visited = []
+    with pytest.raises(cm.CaptureDone):
+        for key in layout:  # forward order
+            visited.append(key)
+            n = torch.full((2, 3, 4), float(len(visited)))
+            assert recorder(n, n, n, {"block": key[:2], "block_index": key[2]})[0] is n
+    assert visited[-1] == ("output", 3, 0)  # up_blocks.1.attentions.0: later layers are never run
+    states = recorder.result()
+    assert list(states) == refs
+
+
+def test_capture_inputs_split_and_mixing_via_the_node_path():
+    latents, embeds = torch.randn(3, 4, 8, 8), torch.randn(3, 1, 32)
+    x, c = cm.capture_inputs(latents, embeds, 1.25)
+    assert x.shape[0] == 4 and torch.equal(x[3], torch.zeros(4, 8, 8)) and torch.equal(c[3], torch.zeros(1, 32))
+    assert torch.allclose(c[:3], mix_embeds(embeds, 1.25))
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    rows = torch.randn(4, 5, 6)
+    cond, uncond = cm.split_capture({name: rows}, 3)
+    assert torch.equal(cond[name], rows[:3]) and torch.equal(uncond[name], rows[3:])
+    states = ReferenceStates(cond=cond, uncond=uncond, meta={"embed_degree": "1.25", "role": "source"})
+    mixed, mixed_embeds = cm.mix_captured(states, embeds, 1.25)
+    assert torch.allclose(mixed.cond[name], mix_states(rows[:3], rows[3:], 1.25))
+    assert torch.allclose(mixed_embeds, -0.25 * embeds)
+    with pytest.raises(ValueError, match="captured with degree 1.25 but are mixed with degree 1"):
+        cm.mix_captured(states, embeds, 1.0)
+    with pytest.raises(ValueError, match="already mixed"):
+        cm.mix_captured(mixed, embeds, 1.25)
+    with pytest.raises(ValueError, match="batch of 2 but"):
+        cm.mix_captured(states, embeds[:2], 1.25)
+
+
+# ------------------------------------------------------------------ sampler inputs
+
+
+def test_conditioning_noise_and_batches():
+    src, drv = torch.randn(1, 1, 8), torch.randn(3, 1, 8)
+    pos, neg = cm.sampler_conditioning(src, drv, 3)
+    assert pos.shape == neg.shape == (3, 2, 8)
+    assert torch.equal(pos[2, 0], src[0, 0]) and torch.equal(neg[:, 0], torch.zeros(3, 8))
+    assert torch.equal(pos[:, 1], drv[:, 0]) and torch.equal(neg[:, 1], drv[:, 0])
+    shared = cm.seeded_noise((3, 4, 8, 8), 7)
+    assert torch.equal(shared[0], shared[2])
+    assert torch.equal(cm.seeded_noise((5, 4, 8, 8), 7)[4], shared[0])  # any batch, same frame noise
+    per = cm.seeded_noise((3, 4, 8, 8), 7, per_image=True)
+    assert torch.equal(per, torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(7)))
+    assert not torch.equal(per[0], per[1])
+    assert cm.resolve_batch({"the latent": 1, "the driving states": 3}) == 3
+    with pytest.raises(ValueError, match="batch of 2 but the driving states has 3"):
+        cm.resolve_batch({"the latent": 2, "the driving states": 3})
+
+
+def test_pooled_clip_equals_transformers_pooler_output():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    model = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                             num_attention_heads=4, image_size=32, patch_size=8)).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out = model(pixel_values=pixels)
+        ln = getattr(model, "vision_model", model).post_layernorm
+        pooled = cm.pooled_clip(out.last_hidden_state, ln.weight, ln.bias, ln.eps)
+    assert pooled.shape == (3, 1, 32)
+    # transformers' last_hidden_state is before post_layernorm, like ComfyUI's
+    assert torch.allclose(pooled[:, 0], out.pooler_output, atol=1e-6)
+
+
+def test_resize_images():
+    images = torch.rand(2, 40, 50, 4)
+    out = cm.resize_images(images, 64, 64)
+    assert out.shape == (2, 64, 64, 3) and out.min() >= 0 and out.max() <= 1
+    same = torch.rand(1, 64, 64, 3)
+    assert torch.equal(cm.resize_images(same, 64, 64), same)
+    with pytest.raises(ValueError, match="empty"):
+        cm.resize_images(torch.zeros(0, 8, 8, 3), 8, 8)
+    with pytest.raises(ValueError, match="NaN"):
+        cm.resize_images(torch.full((1, 8, 8, 3), float("nan")), 8, 8)
