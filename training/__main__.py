@@ -1,0 +1,7 @@
+"""``python -m training`` = ``faceanon-train``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
