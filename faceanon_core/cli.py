@@ -247,7 +247,7 @@ def _add_model_options(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_faces
+    from . import cli_eval, cli_faces
 
     parser = argparse.ArgumentParser(prog="faceanon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
@@ -271,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     anon.add_argument("--keep-metadata", action="store_true",
                       help="keep EXIF (GPS, maker notes and thumbnails are always dropped)")
     anon.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
+    anon.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                      help="check every output face with a face recognizer and retry (new seed, larger degree) "
+                           "while it still matches the original (default: on when the 'verify' extra is "
+                           "installed)")
+    anon.add_argument("--verify-threshold", type=float, default=None, metavar="D",
+                      help="identity distance below which a face still counts as the same person "
+                           "(default 0.6, dlib's decision distance)")
+    anon.add_argument("--verify-retries", type=int, default=2, metavar="N",
+                      help="tries after the first, each with seed+1 and degree+0.25 (default 2)")
+    anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
+                      help="a face still recognizable after every try: fail the photo (default) or blur it")
     cli_faces.add_detector_args(anon)
     _add_model_options(anon)
     anon.set_defaults(func=run_anonymize)
@@ -300,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=run_models_check)
 
     cli_faces.register(sub)
+    cli_eval.register(sub)
     return parser
 
 

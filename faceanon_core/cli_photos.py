@@ -25,30 +25,57 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "faceanon-manifest.jsonl"
 
 
-def crop_processor(pipe, args):
-    """``process_crops`` for :func:`process_faces`: float crops in, anonymized crops out.
+def crop_anonymizer(pipe, args):
+    """``anonymize(crops, seed, degree)`` for the leak guard: float crops in, anonymized crops out.
 
-    Every face gets the same seed, so a face keeps its anonymous identity from frame to
-    frame of a clip (same seed, same degree).
+    Every face of a call gets the same seed, so a face keeps its anonymous identity from frame
+    to frame of a clip (same seed, same degree).
     """
     import cv2
     import torch
 
-    def process(crops: np.ndarray) -> np.ndarray:
+    def anonymize(crops: np.ndarray, seed: int, degree: float) -> np.ndarray:
         size = crops.shape[1]
         model_in = crops if size == args.size else np.stack(
             [cv2.resize(c, (args.size, args.size), interpolation=cv2.INTER_AREA) for c in crops])
         out = pipe.anonymize(
             torch.from_numpy(np.ascontiguousarray(model_in)).permute(0, 3, 1, 2),
-            degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
-            generator=generators(args.seed, len(crops)),
+            degree=degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
+            generator=generators(seed, len(crops)),
             height=args.size, width=args.size, output_type="np",
         ).images
         if size != args.size:
             out = np.stack([cv2.resize(o, (size, size), interpolation=cv2.INTER_CUBIC) for o in out])
         return np.clip(out, 0.0, 1.0)
 
-    return process
+    return anonymize
+
+
+def crop_processor(pipe, args):
+    """``process_crops`` for :func:`process_faces`: ``--seed`` and ``--degree`` for every face."""
+    anonymize = crop_anonymizer(pipe, args)
+    return lambda crops: anonymize(crops, args.seed, args.degree)
+
+
+def verification(args):
+    """The recognizer for ``--verify``, or None. Default: on when the ``verify`` extra is installed."""
+    from .cli import CliError
+    from .identity import VERIFY_EXTRA_HINT, RecognizerUnavailable, default_recognizer, recognizer_available
+
+    if args.verify is False:
+        return None
+    if args.verify is None and not recognizer_available():
+        logger.warning("identity verification is off: the face recognizer is not installed (%s); outputs are "
+                       "not checked for identity leaks", VERIFY_EXTRA_HINT)
+        return None
+    if args.verify_retries < 0:
+        raise CliError(f"--verify-retries must be >= 0, got {args.verify_retries}")
+    if args.verify_threshold is not None and not args.verify_threshold > 0:
+        raise CliError(f"--verify-threshold must be > 0, got {args.verify_threshold}")
+    try:
+        return default_recognizer()
+    except RecognizerUnavailable as exc:
+        raise CliError(str(exc)) from exc
 
 
 def handle_small_faces(result, policy: str, name: str) -> np.ndarray:
@@ -77,25 +104,47 @@ def run_anonymize_photos(args) -> int:
     if not todo:
         print(f"anonymize: all {len(plan)} photo(s) already done (manifest {manifest_path})", file=sys.stderr)
         return 0
+    recognizer = verification(args)
     pipe = load_pipeline(args)
     pipe.set_progress_bar_config(disable=True)
     process_crops = crop_processor(pipe, args)
     params = {"command": "anonymize", "degree": args.degree, "guidance": args.guidance, "steps": args.steps,
               "size": args.size, "scheduler": args.scheduler, "min_face_size": args.min_face_size,
               "threshold": args.threshold}
+    guard_config = None
+    if recognizer is not None:
+        from .guard import GuardConfig
+
+        guard_config = GuardConfig(threshold=args.verify_threshold, retries=args.verify_retries,
+                                   fallback=args.verify_fallback)
+        params["verify"] = {"recognizer": recognizer.name, "threshold": guard_config.threshold_for(recognizer),
+                            "retries": args.verify_retries, "fallback": args.verify_fallback}
+    else:
+        params["verify"] = None
 
     min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
 
     def process(src: Path, dst: Path) -> dict[str, Any]:
         image = load_image(src)
-        result = process_faces(image.rgb, process_crops, detector=detector, batch_size=args.batch_size,
-                               image_name=str(src), **min_size)
+        if recognizer is None:
+            result = process_faces(image.rgb, process_crops, detector=detector, batch_size=args.batch_size,
+                                   image_name=str(src), **min_size)
+        else:
+            from .guard import guarded_process_faces
+
+            result = guarded_process_faces(image.rgb, crop_anonymizer(pipe, args), recognizer, seed=args.seed,
+                                           degree=args.degree, config=guard_config, detector=detector,
+                                           batch_size=args.batch_size, image_name=str(src), **min_size)
         anonymized = handle_small_faces(result, args.small_faces, str(src))
         save_image(dst, anonymized, image.alpha, overwrite=args.overwrite,
                    strip_metadata=not args.keep_metadata, icc_profile=image.icc_profile,
                    exif=image.exif if args.keep_metadata else None)
         logger.info("%s: %d face(s) anonymized -> %s", src, len(result.faces), dst)
-        return {"faces": len(result.faces), "small_faces": len(result.skipped), "small_faces_policy": args.small_faces}
+        info = {"faces": len(result.faces), "small_faces": len(result.skipped),
+                "small_faces_policy": args.small_faces}
+        if recognizer is not None:
+            info["identity"] = [c.to_dict() for c in result.checks]
+        return info
 
     from tqdm import tqdm
 
@@ -109,4 +158,4 @@ def run_anonymize_photos(args) -> int:
     return 0 if summary.ok else 1
 
 
-__all__ = ["run_anonymize_photos", "crop_processor", "handle_small_faces"]
+__all__ = ["run_anonymize_photos", "crop_anonymizer", "crop_processor", "handle_small_faces", "verification"]
