@@ -9,6 +9,7 @@ from __future__ import annotations
 from .faces_nodes import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
 from .models import FaceAnonModelLoader, register_model_folder
 from .oneshot import FaceAnonAnonymize, FaceAnonSwap
+from .verify_node import FaceAnonVerifyFaces
 from .reference import (
     FaceAnonCaptureStates,
     FaceAnonCLIPImageEncode,
@@ -29,6 +30,7 @@ NODE_CLASS_MAPPINGS = {
     "FaceAnon_DetectFaces": FaceAnonDetectFaces,
     "FaceAnon_PasteFaces": FaceAnonPasteFaces,
     "FaceAnon_RedactFaces": FaceAnonRedactFaces,
+    "FaceAnon_VerifyFaces": FaceAnonVerifyFaces,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -42,6 +44,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FaceAnon_DetectFaces": "Detect & Align Faces",
     "FaceAnon_PasteFaces": "Paste Faces Back",
     "FaceAnon_RedactFaces": "Redact Faces",
+    "FaceAnon_VerifyFaces": "Verify Faces (identity-leak guard)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

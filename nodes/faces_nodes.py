@@ -30,6 +30,9 @@ class FaceSet:
     faces: list = field(default_factory=list)  # faceanon_core.faces.AlignedFace
     frame_sizes: list = field(default_factory=list)  # (height, width) per frame
     crop_size: int = 512
+    # Faces too small for the model, (frame index, DetectedFace): Paste Faces Back blurs them so
+    # that no face is ever passed through unchanged.
+    small: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -88,12 +91,13 @@ class FaceAnonDetectFaces:
 
         frames = to_uint8_frames(image)
         detector = _detector(float(threshold), 20.0)
-        faces, crops = [], []
+        faces, crops, small = [], [], []
         pbar = comfy.utils.ProgressBar(len(frames))
         for index, frame in enumerate(frames):
             found = detector.detect(frame)
-            aligned, _skipped = align_faces(found, frame_index=index, crop_size=crop_size,
-                                            min_face_size=min_face_size, image_name=f"frame {index}")
+            aligned, skipped = align_faces(found, frame_index=index, crop_size=crop_size,
+                                           min_face_size=min_face_size, image_name=f"frame {index}")
+            small.extend((index, face) for face in skipped)
             if not found:
                 if if_no_face == "error":
                     raise ValueError(f"frame {index}: no face found")
@@ -102,7 +106,7 @@ class FaceAnonDetectFaces:
                 faces.extend(aligned)
                 crops.append(extract_crops(frame, aligned))
             pbar.update(1)
-        result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size)
+        result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size, small=small)
         if crops:
             batch = to_image(np.concatenate(crops))
         else:
@@ -153,15 +157,26 @@ class FaceAnonPasteFaces:
         out, masks = [], []
         for index, frame in enumerate(frames):
             picks = [i for i, f in enumerate(faces.faces) if f.frame_index == index]
-            if not picks:
-                out.append(frame)
-                masks.append(np.zeros(frame.shape[:2], np.float32))
-                continue
-            pasted, mask = paste_back(frame, [faces.faces[i] for i in picks], crops_np[picks], erode=erode,
-                                      feather=feather, color_match=color_match)
-            out.append(pasted)
+            if picks:
+                frame, mask = paste_back(frame, [faces.faces[i] for i in picks], crops_np[picks], erode=erode,
+                                         feather=feather, color_match=color_match)
+            else:
+                mask = np.zeros(frame.shape[:2], np.float32)
+            frame, mask = _blur_small_faces(frame, mask, [f for i, f in faces.small if i == index], index)
+            out.append(frame)
             masks.append(mask)
         return to_image(out), torch.from_numpy(np.stack(masks))
+
+
+def _blur_small_faces(frame, mask, small, index):
+    """Faces too small for the model are blurred (never passed through unchanged)."""
+    if not small:
+        return frame, mask
+    from ..faceanon_core.redact import redact_image
+
+    logger.warning("FaceAnon: frame %d: %d face(s) too small for the model were blurred", index, len(small))
+    redacted = redact_image(frame, "blur", faces=small, image_name=f"frame {index}")
+    return redacted.image, np.maximum(mask, redacted.mask)
 
 
 class FaceAnonRedactFaces:

