@@ -247,7 +247,7 @@ def _add_model_options(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_eval, cli_faces
+    from . import cli_eval, cli_faces, queue_client
 
     parser = argparse.ArgumentParser(prog="faceanon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_faces.register(sub)
     cli_eval.register(sub)
+    queue_client.register(sub)
     return parser
 
 

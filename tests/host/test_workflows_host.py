@@ -1,0 +1,173 @@
+"""The shipped workflows on a real ComfyUI (COMFYUI_PATH): every API file runs with tiny models and gives the
+expected outputs, every UI file loads in ComfyUI's own frontend (headless Chromium) without missing nodes
+and converts to the same prompt, and ``faceanon queue`` runs a workflow end to end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HOST_DIR = Path(__file__).resolve().parent
+for path in (HOST_DIR, HOST_DIR.parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("COMFYUI_PATH"),
+    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
+           "its environment)",
+)
+
+import workflow_host as wh  # noqa: E402
+
+NAMES = wh.workflow_names()
+W, H = 512, 600  # the sample photo
+# per workflow: {output node: (type, count, (width, height))}; the tiny models work at 64 px
+EXPECTED = {
+    "anonymize_crop": {"4": ("output", 1, (512, 512))},
+    "anonymize_crop_granular": {"10": ("output", 1, (64, 64))},
+    "anonymize_group_photo": {"6": ("output", 1, (2 * W, H)), "8": ("output", 1, (2 * W, H)),
+                              "9": ("temp", 2, (512, 512))},
+    "face_swap": {"9": ("output", 1, (W, H))},
+    "degree_sweep": {"12": ("output", 1, (5 * 512, 512))},
+    "video_frames": {"7": ("output", wh.VIDEO_FRAMES, (320, 320)), "9": ("output", 1, None)},
+    "redact_faces": {"3": ("output", 1, (2 * W, H)), "5": ("temp", 1, (2 * W, H))},
+}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from host_helpers import make_base
+
+    root = make_base(tmp_path_factory.mktemp("wf_base"))
+    wh.write_model_folder(root)
+    wh.write_inputs(root / "input")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(base):
+    from host_helpers import ComfyServer
+
+    srv = ComfyServer(base, name="workflows")
+    yield srv
+    srv.stop()
+
+
+def view(server, item) -> bytes:
+    query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=30) as response:
+        return response.read()
+
+
+def test_every_workflow_has_expectations():
+    assert sorted(EXPECTED) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_runs_on_comfyui(server, base, name):
+    from host_helpers import error_message
+    from PIL import Image
+
+    entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json")), timeout=600)
+    assert error_message(entry) is None, error_message(entry)
+    assert entry["status"]["status_str"] == "success"
+    outputs = entry["outputs"]
+    assert set(outputs) == set(EXPECTED[name]), outputs
+    for node, (kind, count, size) in EXPECTED[name].items():
+        items = outputs[node]["images"]
+        assert len(items) == count and all(i["type"] == kind for i in items), (node, items)
+        for item in items:
+            data = view(server, item)
+            if item["filename"].endswith(".mp4"):
+                path = base / "output" / item["subfolder"] / item["filename"]
+                assert wh.count_video_frames(path) == (wh.VIDEO_FRAMES, 320, 320)
+            else:
+                assert Image.open(io.BytesIO(data)).size == size, (node, item)
+
+
+def test_group_photo_changes_the_faces_only(server, base):
+    import numpy as np
+    from PIL import Image
+
+    entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "anonymize_group_photo_api.json")))
+    photo = np.asarray(Image.open(io.BytesIO(view(server, entry["outputs"]["6"]["images"][0]))).convert("RGB"))
+    mask = np.asarray(Image.open(io.BytesIO(view(server, entry["outputs"]["8"]["images"][0]))).convert("L"))
+    original = np.asarray(Image.open(base / "input" / "group.jpg").convert("RGB"))
+    changed = np.abs(photo.astype(int) - original.astype(int)).max(axis=2) > 8
+    assert changed[mask > 128].mean() > 0.3  # the faces were replaced
+    assert changed[mask == 0].mean() < 0.01  # the rest is the original (8-bit round trips aside)
+    left, right = mask[:, :W] > 0, mask[:, W:] > 0
+    assert left.any() and right.any()  # both faces
+
+
+def test_our_node_definitions_match_the_servers(server):
+    from workflow_checks import our_object_info
+
+    real = server.get("/object_info")
+    ours = our_object_info()
+    for name, entry in ours.items():
+        served = json.loads(json.dumps(real[name]))
+        served["input"]["required"].get("model_folder", [[]])[0][:] = []
+        for key in ("input", "input_order", "output", "output_name", "category", "output_node"):
+            assert entry[key] == served[key], (name, key)
+
+
+@pytest.fixture(scope="module")
+def frontend(server):
+    if wh.chromium_path() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium): cannot load the UI workflows in "
+                    "ComfyUI's frontend")
+    with wh.Frontend(server.url) as fe:
+        yield fe
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_loads_in_comfyuis_frontend(frontend, name):
+    ui = wh.load_json(wh.WORKFLOWS / f"{name}.json")
+    result = frontend.load_ui(ui)
+    assert result["missing"] == [], f"missing node types in the frontend: {result['missing']}"
+    assert result["count"] == len(ui["nodes"])
+    api = wh.load_json(wh.WORKFLOWS / f"{name}_api.json")
+    assert wh.normalize_prompt(result["prompt"]) == wh.normalize_prompt(api)
+
+
+def test_faceanon_queue_runs_a_workflow_on_comfyui(server, tmp_path, capsys, caplog):
+    from PIL import Image
+
+    from faceanon_core.cli import main
+
+    face = tmp_path / "mine.png"
+    Image.open(wh.WORKFLOWS.parent / "faceanon_core" / "data" / "samples" / "grace_hopper.jpg").convert(
+        "RGB").resize((256, 256)).save(face)
+    out = tmp_path / "out"
+    code = main(["queue", str(wh.WORKFLOWS / "anonymize_crop_api.json"), "--server", server.url, "--out", str(out),
+                 "--image", f"queue_face.png={face}", "--set", "2.image=queue_face.png", "--set", "3.steps=2",
+                 "--set", "4.filename_prefix=queued/anon", "--no-progress", "--timeout", "300"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert [p.relative_to(out).as_posix() for p in files] == ["queued/anon_00001_.png"]
+    assert Image.open(files[0]).size == (256, 256)
+    assert captured.out.strip() == str(files[0])
+    # a UI-format file is converted with the server's own node definitions and runs too
+    code = main(["queue", str(wh.WORKFLOWS / "redact_faces.json"), "--server", server.url, "--out",
+                 str(tmp_path / "ui"), "--no-progress", "--include-temp"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "UI-format" in caplog.text
+    assert len([p for p in (tmp_path / "ui").rglob("*.png")]) == 2
+    # the server's own validation message comes through
+    code = main(["queue", str(wh.WORKFLOWS / "anonymize_crop_api.json"), "--server", server.url, "--out",
+                 str(tmp_path / "bad"), "--set", "3.sampler_name=no_such_sampler", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 3 and "no_such_sampler" in captured.err and "node 3" in captured.err, captured.err
+    assert not (tmp_path / "bad").exists()

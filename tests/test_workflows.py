@@ -1,0 +1,125 @@
+"""Every shipped workflow, checked without ComfyUI: node types exist, required inputs are connected or
+set, links join sockets of the same type, values are in range, and the UI and API files describe the
+same graph (see ``workflow_checks``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faceanon_core.queue_client import ui_to_api
+from workflow_checks import (WORKFLOWS, check_api, check_ui, graph_differences, input_specs, load_core,
+                             our_object_info)
+
+NAMES = sorted(p.name[:-len("_api.json")] for p in WORKFLOWS.glob("*_api.json"))
+EXPECTED = {"anonymize_crop", "anonymize_crop_granular", "anonymize_group_photo", "face_swap", "degree_sweep",
+            "video_frames", "redact_faces"}
+OUR_NODES = {"FaceAnon_ModelLoader", "FaceAnon_CLIPImageEncode", "FaceAnon_CaptureStates", "FaceAnon_MixStates",
+             "FaceAnon_DualReferenceSampler", "FaceAnon_Anonymize", "FaceAnon_Swap", "FaceAnon_DetectFaces",
+             "FaceAnon_PasteFaces", "FaceAnon_RedactFaces"}
+
+
+@pytest.fixture(scope="module")
+def info():
+    core = load_core()
+    ours = our_object_info(core)
+    assert not set(ours) & set(core)
+    return {**core, **ours}
+
+
+def load(name: str, api: bool) -> dict:
+    return json.loads((WORKFLOWS / f"{name}{'_api' if api else ''}.json").read_text())
+
+
+def test_the_promised_workflows_ship_with_ui_file_preview_and_description():
+    assert set(NAMES) == EXPECTED
+    readme = (WORKFLOWS / "README.md").read_text()
+    for name in NAMES:
+        assert (WORKFLOWS / f"{name}.json").is_file(), name
+        preview = WORKFLOWS / "previews" / f"{name}.png"
+        assert preview.is_file() and preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"{name}.json" in readme and f"previews/{name}.png" in readme, name
+
+
+def test_our_definitions_are_read_from_the_node_code(info):
+    assert OUR_NODES <= set(info)
+    sampler = info["FaceAnon_DualReferenceSampler"]
+    assert sampler["output"] == ["LATENT"]
+    assert "euler" in sampler["input"]["required"]["sampler_name"][0]
+    assert info["FaceAnon_MixStates"]["input"]["required"]["degree"][1]["max"] == 3.0
+    assert info["FaceAnon_RedactFaces"]["input"]["optional"] == {"faces": ["FACEANON_FACES"]}
+    import sys
+
+    assert "comfy" not in sys.modules and "folder_paths" not in sys.modules  # the stand-ins are gone
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_matches_the_node_definitions(name, info):
+    assert check_api(load(name, api=True), info) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_is_consistent_and_typed(name, info):
+    assert check_ui(load(name, api=False), info) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_and_api_files_describe_the_same_graph(name, info):
+    ui, api = load(name, api=False), load(name, api=True)
+    assert sorted(n["id"] for n in ui["nodes"]) == sorted(int(k) for k in api)
+    assert {n["id"]: n["type"] for n in ui["nodes"]} == {int(k): v["class_type"] for k, v in api.items()}
+    links_ui = {(str(origin), oslot, str(target), next(i["name"] for i in ui_node["inputs"] if i.get("link") == lid))
+                for lid, origin, oslot, target, tslot, _ in ui["links"]
+                for ui_node in ui["nodes"] if ui_node["id"] == target}
+    links_api = {(str(v[0]), v[1], node_id, name) for node_id, node in api.items()
+                 for name, v in node["inputs"].items() if isinstance(v, list)}
+    assert links_ui == links_api
+    assert graph_differences(api, ui_to_api(ui, info)) == []
+
+
+def test_uses_one_model_folder_name_and_fixed_seeds(info):
+    for name in NAMES:
+        api, ui = load(name, api=True), load(name, api=False)
+        folders = {n["inputs"]["model_folder"] for n in api.values() if n["class_type"] == "FaceAnon_ModelLoader"}
+        assert folders <= {"face-anon-simple"}, name
+        for node in ui["nodes"]:
+            if "control_after_generate" in json.dumps(input_specs(info[node["type"]])):
+                assert "fixed" in node["widgets_values"], (name, node["id"])  # same identity on every run
+
+
+def test_degree_sweep_and_video_settings():
+    sweep = load("degree_sweep", api=True)
+    degrees = sorted(n["inputs"]["degree"] for n in sweep.values() if n["class_type"] == "FaceAnon_Anonymize")
+    assert degrees == [0.0, 0.5, 1.0, 1.25, 1.5]
+    assert len({n["inputs"]["seed"] for n in sweep.values() if n["class_type"] == "FaceAnon_Anonymize"}) == 1
+    video = load("video_frames", api=True)
+    anonymize = [n for n in video.values() if n["class_type"] == "FaceAnon_Anonymize"]
+    assert len(anonymize) == 1  # every frame's faces in one batch, one seed: one anonymous identity
+    redact = load("redact_faces", api=True)
+    assert not any(n["class_type"] == "FaceAnon_ModelLoader" for n in redact.values())  # no diffusion weights
+
+
+@pytest.mark.parametrize("mutation, message", [
+    (lambda p: p["3"]["inputs"].__setitem__("degree", 7.0), "outside"),
+    (lambda p: p["3"]["inputs"].__setitem__("sampler_name", "no_such_sampler"), "not one of"),
+    (lambda p: p["3"]["inputs"].pop("seed"), "neither connected nor set"),
+    (lambda p: p["3"]["inputs"].__setitem__("image", ["1", 1]), "expects IMAGE"),
+    (lambda p: p["3"].__setitem__("class_type", "FaceAnon_Nope"), "unknown node type"),
+    (lambda p: p["3"]["inputs"].__setitem__("steps", 2.5), "integer"),
+    (lambda p: p["4"]["inputs"].__setitem__("images", ["9", 0]), "points at no node"),
+])
+def test_the_checks_catch_broken_workflows(info, mutation, message):
+    prompt = load("anonymize_crop", api=True)
+    mutation(prompt)
+    problems = check_api(prompt, info)
+    assert any(message in p for p in problems), problems
+
+
+def test_the_ui_checks_catch_a_wrong_link_type_and_a_missing_widget_value(info):
+    ui = load("anonymize_crop", api=False)
+    ui["links"][0][5] = "LATENT"
+    anonymize = next(n for n in ui["nodes"] if n["type"] == "FaceAnon_Anonymize")
+    anonymize["widgets_values"] = anonymize["widgets_values"][:-1]
+    problems = check_ui(ui, info)
+    assert any("LATENT" in p for p in problems) and any("widget values" in p for p in problems), problems
