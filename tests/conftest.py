@@ -47,3 +47,14 @@ def run_kwargs():
 
 def noise(batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn((batch, 4, TINY_IMAGE_SIZE // 8, TINY_IMAGE_SIZE // 8), generator=torch.manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def rec():
+    """dlib's face recognizer (the 'verify' extra); tests that use it skip when it is missing."""
+    from faceanon_core.identity import RecognizerUnavailable, default_recognizer
+
+    try:
+        return default_recognizer()
+    except RecognizerUnavailable as exc:
+        pytest.skip(str(exc))

@@ -14,17 +14,9 @@ pytest.importorskip("dlib", reason="needs the 'verify' extra: pip install 'comfy
 
 from faceanon_core.evaluate import EvalError, evaluate_images, head_pose, pair_inputs  # noqa: E402
 from faceanon_core.faces import TEMPLATE_5, default_detector  # noqa: E402
-from faceanon_core.identity import RecognizerUnavailable, default_recognizer  # noqa: E402
 from faceanon_core.imageio import save_image  # noqa: E402
 from faceanon_core.redact import redact_image  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def rec():
-    try:
-        return default_recognizer()
-    except RecognizerUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 PHOTOS = {"astronaut": astronaut, "grace_hopper": grace_hopper}

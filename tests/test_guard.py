@@ -14,15 +14,7 @@ pytest.importorskip("dlib", reason="needs the 'verify' extra: pip install 'comfy
 
 from faceanon_core.faces import FaceProcessingError, align_faces, default_detector, extract_crops  # noqa: E402
 from faceanon_core.guard import GuardConfig, IdentityLeakError, check_faces, guarded_process_faces  # noqa: E402
-from faceanon_core.identity import RecognizerUnavailable, default_recognizer  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def rec():
-    try:
-        return default_recognizer()
-    except RecognizerUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

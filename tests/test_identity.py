@@ -16,16 +16,8 @@ from faceanon_core.identity import (  # noqa: E402
     DlibRecognizer,
     FaceRecognizer,
     RecognizerUnavailable,
-    default_recognizer,
 )
 
-
-@pytest.fixture(scope="module")
-def rec():
-    try:
-        return default_recognizer()
-    except RecognizerUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 def embed(rec, key_or_img, landmarks=None):
