@@ -152,19 +152,19 @@ class FaceAnonPipeline(DiffusionPipeline):
         """CLIP pooled output (post-layernorm CLS, before the projection), one token: ``[B,1,C]``."""
         pixels = self.feature_extractor(images=images, return_tensors="pt", do_rescale=False).pixel_values
         encoder = self.image_encoder
-        out = encoder(pixels.to(device=self.device, dtype=encoder.dtype))
+        out = encoder(pixels.to(device=self._execution_device, dtype=encoder.dtype))
         return out.pooler_output.unsqueeze(1)
 
     @torch.no_grad()
     def encode_latents(self, images: torch.Tensor, generator=None) -> torch.Tensor:
         """VAE posterior mean scaled by the VAE scaling factor."""
-        pixels = (images * 2 - 1).to(device=self.device, dtype=self.vae.dtype)
+        pixels = (images * 2 - 1).to(device=self._execution_device, dtype=self.vae.dtype)
         return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def reference_states(self, refnet, latents: torch.Tensor, embeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        latents = latents.to(device=self.device, dtype=refnet.dtype)
-        return capture_states(refnet, latents, embeds.to(self.device, refnet.dtype), self.reference_layers)
+        latents = latents.to(device=self._execution_device, dtype=refnet.dtype)
+        return capture_states(refnet, latents, embeds.to(self._execution_device, refnet.dtype), self.reference_layers)
 
     @torch.no_grad()
     def source_states(self, latents: torch.Tensor, embeds: torch.Tensor, degree: float) -> ReferenceStates:
@@ -179,11 +179,11 @@ class FaceAnonPipeline(DiffusionPipeline):
     def prepare_latents(self, batch, height, width, dtype, generator, latents):
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
         else:
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-            latents = latents.to(device=self.device, dtype=dtype)
+            latents = latents.to(device=self._execution_device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
     @torch.no_grad()
@@ -223,7 +223,7 @@ class FaceAnonPipeline(DiffusionPipeline):
         tokens, context = self._reference_tokens(source, driving_states, mix_embeds(source_embeds, degree),
                                                  driving_embeds, batch, cfg, dtype)
         latents = self.prepare_latents(batch, height, width, dtype, generator, latents)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         extra_step = {"generator": generator} if "generator" in _step_params(self.scheduler) else {}
 
         self.reference_context.begin(tokens)
@@ -260,7 +260,7 @@ class FaceAnonPipeline(DiffusionPipeline):
         context = [torch.cat([source_embeds, driving_embeds], dim=1)]
         if cfg:
             context.insert(0, torch.cat([torch.zeros_like(source_embeds), driving_embeds], dim=1))
-        return tokens, torch.cat(context).to(device=self.device, dtype=dtype)
+        return tokens, torch.cat(context).to(device=self._execution_device, dtype=dtype)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
