@@ -82,6 +82,29 @@ def to_image_batch(images, what: str = "images") -> torch.Tensor:
     raise TypeError(f"{what}: unsupported image type {type(images).__name__}: pass PIL images, arrays or tensors")
 
 
+def reference_tokens(reference_layers, source: ReferenceStates, driving: dict, source_embeds, driving_embeds,
+                     batch: int, cfg: bool, dtype, device):
+    """Per reference layer ``[rows, N_src + N_drv, C]`` and the UNet context; rows = [uncond; cond] with CFG.
+
+    Shared by inference and the trainer, so a trained model sees exactly what it will see at inference.
+    """
+    tokens = {}
+    for name in reference_layers:
+        src = expand_batch(source.cond[name], batch, "the source states")
+        drv = expand_batch(driving[name], batch, "the driving states")
+        rows = [torch.cat([src, drv], dim=1)]
+        if cfg:
+            src_uncond = expand_batch(source.uncond[name], batch, "the unconditional states")
+            rows.insert(0, torch.cat([src_uncond, drv], dim=1))
+        tokens[name] = torch.cat(rows).to(dtype)
+    source_embeds = expand_batch(source_embeds, batch, "the source embedding")
+    driving_embeds = expand_batch(driving_embeds, batch, "the driving embedding")
+    context = [torch.cat([source_embeds, driving_embeds], dim=1)]
+    if cfg:
+        context.insert(0, torch.cat([torch.zeros_like(source_embeds), driving_embeds], dim=1))
+    return tokens, torch.cat(context).to(device=device, dtype=dtype)
+
+
 class FaceAnonPipeline(DiffusionPipeline):
     """Anonymize (same image as source and driving, degree d) or swap faces (d = 0)."""
 
@@ -245,22 +268,8 @@ class FaceAnonPipeline(DiffusionPipeline):
 
     def _reference_tokens(self, source: ReferenceStates, driving: dict, source_embeds, driving_embeds, batch, cfg,
                           dtype):
-        """Per reference layer ``[rows, N_src + N_drv, C]`` and the context, rows = [uncond; cond]."""
-        tokens = {}
-        for name in self.reference_layers:
-            src = expand_batch(source.cond[name], batch, "the source states")
-            drv = expand_batch(driving[name], batch, "the driving states")
-            rows = [torch.cat([src, drv], dim=1)]
-            if cfg:
-                src_uncond = expand_batch(source.uncond[name], batch, "the unconditional states")
-                rows.insert(0, torch.cat([src_uncond, drv], dim=1))
-            tokens[name] = torch.cat(rows).to(dtype)
-        source_embeds = expand_batch(source_embeds, batch, "the source embedding")
-        driving_embeds = expand_batch(driving_embeds, batch, "the driving embedding")
-        context = [torch.cat([source_embeds, driving_embeds], dim=1)]
-        if cfg:
-            context.insert(0, torch.cat([torch.zeros_like(source_embeds), driving_embeds], dim=1))
-        return tokens, torch.cat(context).to(device=self._execution_device, dtype=dtype)
+        return reference_tokens(self.reference_layers, source, driving, source_embeds, driving_embeds, batch, cfg,
+                                dtype, self._execution_device)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The state routing, the state capture and the reference attention are those of
 inference (``faceanon_core.attention``), and the reference tokens are assembled by the
-pipeline's own ``FaceAnonPipeline._reference_tokens``, so a trained model behaves
+pipeline's own ``faceanon_core.pipeline.reference_tokens``, so a trained model behaves
 identically when loaded by ``FaceAnonPipeline.from_pretrained``.
 """
 
@@ -138,13 +138,6 @@ def load_models(cfg: ModelConfig) -> dict:
             "init": init, "part_dirs": parts}
 
 
-class _TokenHost:
-    """What ``FaceAnonPipeline._reference_tokens`` reads from its pipeline."""
-
-    def __init__(self, reference_layers, device):
-        self.reference_layers, self.device = reference_layers, device
-
-
 def apply_conditioning_dropout(latents: torch.Tensor, embeds: torch.Tensor, drop: torch.Tensor):
     """The unconditional source branch of inference: latents and embedding exactly zero, together."""
     drop = drop.to(device=latents.device, dtype=torch.bool)
@@ -177,15 +170,15 @@ class FaceAnonTrainModel(torch.nn.Module):
         install_readers(self.unet, self.routing, self.context)
 
     def forward(self, noisy_latents, timesteps, source_latents, source_embeds, driving_latents, driving_embeds):
-        from faceanon_core.pipeline import FaceAnonPipeline
+        from faceanon_core.pipeline import reference_tokens
 
         source = capture_states(self.referencenet, source_latents, source_embeds, self.reference_layers, timestep=0)
         driving = capture_states(self.conditioning_referencenet, driving_latents, driving_embeds,
                                  self.reference_layers, timestep=0)
         dtype = next(iter(source.values())).dtype
-        tokens, context = FaceAnonPipeline._reference_tokens(
-            _TokenHost(self.reference_layers, noisy_latents.device), ReferenceStates(cond=source), driving,
-            source_embeds, driving_embeds, noisy_latents.shape[0], False, dtype)
+        tokens, context = reference_tokens(
+            self.reference_layers, ReferenceStates(cond=source), driving, source_embeds, driving_embeds,
+            noisy_latents.shape[0], False, dtype, noisy_latents.device)
         self.context.begin(tokens)
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=context.to(noisy_latents.dtype),
                          return_dict=False)[0]
