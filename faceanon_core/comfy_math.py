@@ -9,9 +9,11 @@ The nodes in ``nodes/`` are thin adapters around these functions:
   ``attn1`` -> the diffusers module name the reference states are keyed by.
 * :class:`StateRecorder`: an ``attn1_patch`` recording ``n = norm1(x)`` (the state) during
   the ReferenceNet forward at t = 0, stopping it after the last state that is used.
-* :func:`reference_rows` and :class:`ReferencePatch`: the ``attn1_patch`` of the
+* :func:`reference_rows` and :class:`ReferenceKVPatch`: the ``attn1`` replace of the
   dual-reference sampler: keys/values ``[own, source, driving]``, the source side chosen
-  per batch row from ``extra_options["cond_or_uncond"]``.
+  per batch row from ``extra_options["cond_or_uncond"]``, the reference keys/values projected
+  once per sampling run. :class:`ReferencePatch`: the same as an ``attn1_patch`` (extended
+  context, projected by ComfyUI at every step), the fallback when another node owns a replace.
 * :func:`pooled_clip`: CLIP's pooled output (post-layernorm CLS) from the last hidden state.
 * :func:`seeded_noise`, :func:`resolve_batch`, :func:`sampler_conditioning`,
   :func:`resize_images`.
@@ -368,18 +370,25 @@ class ReferencePatch:
             self._cast[key] = t
         return t
 
-    def tokens(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    def _layer(self, extra_options: dict) -> tuple[LayerKey, str]:
         key = layer_key(extra_options)
         layer = self.layout.get(key)
         if layer is None:
             raise ValueError(f"UNet layer {key} is not in this model's layout: the MODEL does not match the "
                              "FaceAnon reference states")
-        ref = self.routing[layer]
         if "cond_or_uncond" not in extra_options:
             raise ValueError("the UNet was called outside ComfyUI sampling (no cond_or_uncond): FaceAnon "
                              "cannot tell conditional from unconditional rows")
-        tokens = reference_rows(extra_options["cond_or_uncond"], n.shape[0], self._tensor(self.source_cond, ref, n),
-                                self._tensor(self.source_uncond, ref, n), self._tensor(self.driving, ref, n))
+        return key, layer
+
+    def _rows(self, layer: str, extra_options: dict, like: torch.Tensor) -> torch.Tensor:
+        ref = self.routing[layer]
+        return reference_rows(extra_options["cond_or_uncond"], like.shape[0], self._tensor(self.source_cond, ref, like),
+                              self._tensor(self.source_uncond, ref, like), self._tensor(self.driving, ref, like))
+
+    def tokens(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        _key, layer = self._layer(extra_options)
+        tokens = self._rows(layer, extra_options, n)
         if tokens.shape[-1] != n.shape[-1]:
             raise ValueError(f"{layer}: reference states have {tokens.shape[-1]} channels, the UNet {n.shape[-1]}")
         return tokens
@@ -389,6 +398,87 @@ class ReferencePatch:
         context = n if context_attn1 is None else context_attn1
         value = context if value_attn1 is None else value_attn1
         return n, torch.cat([context, tokens], dim=1), torch.cat([value, tokens], dim=1)
+
+
+def comfy_attn1_path(key: LayerKey) -> str:
+    """ComfyUI module path (under ``diffusion_model``) of the ``attn1`` of layer ``key``.
+
+    Every SD-UNet block holding a transformer is ``[ResBlock, SpatialTransformer, ...]``, so the
+    transformer is item 1 of ``input_blocks[id]``, ``middle_block`` and ``output_blocks[id]``.
+    """
+    kind, number, index = key
+    block = "middle_block" if kind == "middle" else f"{kind}_blocks.{int(number)}"
+    return f"{block}.1.transformer_blocks.{int(index)}.attn1"
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, **_kw) -> torch.Tensor:
+    """``[B, N, heads*d]`` attention with SDPA: the pure-torch stand-in for ComfyUI's ``optimized_attention``."""
+    b, _, inner = q.shape
+    d = inner // heads
+    split = lambda t: t.reshape(b, -1, heads, d).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(b, -1, inner)
+
+
+class ReferenceKVPatch(ReferencePatch):
+    """The dual-reference ``attn1`` *replace* callable: ``(q, k, v, extra_options) -> attention``.
+
+    ComfyUI projects only the own tokens (``q``, ``k``, ``v`` of ``context_attn1``); this appends
+    the reference keys/values of the rows' ``[source, driving]`` tokens, projected with that
+    layer's own ``to_k``/``to_v`` **once per sampling run** and cached, as the core does
+    (:class:`faceanon_core.attention.ReferenceContext`). Same result as :class:`ReferencePatch`
+    (whose extended context ComfyUI projects again at every step).
+
+    ``projections``: layer key -> ``(to_k, to_v)`` callables (the UNet's modules, called so that
+    ComfyUI's casting/offloading applies). ``attention``: ``(q, k, v, heads, **kw)`` on
+    ``[B, N, heads*d]`` tensors (ComfyUI's ``optimized_attention`` in the node). The cache is
+    keyed by layer, ``cond_or_uncond`` pattern, row count, device and dtype (low-memory
+    single-chunk calls get their own entry); :meth:`clear` (end of the run) and :meth:`to` drop it.
+    One object serves every layer and is shared, not copied, by ``ModelPatcher.clone()``.
+    """
+
+    def __init__(self, layout: dict[LayerKey, str], routing: dict[str, str], source: ReferenceStates,
+                 driving: ReferenceStates, projections: dict, attention=None):
+        super().__init__(layout, routing, source, driving)
+        missing = sorted(set(layout) - set(projections))
+        if missing:
+            raise ValueError(f"no to_k/to_v projections for the UNet layer(s) {missing[:3]}")
+        self.projections = dict(projections)
+        self.attention = attention or sdpa_attention
+        self._kv: dict = {}
+        self.projection_calls = 0  # reference projections done (for tests and logging)
+
+    def to(self, device):
+        super().to(device)
+        self._kv = {}
+        return self
+
+    def clear(self) -> None:
+        """Drop the cached keys/values and casts (end of the sampling run)."""
+        self._kv, self._cast = {}, {}
+
+    def reference_kv(self, q: torch.Tensor, extra_options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        key, layer = self._layer(extra_options)
+        chunks = tuple(int(c) for c in extra_options["cond_or_uncond"])
+        cache_key = (key, chunks, q.shape[0], q.device, q.dtype)
+        kv = self._kv.get(cache_key)
+        if kv is None:
+            to_k, to_v = self.projections[key]
+            tokens = self._rows(layer, extra_options, q)
+            width = getattr(to_k, "in_features", tokens.shape[-1])
+            if tokens.shape[-1] != width:
+                raise ValueError(f"{layer}: reference states have {tokens.shape[-1]} channels, the UNet {width}")
+            kv = (to_k(tokens), to_v(tokens))
+            self.projection_calls += 1
+            self._kv[cache_key] = kv
+        return kv
+
+    def __call__(self, q, k, v, extra_options):
+        ref_k, ref_v = self.reference_kv(q, extra_options)
+        k = torch.cat([k, ref_k.to(k.dtype)], dim=1)
+        v = torch.cat([v, ref_v.to(v.dtype)], dim=1)
+        return self.attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                              transformer_options=extra_options)
 
 
 # ------------------------------------------------------------------------ images / CLIP

@@ -10,6 +10,7 @@ import logging
 
 import torch
 
+import comfy.ldm.modules.attention
 import comfy.model_management as mm
 import comfy.sample
 import comfy.samplers
@@ -113,12 +114,50 @@ def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float):
     return comfy_math.mix_captured(states, embeds, degree)
 
 
+def _comfy_attention(q, k, v, heads, **kwargs):
+    # looked up at call time: ComfyUI picks optimized_attention at startup (--use-pytorch-cross-attention, ...)
+    return comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, **kwargs)
+
+
+def install_reference_patch(patched, layout: dict, routing: dict, source_states: ReferenceStates,
+                            driving_states: ReferenceStates):
+    """Install the dual-reference attention on the (already cloned) MODEL ``patched``.
+
+    Normally an ``attn1`` replace per routed layer (:class:`comfy_math.ReferenceKVPatch`: the
+    reference keys/values are projected once per sampling run with that layer's own
+    ``to_k``/``to_v``). If another node already holds an ``attn1`` replace on one of these layers,
+    falls back to the ``attn1_patch`` (:class:`comfy_math.ReferencePatch`, projected every step).
+    """
+    replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    taken = [key for key in layout if key in replaces or key[:2] in replaces]
+    if taken:
+        logger.warning("FaceAnon: another node replaces attn1 of %s; using the slower attn1_patch path", taken[:3])
+        patch = comfy_math.ReferencePatch(layout, routing, source_states, driving_states)
+        patched.set_model_attn1_patch(patch)
+        return patch
+    projections = {}
+    for key in layout:
+        path = "diffusion_model." + comfy_math.comfy_attn1_path(key)
+        try:
+            attn = patched.get_model_object(path)
+        except AttributeError as e:
+            raise ValueError(f"the MODEL has no {path}: it does not match the FaceAnon layout") from e
+        if not (hasattr(attn, "to_k") and hasattr(attn, "to_v")):
+            raise ValueError(f"{path} is not a self-attention module: the MODEL does not match the FaceAnon layout")
+        projections[key] = (attn.to_k, attn.to_v)
+    patch = comfy_math.ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
+                                        attention=_comfy_attention)
+    for kind, number, index in layout:
+        patched.set_model_attn1_replace(patch, kind, number, index)
+    return patch
+
+
 @torch.no_grad()
 def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: torch.Tensor,
                           driving_states: ReferenceStates, driving_embeds: torch.Tensor, latent: dict, seed: int,
                           steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float = 1.0,
                           noise_mode: str = NOISE_MODES[0]) -> dict:
-    """ComfyUI sampling of a clone of ``model`` with the dual-reference attn1 patch installed."""
+    """ComfyUI sampling of a clone of ``model`` with the dual-reference attention installed."""
     for what, states, role in (("source_states", source_states, "source"),
                                ("driving_states", driving_states, "driving")):
         if not isinstance(states, ReferenceStates):
@@ -143,9 +182,8 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
 
     layout = comfy_math.attn1_layout(unet_config)
     routing, _ = comfy_math.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
-    patch = comfy_math.ReferencePatch(layout, routing, source_states, driving_states)
     patched = model.clone()
-    patched.set_model_attn1_patch(patch)
+    patch = install_reference_patch(patched, layout, routing, source_states, driving_states)
 
     positive, negative = comfy_math.sampler_conditioning(source_embeds, driving_embeds, batch)
     positive = [[positive.to(mm.intermediate_device()), {}]]
@@ -153,9 +191,13 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
     latent_image = comfy.sample.fix_empty_latent_channels(patched, samples.contiguous())
     noise = comfy_math.seeded_noise(latent_image.shape, seed, per_image=noise_mode == "per image")
     callback = latent_preview.prepare_callback(patched, steps)
-    out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                              denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
-                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    try:
+        out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative,
+                                  latent_image, denoise=denoise, noise_mask=latent.get("noise_mask"),
+                                  callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    finally:
+        if isinstance(patch, comfy_math.ReferenceKVPatch):
+            patch.clear()  # the cached reference keys/values live for one sampling run
     result = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
     result["samples"] = out
     return result

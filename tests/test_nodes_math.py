@@ -187,6 +187,87 @@ def test_patched_comfy_style_attention_equals_core_reference_attention():
     assert torch.allclose(out, expected, atol=1e-6)
 
 
+class _Counting(torch.nn.Linear):
+    """A projection that counts how many tokens it was called on."""
+
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def _kv_patch(channels=8, heads=2, batch=3):
+    patch, layout, routing, source, driving = _patch(batch=batch, channels=channels)
+    torch.manual_seed(1)
+    modules = {key: tuple(_Counting(channels, channels, bias=False) for _ in range(3)) for key in layout}
+    projections = {key: (m[1], m[2]) for key, m in modules.items()}
+    kv = cm.ReferenceKVPatch(layout, routing, source, driving, projections)
+    return kv, patch, layout, modules
+
+
+@pytest.mark.parametrize("chunks", [[1, 0], [0, 1], [0], [1]])
+def test_replace_path_equals_the_attn1_patch_path(chunks):
+    """Cached reference K/V appended to ComfyUI's own q/k/v == ComfyUI projecting the extended context."""
+    kv, patch, layout, modules = _kv_patch()
+    heads, batch = 2, 3
+    for step in range(2):
+        for key in layout:
+            to_q, to_k, to_v = modules[key]
+            n = torch.randn(batch * len(chunks), 5, 8)
+            opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": heads}
+            with torch.no_grad():
+                _, ctx, val = patch(n, n, n, opts)  # the attn1_patch path
+                expected = cm.sdpa_attention(to_q(n), to_k(ctx), to_v(val), heads)
+                got = kv(to_q(n), to_k(n), to_v(n), opts)  # the replace path
+            assert got.shape == expected.shape == (batch * len(chunks), 5, 8)
+            assert torch.allclose(got, expected, atol=1e-6), (key, step, float((got - expected).abs().max()))
+
+
+def test_reference_projection_happens_once_per_run():
+    kv, _patch_obj, layout, modules = _kv_patch()
+    _Counting.calls = 0
+
+    def step(chunks):
+        for key in layout:
+            to_q, to_k, to_v = modules[key]
+            n = torch.randn(3 * len(chunks), 5, 8)
+            opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": 2}
+            with torch.no_grad():
+                kv(to_q(n), to_k(n), to_v(n), opts)
+
+    own = 3 * len(layout)  # to_q, to_k, to_v of the own tokens per layer and step
+    for _ in range(4):
+        step([1, 0])
+    assert kv.projection_calls == len(layout)
+    assert _Counting.calls == 4 * own + 2 * len(layout)  # reference: one to_k + one to_v per layer, once
+    # low-memory single-chunk calls and cfg = 1 get their own entries (once each), then are reused
+    for _ in range(3):
+        step([0])
+        step([1])
+    assert kv.projection_calls == 3 * len(layout)
+    # the next run starts empty; clone deep copies share the object
+    kv.clear()
+    step([1, 0])
+    assert kv.projection_calls == 4 * len(layout)
+    options = {"transformer_options": {"patches_replace": {"attn1": {("input", 1, 0): kv}}}}
+    assert copy.deepcopy(options)["transformer_options"]["patches_replace"]["attn1"][("input", 1, 0)] is kv
+    assert kv.to(torch.device("cpu")) is kv and not kv._kv
+
+
+def test_kv_patch_errors_and_comfy_paths():
+    kv, _p, layout, modules = _kv_patch()
+    q = torch.randn(3, 5, 8)
+    with pytest.raises(ValueError, match="cond_or_uncond"):
+        kv(q, q, q, {"block": ("input", 1), "block_index": 0, "n_heads": 2})
+    _patch_obj, layout, routing, source, driving = _patch()
+    with pytest.raises(ValueError, match="no to_k/to_v"):
+        cm.ReferenceKVPatch(layout, routing, source, driving, {})
+    assert cm.comfy_attn1_path(("input", 4, 0)) == "input_blocks.4.1.transformer_blocks.0.attn1"
+    assert cm.comfy_attn1_path(("middle", 0, 1)) == "middle_block.1.transformer_blocks.1.attn1"
+    assert cm.comfy_attn1_path(("output", 9, 0)) == "output_blocks.9.1.transformer_blocks.0.attn1"
+
+
 # ------------------------------------------------------------------ capture and mixing
 
 

@@ -326,20 +326,32 @@ def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder, core_p
     # one UNet call at t = 500 through ComfyUI's apply_model with the patch, rows [uncond; cond]
     layout = comfy_math.attn1_layout(unet.model.model_config.unet_config)
     routing, _ = comfy_math.routed_layers(layout, "as_trained")
-    patch = comfy_math.ReferencePatch(layout, routing, src, drv)
     positive, negative = comfy_math.sampler_conditioning(src_embeds, embeds, 3)
     sampling = unet.model.model_sampling
     sigma = sampling.sigma(torch.tensor([500.0])).repeat(6)
     x = torch.randn(3, 4, 8, 8, generator=torch.manual_seed(0)) * (sigma[0] ** 2 + 1) ** 0.5
-    options = {"patches": {"attn1_patch": [patch]}, "cond_or_uncond": [1, 0]}
     import comfy.model_management as mm
 
-    mm.load_models_gpu([unet])
+    # the sampler node's path: attn1 replace with cached reference K/V (installed on a clone, as the node does)
+    patched = unet.clone()
+    kv_patch = reference.install_reference_patch(patched, layout, routing, src, drv)
+    assert isinstance(kv_patch, comfy_math.ReferenceKVPatch)
+    replace_options = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0])
+    # the fallback path: attn1_patch, ComfyUI projects the extended context
+    patch_options = {"patches": {"attn1_patch": [comfy_math.ReferencePatch(layout, routing, src, drv)]},
+                     "cond_or_uncond": [1, 0]}
+
+    mm.load_models_gpu([patched])
     with torch.no_grad():
-        denoised = unet.model.apply_model(torch.cat([x, x]), sigma, c_crossattn=torch.cat([negative, positive]),
-                                          transformer_options=options)
-        uncond, cond = denoised.chunk(2)
-        guided = uncond + g * (cond - uncond)
+        guided_by = {}
+        for name, options in (("replace", replace_options), ("attn1_patch", patch_options)):
+            denoised = unet.model.apply_model(torch.cat([x, x]), sigma, c_crossattn=torch.cat([negative, positive]),
+                                              transformer_options=options)
+            uncond, cond = denoised.chunk(2)
+            guided_by[name] = uncond + g * (cond - uncond)
+        guided = guided_by["replace"]
+        assert kv_patch.projection_calls == len(layout)
+        kv_patch.clear()
 
         tokens, context = core_pipe._reference_tokens(core_src, core_drv, src_embeds, embeds, 3, True,
                                                       torch.float32)
@@ -354,10 +366,12 @@ def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder, core_p
         v_guided = (1 - g) * v_uncond + g * v_cond
         core_x0 = a * x_t - sigma[0] * a * v_guided
     diffs["denoised (cfg 4) at t=500"] = float((guided - core_x0).abs().max())
+    diffs["attn1_patch path at t=500"] = float((guided_by["attn1_patch"] - core_x0).abs().max())
+    diffs["replace vs attn1_patch"] = float((guided - guided_by["attn1_patch"]).abs().max())
     print("\nPARITY in-process:", {k: f"{v:.3g}" for k, v in diffs.items()})
     # CLIP preprocessing: ComfyUI resizes with torch (bicubic, antialias), the core with PIL: ~2e-3 on embeds
     assert diffs["vae latents"] < 1e-4 and diffs["clip embeds"] < 1e-2 and diffs["driving states"] < 1e-2
-    assert diffs["denoised (cfg 4) at t=500"] < 1e-3
+    assert diffs["denoised (cfg 4) at t=500"] < 1e-3 and diffs["replace vs attn1_patch"] < 1e-5
 
 
 # ------------------------------------------------------------------ faces on a real photo: small faces, leak guard
