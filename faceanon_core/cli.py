@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def load_pipeline(args):
     """The pipeline from the local folder; downloads only with ``--download``."""
     import torch
 
-    from .loading import ModelFolderError, check_model_folder, download_models
+    from .loading import ModelFolderError, download_models
     from .pipeline import FaceAnonPipeline
 
     folder = models_dir(args)
@@ -56,8 +55,7 @@ def load_pipeline(args):
     try:
         pipe = FaceAnonPipeline.from_pretrained(folder, torch_dtype=dtype)
     except ModelFolderError as exc:
-        report = check_model_folder(folder)
-        raise CliError(str(exc) if report.ok else f"{exc}") from exc
+        raise CliError(str(exc)) from exc
     pipe.to(device)
     if args.scheduler != "default":
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)

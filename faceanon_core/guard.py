@@ -47,6 +47,7 @@ from .faces import (
     DetectedFace,
     FaceDetector,
     FaceProcessingError,
+    FacesResult,
     _check_rgb,
     _run_crops,
     align_faces,
@@ -153,21 +154,13 @@ class FaceCheck:
 
 
 @dataclass
-class GuardedResult:
-    """Like :class:`faceanon_core.faces.FacesResult`, plus one :class:`FaceCheck` per processed face."""
+class GuardedResult(FacesResult):
+    """:class:`faceanon_core.faces.FacesResult` plus one :class:`FaceCheck` per processed face."""
 
-    image: np.ndarray
-    mask: np.ndarray
-    faces: list[AlignedFace] = field(default_factory=list)
-    skipped: list[DetectedFace] = field(default_factory=list)
     checks: list[FaceCheck] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "faces": [f.to_dict() for f in self.faces],
-            "skipped": [f.to_dict() for f in self.skipped],
-            "checks": [c.to_dict() for c in self.checks],
-        }
+        return dict(super().to_dict(), checks=[c.to_dict() for c in self.checks])
 
 
 def _distances(recognizer: FaceRecognizer, image: np.ndarray, faces: Sequence[AlignedFace], ref: np.ndarray) -> np.ndarray:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from .faces import (
+    FacesResult,
     CROP_SIZE,
-    AlignedFace,
     DetectedFace,
     FaceDetector,
     _TEMPLATE_EYE_DIST,
@@ -49,17 +48,8 @@ REDACT_ERODE = 0.0
 REDACT_FEATHER = 0.01
 
 
-@dataclass
-class RedactResult:
-    """Redacted image (HxWx3 uint8), mask (HxW float32 0..1) and the faces redacted."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    faces: list[AlignedFace] = field(default_factory=list)
-    skipped: list[DetectedFace] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"faces": [f.to_dict() for f in self.faces], "skipped": [f.to_dict() for f in self.skipped]}
+#: Same fields as :class:`faceanon_core.faces.FacesResult`: redacted image, mask and faces.
+RedactResult = FacesResult
 
 
 def _check_method(method: str, strength: float | None) -> float:
