@@ -41,12 +41,12 @@ def main() -> None:
     import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
-    from faceanon_pack_under_test.faceanon_core import comfy_math
-    from faceanon_pack_under_test.faceanon_core.states import ReferenceStates
+    from faceanon_pack_under_test.nodes import comfy_layout, reference_patch
+    from faceanon_pack_under_test.faceanon_core.method.states import ReferenceStates
     from faceanon_pack_under_test.nodes import models, reference
 
     torch.manual_seed(0)
-    unet_config = comfy_math.comfy_unet_config(SD21_UNET)
+    unet_config = comfy_layout.comfy_unet_config(SD21_UNET)
     model_config = models.FaceAnonSD2Config(unet_config)
     device = mm.get_torch_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -59,17 +59,17 @@ def main() -> None:
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
     mm.load_models_gpu([patcher])
 
-    layout = comfy_math.attn1_layout(model.model_config.unet_config)
-    routing, refs = comfy_math.routed_layers(layout, "as_trained")
+    layout = comfy_layout.attn1_layout(model.model_config.unet_config)
+    routing, refs = comfy_layout.routed_layers(layout, "as_trained")
     b, h = args.batch, args.size // 8
     x = torch.randn(b, 4, h, h, device=device)
     ctx = torch.randn(b, 2, 1024, device=device)
     with torch.no_grad():  # realistic states: this UNet's own attn1 inputs at t = 0
-        recorder = comfy_math.StateRecorder({k: v for k, v in layout.items() if v in refs})
+        recorder = reference_patch.StateRecorder({k: v for k, v in layout.items() if v in refs})
         try:
             model.diffusion_model(x.to(dtype), timesteps=torch.zeros(b, device=device), context=ctx.to(dtype),
                                   transformer_options={"patches": {"attn1_patch": [recorder]}})
-        except comfy_math.CaptureDone:
+        except reference_patch.CaptureDone:
             pass
         states = recorder.result()
     src = ReferenceStates(cond=states, uncond={k: v[:1] * 0.5 for k, v in states.items()})
@@ -77,10 +77,10 @@ def main() -> None:
 
     replaced = patcher.clone()
     kv_patch = reference.install_reference_patch(replaced, layout, routing, src, drv)
-    assert isinstance(kv_patch, comfy_math.ReferenceKVPatch)
+    assert isinstance(kv_patch, reference_patch.ReferenceKVPatch)
     options = {
         "replace": dict(replaced.model_options["transformer_options"], cond_or_uncond=[1, 0]),
-        "patch": {"patches": {"attn1_patch": [comfy_math.ReferencePatch(layout, routing, src, drv)]},
+        "patch": {"patches": {"attn1_patch": [reference_patch.ReferencePatch(layout, routing, src, drv)]},
                   "cond_or_uncond": [1, 0]},
     }
     sigma = model.model_sampling.sigma(torch.tensor([500.0])).repeat(2 * b).to(device)

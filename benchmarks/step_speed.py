@@ -21,7 +21,7 @@ import psutil
 import torch
 from diffusers import UNet2DConditionModel
 
-from faceanon_core.attention import (
+from faceanon_core.method.attention import (
     NaiveReferenceReader,
     ReferenceContext,
     ReferenceReader,

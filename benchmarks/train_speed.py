@@ -46,7 +46,7 @@ def sd21_parts(divisor: int = 1) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    from faceanon_core.loading import default_scheduler_config
+    from faceanon_core.method.loading import default_scheduler_config
 
     hidden = 1024 // divisor
     unet_config = dict(SD21_UNET, block_out_channels=tuple(c // divisor for c in SD21_UNET["block_out_channels"]),
@@ -94,7 +94,7 @@ def main(argv=None):
         if args.full:
             parts, init = sd21_parts(args.divisor), "(random SD 2.1 weights)"
         else:
-            from faceanon_core.tiny_models import write_tiny_model_folder
+            from faceanon_core.testing.tiny_models import write_tiny_model_folder
 
             parts, init = None, str(write_tiny_model_folder(tmp / "model"))
         config = config_from_dict({

@@ -44,7 +44,7 @@ def best_of(fn, repeat: int) -> float:
 
 def verify_cost(repeat: int) -> float:
     from faceanon_core.faces import default_detector
-    from faceanon_core.identity import default_recognizer
+    from faceanon_core.privacy.identity import default_recognizer
 
     rec = default_recognizer()
     img = astronaut()
@@ -55,7 +55,7 @@ def verify_cost(repeat: int) -> float:
 
 def tiny_cost(repeat: int) -> float:
     from faceanon_core import FaceAnonPipeline
-    from faceanon_core.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
+    from faceanon_core.testing.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         pipe = FaceAnonPipeline.from_pretrained(write_tiny_model_folder(tmp, seed=0))
@@ -71,7 +71,7 @@ def sd21_step_cost(size: int, device: torch.device, repeat: int) -> float:
     from diffusers import UNet2DConditionModel
 
     from benchmarks.step_speed import SD21_UNET, reference_tokens
-    from faceanon_core.attention import ReferenceContext, ReferenceReader, attn1_names, install_readers, route_states
+    from faceanon_core.method.attention import ReferenceContext, ReferenceReader, attn1_names, install_readers, route_states
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

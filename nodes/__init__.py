@@ -1,50 +1,6 @@
-"""ComfyUI nodes of ComfyUI-FaceAnon (V1 node classes; imported by the pack's root ``__init__.py``).
+"""ComfyUI adapters of ComfyUI-FaceAnon: thin nodes over :mod:`faceanon_core`.
 
-Importing this package registers the ``faceanon`` model folder with ``folder_paths`` (no folder is
-created, nothing is downloaded) and imports nothing heavier than ComfyUI itself already has.
+Importing this package imports nothing: the node classes (:mod:`.registry`) need a running ComfyUI,
+while the pure-torch pieces (:mod:`.comfy_layout`, :mod:`.reference_patch`) import no ComfyUI, so
+unit tests load them without the host.
 """
-
-from __future__ import annotations
-
-from .faces_nodes import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
-from .models import FaceAnonModelLoader, register_model_folder
-from .oneshot import FaceAnonAnonymize, FaceAnonSwap
-from .verify_node import FaceAnonVerifyFaces
-from .reference import (
-    FaceAnonCaptureStates,
-    FaceAnonCLIPImageEncode,
-    FaceAnonDualReferenceSampler,
-    FaceAnonMixStates,
-)
-
-register_model_folder()
-
-NODE_CLASS_MAPPINGS = {
-    "FaceAnon_ModelLoader": FaceAnonModelLoader,
-    "FaceAnon_CLIPImageEncode": FaceAnonCLIPImageEncode,
-    "FaceAnon_CaptureStates": FaceAnonCaptureStates,
-    "FaceAnon_MixStates": FaceAnonMixStates,
-    "FaceAnon_DualReferenceSampler": FaceAnonDualReferenceSampler,
-    "FaceAnon_Anonymize": FaceAnonAnonymize,
-    "FaceAnon_Swap": FaceAnonSwap,
-    "FaceAnon_DetectFaces": FaceAnonDetectFaces,
-    "FaceAnon_PasteFaces": FaceAnonPasteFaces,
-    "FaceAnon_RedactFaces": FaceAnonRedactFaces,
-    "FaceAnon_VerifyFaces": FaceAnonVerifyFaces,
-}
-
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "FaceAnon_ModelLoader": "FaceAnon Model Loader",
-    "FaceAnon_CLIPImageEncode": "FaceAnon CLIP Image Encode",
-    "FaceAnon_CaptureStates": "FaceAnon ReferenceNet Capture",
-    "FaceAnon_MixStates": "FaceAnon Mix States (degree)",
-    "FaceAnon_DualReferenceSampler": "FaceAnon Dual-Reference KSampler",
-    "FaceAnon_Anonymize": "Face Anonymize",
-    "FaceAnon_Swap": "Face Swap",
-    "FaceAnon_DetectFaces": "Detect & Align Faces",
-    "FaceAnon_PasteFaces": "Paste Faces Back",
-    "FaceAnon_RedactFaces": "Redact Faces",
-    "FaceAnon_VerifyFaces": "Verify Faces (identity-leak guard)",
-}
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

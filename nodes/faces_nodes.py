@@ -41,14 +41,14 @@ class FaceSet:
 def to_uint8_frames(image: torch.Tensor, what: str = "image") -> list[np.ndarray]:
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
         raise ValueError(f"{what}: expected an IMAGE batch [B,H,W,3], got {tuple(getattr(image, 'shape', ()))}")
-    from ..faceanon_core.imageio import from_float
+    from ..faceanon_core.media.images import from_float
 
     array = image[..., :3].detach().float().cpu().numpy()
     return [from_float(frame) for frame in array]
 
 
 def to_image(frames) -> torch.Tensor:
-    from ..faceanon_core.imageio import to_float_batch
+    from ..faceanon_core.media.images import to_float_batch
 
     return torch.from_numpy(to_float_batch(np.stack(frames)))
 
@@ -149,7 +149,7 @@ class FaceAnonPasteFaces:
         if len(faces) and not torch.isfinite(crops).all():
             raise ValueError("the processed crops hold NaN or infinite values; nothing was pasted")
         if len(faces) and tuple(crops.shape[1:3]) != (faces.crop_size, faces.crop_size):
-            from ..faceanon_core.comfy_math import resize_images
+            from .reference_patch import resize_images
 
             logger.info("FaceAnon: resizing crops from %dx%d to %d", crops.shape[2], crops.shape[1], faces.crop_size)
             crops = resize_images(crops, faces.crop_size, faces.crop_size)
@@ -172,7 +172,7 @@ def _blur_small_faces(frame, mask, small, index):
     """Faces too small for the model are blurred (never passed through unchanged)."""
     if not small:
         return frame, mask
-    from ..faceanon_core.redact import redact_image
+    from ..faceanon_core.faces.redact import redact_image
 
     logger.warning("FaceAnon: frame %d: %d face(s) too small for the model were blurred", index, len(small))
     redacted = redact_image(frame, "blur", faces=small, image_name=f"frame {index}")
@@ -201,7 +201,7 @@ class FaceAnonRedactFaces:
         }
 
     def redact(self, image, method, strength, threshold, faces=None):
-        from ..faceanon_core.redact import redact_image
+        from ..faceanon_core.faces.redact import redact_image
 
         frames = to_uint8_frames(image)
         if faces is not None and len(faces.frame_sizes) != len(frames):

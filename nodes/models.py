@@ -26,7 +26,7 @@ import comfy.supported_models
 import comfy.utils
 import folder_paths
 
-from ..faceanon_core import comfy_math
+from . import comfy_layout
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def load_unet_part(folder: Path, model_type=comfy.model_base.ModelType.V_PREDICT
     """One UNet-shaped part (config.json + safetensors) -> (ModelPatcher, diffusers config, unet_config)."""
     cfg = _read_json(folder / "config.json")
     try:
-        unet_config = comfy_math.comfy_unet_config(cfg)
+        unet_config = comfy_layout.comfy_unet_config(cfg)
     except ValueError as exc:
         raise ValueError(f"{folder / 'config.json'}: {exc}") from exc
     model_config = FaceAnonSD2Config(unet_config)
@@ -138,8 +138,8 @@ def load_unet_part(folder: Path, model_type=comfy.model_base.ModelType.V_PREDICT
     if missing:
         raise ValueError(f"{weights}: {len(missing)} UNet tensors are missing, e.g. {missing[:3]}")
     model.load_model_weights(new_sd, "")
-    groups = int(cfg.get("norm_num_groups", comfy_math.COMFY_GROUPS))
-    if groups != comfy_math.COMFY_GROUPS:  # ComfyUI builds GroupNorm(32, ...); honour the config
+    groups = int(cfg.get("norm_num_groups", comfy_layout.COMFY_GROUPS))
+    if groups != comfy_layout.COMFY_GROUPS:  # ComfyUI builds GroupNorm(32, ...); honour the config
         for module in model.diffusion_model.modules():
             if isinstance(module, torch.nn.GroupNorm):
                 module.num_groups = groups
@@ -150,7 +150,7 @@ def load_unet_part(folder: Path, model_type=comfy.model_base.ModelType.V_PREDICT
 def load_vae(folder: Path):
     cfg = _read_json(folder / "config.json")
     try:
-        config = comfy_math.comfy_vae_config(cfg)
+        config = comfy_layout.comfy_vae_config(cfg)
     except ValueError as exc:
         raise ValueError(f"{folder / 'config.json'}: {exc}") from exc
     weights = folder / WEIGHTS_NAME
@@ -196,7 +196,7 @@ def load_clip_vision(encoder: Path, extractor: Path | None):
 
 def check_folder(root: Path) -> None:
     """Validate the layout with the core's checker (clear messages with the expected paths)."""
-    from ..faceanon_core.loading import check_model_folder
+    from ..faceanon_core.method.loading import check_model_folder
 
     check_model_folder(root).raise_if_bad()
 
@@ -207,13 +207,13 @@ def load_model_folder(name: str):
     check_folder(root)
     model_type = _prediction_type(root)
     unet, cfg, unet_config = load_unet_part(root / "unet", model_type)
-    layout = comfy_math.attn1_layout(unet_config)
+    layout = comfy_layout.attn1_layout(unet_config)
     routing_mode = cfg.get("faceanon_routing") or "as_trained"
     resolution = int(cfg.get("sample_size", 64)) * 8
     refnets = []
     for part, role in (("referencenet", "source"), ("conditioning_referencenet", "driving")):
         patcher, part_cfg, part_unet_config = load_unet_part(root / part, model_type)
-        if comfy_math.attn1_layout(part_unet_config) != layout:
+        if comfy_layout.attn1_layout(part_unet_config) != layout:
             raise ValueError(f"{root / part / 'config.json'}: the ReferenceNet's layers differ from the UNet's")
         refnets.append(FaceAnonRefNet(patcher=patcher, role=role, folder=str(root), layout=layout,
                                       routing_mode=routing_mode, resolution=resolution))

@@ -8,7 +8,7 @@ import torch
 
 import comfy.model_management as mm
 
-from ..faceanon_core import comfy_math
+from . import reference_patch
 from . import reference
 
 logger = logging.getLogger(__name__)
@@ -18,19 +18,19 @@ logger = logging.getLogger(__name__)
 def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed, steps,
          cfg, sampler_name, scheduler, same_image: bool):
     """Both images resized to the model's resolution; the result resized back to the driving size."""
-    reference._check_images(driving_image, "driving image")
+    reference.check_images(driving_image, "driving image")
     if vae is None or clip_vision is None:
         raise ValueError("connect a VAE and a CLIP vision model (the model folder has no vae/ or image_encoder/)")
     size = driving_refnet.resolution
-    driving_px = comfy_math.resize_images(driving_image, size, size)
+    driving_px = reference_patch.resize_images(driving_image, size, size)
     batch = driving_px.shape[0]
     driving_embeds = reference.encode_embeds(clip_vision, driving_px)
     driving_latents = reference.encode_latents(driving_refnet, vae, driving_px)
     if same_image:
         source_embeds, source_latents = driving_embeds, driving_latents
     else:
-        source_px = comfy_math.resize_images(reference._check_images(source_image, "source image"), size, size)
-        comfy_math.resolve_batch({"the source image": source_px.shape[0], "the driving image": batch})
+        source_px = reference_patch.resize_images(reference.check_images(source_image, "source image"), size, size)
+        reference_patch.resolve_batch({"the source image": source_px.shape[0], "the driving image": batch})
         source_embeds = reference.encode_embeds(clip_vision, source_px)
         source_latents = reference.encode_latents(source_refnet, vae, source_px)
     source = reference.capture_from_latents(source_refnet, source_latents, source_embeds, degree)
@@ -42,7 +42,7 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
     images = vae.decode(out["samples"])  # sampling returns unscaled latents, as VAE Decode expects
     height, width = driving_image.shape[1:3]
     if tuple(images.shape[1:3]) != (height, width):
-        images = comfy_math.resize_images(images, height, width)
+        images = reference_patch.resize_images(images, height, width)
     return images
 
 
@@ -66,7 +66,7 @@ class FaceAnonAnonymize:
         required = _model_inputs()
         required["image"] = ("IMAGE",)
         required["degree"] = ("FLOAT", {"default": 1.25, "min": 0.0, "max": 3.0, "step": 0.05})
-        required.update(reference._sampling_inputs())
+        required.update(reference.sampling_inputs())
         return {"required": required}
 
     def anonymize(self, model, source_refnet, driving_refnet, vae, clip_vision, image, degree, seed, steps, cfg,
@@ -89,7 +89,7 @@ class FaceAnonSwap:
         required["source_image"] = ("IMAGE",)
         required["driving_image"] = ("IMAGE",)
         required["degree"] = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.05})
-        required.update(reference._sampling_inputs())
+        required.update(reference.sampling_inputs())
         return {"required": required}
 
     def swap(self, model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed,

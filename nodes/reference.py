@@ -17,8 +17,8 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..faceanon_core import comfy_math
-from ..faceanon_core.states import ReferenceStates, expand_batch, mix_embeds
+from . import comfy_layout, reference_patch
+from ..faceanon_core.method.states import ReferenceStates, expand_batch
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ NOISE_MODES = ("same for every image", "per image")
 # ------------------------------------------------------------------------ shared functions
 
 
-def _check_images(image, what: str = "image") -> torch.Tensor:
+def check_images(image, what: str = "image") -> torch.Tensor:
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         raise ValueError(f"{what}: expected an IMAGE batch [B,H,W,C], got {type(image).__name__} "
                          f"{tuple(getattr(image, 'shape', ()))}")
@@ -42,7 +42,7 @@ def _check_images(image, what: str = "image") -> torch.Tensor:
 @torch.no_grad()
 def encode_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
     """CLIP pooled output (post-layernorm CLS, before the projection) per image: ``[B,1,C]``."""
-    _check_images(image)
+    check_images(image)
     vision = getattr(getattr(clip_vision, "model", None), "vision_model", None)
     if vision is None or not hasattr(vision, "post_layernorm"):
         raise ValueError("clip_vision must be a CLIP vision model (ViT-L/14 for the published weights)")
@@ -52,7 +52,7 @@ def encode_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
     for start in range(0, image.shape[0], 4 * CHUNK):
         chunk = image[start:start + 4 * CHUNK, :, :, :3]
         out = clip_vision.encode_image(chunk, crop=True)
-        pooled.append(comfy_math.pooled_clip(out["last_hidden_state"], ln.weight.detach(), ln.bias.detach(), ln.eps))
+        pooled.append(reference_patch.pooled_clip(out["last_hidden_state"], ln.weight.detach(), ln.bias.detach(), ln.eps))
         pbar.update(chunk.shape[0])
     return torch.cat(pooled).to(mm.intermediate_device())
 
@@ -60,7 +60,7 @@ def encode_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode_latents(refnet, vae, image: torch.Tensor) -> torch.Tensor:
     """VAE posterior mean, scaled like ComfyUI's sampler input (the SD scaling factor)."""
-    px = comfy_math.resize_images(_check_images(image), refnet.resolution, refnet.resolution)
+    px = reference_patch.resize_images(check_images(image), refnet.resolution, refnet.resolution)
     if vae is None:
         raise ValueError("no VAE connected (the model folder has no vae/: use ComfyUI's VAE loader)")
     return refnet.latent_format.process_in(vae.encode(px))
@@ -73,9 +73,9 @@ def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, de
         raise ValueError("refnet must come from the FaceAnon model loader (FACEANON_REFNET)")
     batch = latents.shape[0]
     embeds = expand_batch(embeds, batch, "the embeddings")
-    _routing, ref_layers = comfy_math.routed_layers(refnet.layout, refnet.routing_mode)
+    _routing, ref_layers = comfy_layout.routed_layers(refnet.layout, refnet.routing_mode)
     wanted = {key: name for key, name in refnet.layout.items() if name in ref_layers}
-    x_all, c_all = comfy_math.capture_inputs(latents, embeds, float(degree))
+    x_all, c_all = reference_patch.capture_inputs(latents, embeds, float(degree))
 
     model = refnet.patcher.model
     context_dim = model.model_config.unet_config["context_dim"]
@@ -91,27 +91,27 @@ def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, de
     for start in range(0, x_all.shape[0], CHUNK):
         x = x_all[start:start + CHUNK].to(device=device, dtype=dtype)
         c = c_all[start:start + CHUNK].to(device=device, dtype=dtype)
-        recorder = comfy_math.StateRecorder(wanted)
+        recorder = reference_patch.StateRecorder(wanted)
         options = {"patches": {"attn1_patch": [recorder]}}
         with torch.no_grad():
             try:
                 model.diffusion_model(x, timesteps=torch.zeros(x.shape[0], device=device), context=c,
                                       transformer_options=options)
-            except comfy_math.CaptureDone:
+            except reference_patch.CaptureDone:
                 pass
         parts.append({k: v.to(mm.intermediate_device(), store_dtype) for k, v in recorder.result().items()})
         pbar.update(x.shape[0])
     states = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
-    cond, uncond = comfy_math.split_capture(states, batch)
+    cond, uncond = reference_patch.split_capture(states, batch)
     meta = {"routing": refnet.routing_mode, "role": refnet.role, "embed_degree": repr(float(degree))}
     return ReferenceStates(cond=cond, uncond=uncond, meta=meta)
 
 
 def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float):
-    """Eq. 2 on the states, Eq. 1 on the embeddings (see ``comfy_math.mix_captured``)."""
+    """Eq. 2 on the states, Eq. 1 on the embeddings (see ``reference_patch.mix_captured``)."""
     if not isinstance(states, ReferenceStates):
         raise ValueError("states must come from the FaceAnon ReferenceNet capture node")
-    return comfy_math.mix_captured(states, embeds, degree)
+    return reference_patch.mix_captured(states, embeds, degree)
 
 
 def _comfy_attention(q, k, v, heads, **kwargs):
@@ -123,21 +123,21 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
                             driving_states: ReferenceStates):
     """Install the dual-reference attention on the (already cloned) MODEL ``patched``.
 
-    Normally an ``attn1`` replace per routed layer (:class:`comfy_math.ReferenceKVPatch`: the
+    Normally an ``attn1`` replace per routed layer (:class:`reference_patch.ReferenceKVPatch`: the
     reference keys/values are projected once per sampling run with that layer's own
     ``to_k``/``to_v``). If another node already holds an ``attn1`` replace on one of these layers,
-    falls back to the ``attn1_patch`` (:class:`comfy_math.ReferencePatch`, projected every step).
+    falls back to the ``attn1_patch`` (:class:`reference_patch.ReferencePatch`, projected every step).
     """
     replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     taken = [key for key in layout if key in replaces or key[:2] in replaces]
     if taken:
         logger.warning("FaceAnon: another node replaces attn1 of %s; using the slower attn1_patch path", taken[:3])
-        patch = comfy_math.ReferencePatch(layout, routing, source_states, driving_states)
+        patch = reference_patch.ReferencePatch(layout, routing, source_states, driving_states)
         patched.set_model_attn1_patch(patch)
         return patch
     projections = {}
     for key in layout:
-        path = "diffusion_model." + comfy_math.comfy_attn1_path(key)
+        path = "diffusion_model." + comfy_layout.comfy_attn1_path(key)
         try:
             attn = patched.get_model_object(path)
         except AttributeError as e:
@@ -145,7 +145,7 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
         if not (hasattr(attn, "to_k") and hasattr(attn, "to_v")):
             raise ValueError(f"{path} is not a self-attention module: the MODEL does not match the FaceAnon layout")
         projections[key] = (attn.to_k, attn.to_v)
-    patch = comfy_math.ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
+    patch = reference_patch.ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
                                         attention=_comfy_attention)
     for kind, number, index in layout:
         patched.set_model_attn1_replace(patch, kind, number, index)
@@ -171,7 +171,7 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
     if not unet_config or "transformer_depth" not in unet_config:
         raise ValueError("model must be the FaceAnon UNet (an SD-style UNet MODEL from the FaceAnon loader)")
     samples = latent["samples"]
-    batch = comfy_math.resolve_batch({
+    batch = reference_patch.resolve_batch({
         "the latent": samples.shape[0], "the source states": source_states.batch_size,
         "the source embeddings": source_embeds.shape[0], "the driving states": driving_states.batch_size,
         "the driving embeddings": driving_embeds.shape[0]})
@@ -180,23 +180,23 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
                          f"UNet's context size {unet_config['context_dim']}")
     samples = expand_batch(samples, batch, "the latent")
 
-    layout = comfy_math.attn1_layout(unet_config)
-    routing, _ = comfy_math.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
+    layout = comfy_layout.attn1_layout(unet_config)
+    routing, _ = comfy_layout.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
     patched = model.clone()
     patch = install_reference_patch(patched, layout, routing, source_states, driving_states)
 
-    positive, negative = comfy_math.sampler_conditioning(source_embeds, driving_embeds, batch)
+    positive, negative = reference_patch.sampler_conditioning(source_embeds, driving_embeds, batch)
     positive = [[positive.to(mm.intermediate_device()), {}]]
     negative = [[negative.to(mm.intermediate_device()), {}]]
     latent_image = comfy.sample.fix_empty_latent_channels(patched, samples.contiguous())
-    noise = comfy_math.seeded_noise(latent_image.shape, seed, per_image=noise_mode == "per image")
+    noise = reference_patch.seeded_noise(latent_image.shape, seed, per_image=noise_mode == "per image")
     callback = latent_preview.prepare_callback(patched, steps)
     try:
         out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative,
                                   latent_image, denoise=denoise, noise_mask=latent.get("noise_mask"),
                                   callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     finally:
-        if isinstance(patch, comfy_math.ReferenceKVPatch):
+        if isinstance(patch, reference_patch.ReferenceKVPatch):
             patch.clear()  # the cached reference keys/values live for one sampling run
     result = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
     result["samples"] = out
@@ -264,7 +264,7 @@ class FaceAnonMixStates:
         return mix(states, embeds, degree)
 
 
-def _sampling_inputs() -> dict:
+def sampling_inputs() -> dict:
     return {
         "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
         "steps": ("INT", {"default": 30, "min": 1, "max": 1000}),
@@ -291,7 +291,7 @@ class FaceAnonDualReferenceSampler:
             "driving_states": ("FACEANON_STATES",), "driving_embeds": ("FACEANON_EMBEDS",),
             "latent_image": ("LATENT",),
         }
-        required.update(_sampling_inputs())
+        required.update(sampling_inputs())
         required["denoise"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})
         required["noise"] = (list(NOISE_MODES), {"default": NOISE_MODES[0]})
         return {"required": required}

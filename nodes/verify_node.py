@@ -1,4 +1,4 @@
-"""Verify Faces: the identity-leak guard as a node (logic in ``faceanon_core.guard.check_faces``)."""
+"""Verify Faces: the identity-leak guard as a node (logic in ``faceanon_core.privacy.guard.check_faces``)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class FaceAnonVerifyFaces:
         }}
 
     def verify(self, original, anonymized, faces, threshold, on_leak):
-        from ..faceanon_core.guard import check_faces
-        from ..faceanon_core.identity import default_recognizer
+        from ..faceanon_core.privacy.guard import check_faces
+        from ..faceanon_core.privacy.identity import default_recognizer
 
         if not isinstance(faces, FaceSet):
             raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceanon_core.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
+from faceanon_core.testing.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -52,7 +52,7 @@ def noise(batch: int, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def rec():
     """dlib's face recognizer (the 'verify' extra); tests that use it skip when it is missing."""
-    from faceanon_core.identity import RecognizerUnavailable, default_recognizer
+    from faceanon_core.privacy.identity import RecognizerUnavailable, default_recognizer
 
     try:
         return default_recognizer()

@@ -3,7 +3,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from faceanon_core.attention import (
+from faceanon_core.method.attention import (
     NaiveReferenceReader,
     ReferenceContext,
     attn1_names,
@@ -14,7 +14,7 @@ from faceanon_core.attention import (
     reference_attention_naive,
     route_states,
 )
-from faceanon_core.tiny_models import tiny_unet_config
+from faceanon_core.testing.tiny_models import tiny_unet_config
 
 
 @pytest.fixture(scope="module")

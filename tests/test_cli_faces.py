@@ -1,4 +1,4 @@
-"""cli_faces: the `redact` and `detect` subcommands through a tiny argparse harness."""
+"""faceanon_core.cli.faces: the `redact` and `detect` subcommands through a tiny argparse harness."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceanon_core import cli_faces
-from faceanon_core.imageio import load_image, save_image
+from faceanon_core.cli import faces as cli_faces
+from faceanon_core.media.images import load_image, save_image
 from faces_helpers import astronaut, collage, grace_hopper
 
 

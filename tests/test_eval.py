@@ -12,10 +12,10 @@ from faces_helpers import astronaut, grace_hopper
 
 pytest.importorskip("dlib", reason="needs the 'verify' extra: pip install 'comfyui-faceanon[verify]'")
 
-from faceanon_core.evaluate import EvalError, evaluate_images, head_pose, pair_inputs  # noqa: E402
+from faceanon_core.privacy.evaluate import EvalError, evaluate_images, head_pose, pair_inputs  # noqa: E402
 from faceanon_core.faces import TEMPLATE_5, default_detector  # noqa: E402
-from faceanon_core.imageio import save_image  # noqa: E402
-from faceanon_core.redact import redact_image  # noqa: E402
+from faceanon_core.media.images import save_image  # noqa: E402
+from faceanon_core.faces.redact import redact_image  # noqa: E402
 
 
 
@@ -111,7 +111,7 @@ def test_bad_inputs(rec, tmp_path):
 
 
 def eval_main(argv):
-    from faceanon_core import cli_eval
+    from faceanon_core.cli import evaluate as cli_eval
 
     parser = argparse.ArgumentParser()
     cli_eval.register(parser.add_subparsers(dest="command", required=True))

@@ -13,7 +13,7 @@ from faces_helpers import astronaut, grace_hopper
 pytest.importorskip("dlib", reason="needs the 'verify' extra: pip install 'comfyui-faceanon[verify]'")
 
 from faceanon_core.faces import FaceProcessingError, align_faces, default_detector, extract_crops  # noqa: E402
-from faceanon_core.guard import GuardConfig, IdentityLeakError, check_faces, guarded_process_faces  # noqa: E402
+from faceanon_core.privacy.guard import GuardConfig, IdentityLeakError, check_faces, guarded_process_faces  # noqa: E402
 
 
 
@@ -127,9 +127,10 @@ def test_cli_records_each_face_in_the_manifest(tmp_path, tiny_model_dir):
 def test_verify_option_defaults(monkeypatch, caplog):
     import argparse
 
-    import faceanon_core.identity as identity
-    from faceanon_core.cli import CliError, build_parser
-    from faceanon_core.cli_photos import verification
+    import faceanon_core.privacy.identity as identity
+    from faceanon_core.cli import build_parser
+    from faceanon_core.cli.common import CliError
+    from faceanon_core.cli.anonymize import verification
 
     args = build_parser().parse_args(["anonymize", "x.png", "-o", "y.png"])
     assert args.verify is None and args.verify_fallback == "fail" and args.verify_retries == 2

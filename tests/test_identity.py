@@ -11,7 +11,7 @@ from identity_helpers import fr_photo, landmarks_of
 pytest.importorskip("dlib", reason="needs the 'verify' extra: pip install 'comfyui-faceanon[verify]'")
 
 from faceanon_core.faces import default_detector  # noqa: E402
-from faceanon_core.identity import (  # noqa: E402
+from faceanon_core.privacy.identity import (  # noqa: E402
     VERIFY_EXTRA_HINT,
     DlibRecognizer,
     FaceRecognizer,

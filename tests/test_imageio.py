@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from faceanon_core.imageio import (
+from faceanon_core.media.images import (
     ImageReadError,
     ImageWriteError,
     OutputExistsError,
@@ -164,7 +164,7 @@ def test_huge_image_loads_with_bounded_memory(tmp_path):
         import json, resource, sys, warnings
         warnings.simplefilter("error")
         sys.path.insert(0, {ROOT!r})
-        from faceanon_core.imageio import load_image
+        from faceanon_core.media.images import load_image
         img = load_image({str(path)!r})
         print(json.dumps({{"shape": list(img.rgb.shape), "v": int(img.rgb[4500, 6000, 1]),
                           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))

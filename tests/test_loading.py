@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from faceanon_core.loading import (
+from faceanon_core.method.loading import (
     ModelFolderError,
     check_model_folder,
     default_scheduler_config,

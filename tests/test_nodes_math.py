@@ -1,4 +1,4 @@
-"""The node pack's pure-torch pieces (faceanon_core.comfy_math), without ComfyUI."""
+"""The node pack's pure-torch pieces (nodes/comfy_layout.py, nodes/reference_patch.py), without ComfyUI."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from faceanon_core import comfy_math as cm
-from faceanon_core.attention import attn1_names, project_reference, reference_attention, route_states
-from faceanon_core.states import ReferenceStates, mix_embeds, mix_states
-from faceanon_core.tiny_models import tiny_unet_config
+from faceanon_core.method.attention import attn1_names, project_reference, reference_attention, route_states
+from faceanon_core.method.states import ReferenceStates, mix_embeds, mix_states
+from faceanon_core.testing.tiny_models import tiny_unet_config
+from pack import pack_module
+
+cl = pack_module("nodes.comfy_layout")
+rp = pack_module("nodes.reference_patch")
 
 SD21_UNET = {
     "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "cross_attention_dim": 1024,
@@ -30,12 +33,12 @@ def _tiny_config():
 
 
 def test_sd21_config_and_layout_match_comfy_table():
-    unet = cm.comfy_unet_config(SD21_UNET)
+    unet = cl.comfy_unet_config(SD21_UNET)
     assert unet["num_heads"] == -1 and unet["num_head_channels"] == 64
     assert unet["transformer_depth"] == [1, 1, 1, 1, 1, 1, 0, 0]
     assert unet["transformer_depth_output"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
     assert unet["channel_mult"] == [1, 2, 4, 4] and unet["context_dim"] == 1024
-    layout = cm.attn1_layout(unet)
+    layout = cl.attn1_layout(unet)
     assert layout[("input", 1, 0)] == "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
     assert layout[("input", 8, 0)] == "down_blocks.2.attentions.1.transformer_blocks.0.attn1"
     assert layout[("middle", 0, 0)] == "mid_block.attentions.0.transformer_blocks.0.attn1"
@@ -52,30 +55,30 @@ def test_layout_covers_the_diffusers_attn1_layers(layers_per_block):
 
     config = json.loads(json.dumps(tiny_unet_config(layers_per_block=layers_per_block)))
     unet = UNet2DConditionModel(**config)
-    layout = cm.attn1_layout(cm.comfy_unet_config(config))
+    layout = cl.attn1_layout(cl.comfy_unet_config(config))
     assert sorted(layout.values()) == sorted(attn1_names(unet))
     assert list(layout.values()) == attn1_names(unet)  # forward order
 
 
 def test_routing_reuses_core_route_states():
-    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
-    routing, refs = cm.routed_layers(layout, "as_trained")
+    layout = cl.attn1_layout(cl.comfy_unet_config(_tiny_config()))
+    routing, refs = cl.routed_layers(layout, "as_trained")
     assert routing == route_states(list(layout.values()), "as_trained")
     assert all(".attentions.0." in r for r in refs)
     assert routing["up_blocks.1.attentions.2.transformer_blocks.0.attn1"] == \
         "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
-    per_layer, refs_pl = cm.routed_layers(layout, "per_layer")
+    per_layer, refs_pl = cl.routed_layers(layout, "per_layer")
     assert all(k == v for k, v in per_layer.items()) and len(refs_pl) == len(layout)
 
 
 def test_unsupported_configs_are_clear_errors():
     with pytest.raises(ValueError, match="multiples"):
-        cm.comfy_unet_config(dict(SD21_UNET, block_out_channels=[320, 500, 1280, 1280]))
+        cl.comfy_unet_config(dict(SD21_UNET, block_out_channels=[320, 500, 1280, 1280]))
     with pytest.raises(ValueError, match="flip_sin_to_cos"):
-        cm.comfy_unet_config(dict(SD21_UNET, flip_sin_to_cos=False))
+        cl.comfy_unet_config(dict(SD21_UNET, flip_sin_to_cos=False))
     with pytest.raises(ValueError, match="norm_num_groups=8"):
-        cm.comfy_vae_config({"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 8})
-    vae = cm.comfy_vae_config({"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2})
+        cl.comfy_vae_config({"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 8})
+    vae = cl.comfy_vae_config({"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2})
     assert vae["params"]["ddconfig"]["ch_mult"] == [1, 2, 4, 4] and vae["params"]["embed_dim"] == 4
 
 
@@ -91,7 +94,7 @@ def _states(batch, tokens=4, channels=8, seed=0):
 def test_reference_rows_select_source_by_cond_or_uncond(chunks):
     batch = 3
     src, unc, drv = _states(batch, seed=1), _states(1, seed=2), _states(batch, seed=3)
-    rows = cm.reference_rows(chunks, batch * len(chunks), src, unc, drv)
+    rows = rp.reference_rows(chunks, batch * len(chunks), src, unc, drv)
     assert rows.shape == (batch * len(chunks), 8, 8)
     for chunk_index, flag in enumerate(chunks):
         for image in range(batch):
@@ -102,22 +105,22 @@ def test_reference_rows_select_source_by_cond_or_uncond(chunks):
 
 
 def test_reference_rows_broadcast_and_mismatch():
-    rows = cm.reference_rows([1, 0], 6, _states(1), _states(1), _states(3))
+    rows = rp.reference_rows([1, 0], 6, _states(1), _states(1), _states(3))
     assert torch.equal(rows[3, :4], rows[5, :4])  # source batch 1 broadcasts
     with pytest.raises(ValueError, match="batch of 2 but 3"):
-        cm.reference_rows([1, 0], 6, _states(2), _states(1), _states(3))
+        rp.reference_rows([1, 0], 6, _states(2), _states(1), _states(3))
     with pytest.raises(ValueError, match="cannot be split"):
-        cm.reference_rows([1, 0], 5, _states(1), _states(1), _states(1))
+        rp.reference_rows([1, 0], 5, _states(1), _states(1), _states(1))
 
 
 def _patch(batch=3, channels=8, mode="as_trained"):
-    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
-    routing, refs = cm.routed_layers(layout, mode)
+    layout = cl.attn1_layout(cl.comfy_unet_config(_tiny_config()))
+    routing, refs = cl.routed_layers(layout, mode)
     source = ReferenceStates(cond={r: _states(batch, channels=channels, seed=i) for i, r in enumerate(refs)},
                              uncond={r: _states(1, channels=channels, seed=50 + i) for i, r in enumerate(refs)},
                              meta={"role": "source"})
     driving = ReferenceStates(cond={r: _states(batch, channels=channels, seed=90 + i) for i, r in enumerate(refs)})
-    return cm.ReferencePatch(layout, routing, source, driving), layout, routing, source, driving
+    return rp.ReferencePatch(layout, routing, source, driving), layout, routing, source, driving
 
 
 def test_patch_extends_context_and_value_for_the_routed_block():
@@ -161,11 +164,11 @@ def test_patch_errors_are_clear():
         patch(n, n, n, {"block": ("input", 1), "block_index": 0})
     with pytest.raises(ValueError, match="not in this model's layout"):
         patch(n, n, n, {"block": ("input", 3), "block_index": 0, "cond_or_uncond": [0]})
-    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
-    routing, refs = cm.routed_layers(layout, "as_trained")
+    layout = cl.attn1_layout(cl.comfy_unet_config(_tiny_config()))
+    routing, refs = cl.routed_layers(layout, "as_trained")
     partial = ReferenceStates(cond={refs[0]: _states(1)}, uncond={refs[0]: _states(1)})
     with pytest.raises(ValueError, match="lack the layer"):
-        cm.ReferencePatch(layout, routing, partial, partial)
+        rp.ReferencePatch(layout, routing, partial, partial)
 
 
 def test_patched_comfy_style_attention_equals_core_reference_attention():
@@ -178,7 +181,7 @@ def test_patched_comfy_style_attention_equals_core_reference_attention():
     with torch.no_grad():
         ref_k, ref_v = project_reference(attn, torch.cat([src, drv], 1))
         expected = reference_attention(attn, own, ref_k, ref_v)
-        patch_ctx = cm.reference_rows([0], 2, src, torch.zeros(1, 4, 16), drv)
+        patch_ctx = rp.reference_rows([0], 2, src, torch.zeros(1, 4, 16), drv)
         context = torch.cat([own, patch_ctx], 1)
         q, k, v = attn.to_q(own), attn.to_k(context), attn.to_v(context)
         heads = lambda t: t.view(t.shape[0], t.shape[1], 2, 8).transpose(1, 2)  # noqa: E731
@@ -202,7 +205,7 @@ def _kv_patch(channels=8, heads=2, batch=3):
     torch.manual_seed(1)
     modules = {key: tuple(_Counting(channels, channels, bias=False) for _ in range(3)) for key in layout}
     projections = {key: (m[1], m[2]) for key, m in modules.items()}
-    kv = cm.ReferenceKVPatch(layout, routing, source, driving, projections)
+    kv = rp.ReferenceKVPatch(layout, routing, source, driving, projections)
     return kv, patch, layout, modules
 
 
@@ -218,7 +221,7 @@ def test_replace_path_equals_the_attn1_patch_path(chunks):
             opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": heads}
             with torch.no_grad():
                 _, ctx, val = patch(n, n, n, opts)  # the attn1_patch path
-                expected = cm.sdpa_attention(to_q(n), to_k(ctx), to_v(val), heads)
+                expected = rp.sdpa_attention(to_q(n), to_k(ctx), to_v(val), heads)
                 got = kv(to_q(n), to_k(n), to_v(n), opts)  # the replace path
             assert got.shape == expected.shape == (batch * len(chunks), 5, 8)
             assert torch.allclose(got, expected, atol=1e-6), (key, step, float((got - expected).abs().max()))
@@ -262,22 +265,22 @@ def test_kv_patch_errors_and_comfy_paths():
         kv(q, q, q, {"block": ("input", 1), "block_index": 0, "n_heads": 2})
     _patch_obj, layout, routing, source, driving = _patch()
     with pytest.raises(ValueError, match="no to_k/to_v"):
-        cm.ReferenceKVPatch(layout, routing, source, driving, {})
-    assert cm.comfy_attn1_path(("input", 4, 0)) == "input_blocks.4.1.transformer_blocks.0.attn1"
-    assert cm.comfy_attn1_path(("middle", 0, 1)) == "middle_block.1.transformer_blocks.1.attn1"
-    assert cm.comfy_attn1_path(("output", 9, 0)) == "output_blocks.9.1.transformer_blocks.0.attn1"
+        rp.ReferenceKVPatch(layout, routing, source, driving, {})
+    assert cl.comfy_attn1_path(("input", 4, 0)) == "input_blocks.4.1.transformer_blocks.0.attn1"
+    assert cl.comfy_attn1_path(("middle", 0, 1)) == "middle_block.1.transformer_blocks.1.attn1"
+    assert cl.comfy_attn1_path(("output", 9, 0)) == "output_blocks.9.1.transformer_blocks.0.attn1"
 
 
 # ------------------------------------------------------------------ capture and mixing
 
 
 def test_state_recorder_records_wanted_layers_and_stops_after_the_last():
-    layout = cm.attn1_layout(cm.comfy_unet_config(_tiny_config()))
-    _, refs = cm.routed_layers(layout, "as_trained")
+    layout = cl.attn1_layout(cl.comfy_unet_config(_tiny_config()))
+    _, refs = cl.routed_layers(layout, "as_trained")
     wanted = {k: v for k, v in layout.items() if v in refs}
-    recorder = cm.StateRecorder(wanted)
+    recorder = rp.StateRecorder(wanted)
     visited = []
-    with pytest.raises(cm.CaptureDone):
+    with pytest.raises(rp.CaptureDone):
         for key in layout:  # forward order
             visited.append(key)
             n = torch.full((2, 3, 4), float(len(visited)))
@@ -289,23 +292,23 @@ def test_state_recorder_records_wanted_layers_and_stops_after_the_last():
 
 def test_capture_inputs_split_and_mixing_via_the_node_path():
     latents, embeds = torch.randn(3, 4, 8, 8), torch.randn(3, 1, 32)
-    x, c = cm.capture_inputs(latents, embeds, 1.25)
+    x, c = rp.capture_inputs(latents, embeds, 1.25)
     assert x.shape[0] == 4 and torch.equal(x[3], torch.zeros(4, 8, 8)) and torch.equal(c[3], torch.zeros(1, 32))
     assert torch.allclose(c[:3], mix_embeds(embeds, 1.25))
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
     rows = torch.randn(4, 5, 6)
-    cond, uncond = cm.split_capture({name: rows}, 3)
+    cond, uncond = rp.split_capture({name: rows}, 3)
     assert torch.equal(cond[name], rows[:3]) and torch.equal(uncond[name], rows[3:])
     states = ReferenceStates(cond=cond, uncond=uncond, meta={"embed_degree": "1.25", "role": "source"})
-    mixed, mixed_embeds = cm.mix_captured(states, embeds, 1.25)
+    mixed, mixed_embeds = rp.mix_captured(states, embeds, 1.25)
     assert torch.allclose(mixed.cond[name], mix_states(rows[:3], rows[3:], 1.25))
     assert torch.allclose(mixed_embeds, -0.25 * embeds)
     with pytest.raises(ValueError, match="captured with degree 1.25 but are mixed with degree 1"):
-        cm.mix_captured(states, embeds, 1.0)
+        rp.mix_captured(states, embeds, 1.0)
     with pytest.raises(ValueError, match="already mixed"):
-        cm.mix_captured(mixed, embeds, 1.25)
+        rp.mix_captured(mixed, embeds, 1.25)
     with pytest.raises(ValueError, match="batch of 2 but"):
-        cm.mix_captured(states, embeds[:2], 1.25)
+        rp.mix_captured(states, embeds[:2], 1.25)
 
 
 # ------------------------------------------------------------------ sampler inputs
@@ -313,19 +316,19 @@ def test_capture_inputs_split_and_mixing_via_the_node_path():
 
 def test_conditioning_noise_and_batches():
     src, drv = torch.randn(1, 1, 8), torch.randn(3, 1, 8)
-    pos, neg = cm.sampler_conditioning(src, drv, 3)
+    pos, neg = rp.sampler_conditioning(src, drv, 3)
     assert pos.shape == neg.shape == (3, 2, 8)
     assert torch.equal(pos[2, 0], src[0, 0]) and torch.equal(neg[:, 0], torch.zeros(3, 8))
     assert torch.equal(pos[:, 1], drv[:, 0]) and torch.equal(neg[:, 1], drv[:, 0])
-    shared = cm.seeded_noise((3, 4, 8, 8), 7)
+    shared = rp.seeded_noise((3, 4, 8, 8), 7)
     assert torch.equal(shared[0], shared[2])
-    assert torch.equal(cm.seeded_noise((5, 4, 8, 8), 7)[4], shared[0])  # any batch, same frame noise
-    per = cm.seeded_noise((3, 4, 8, 8), 7, per_image=True)
+    assert torch.equal(rp.seeded_noise((5, 4, 8, 8), 7)[4], shared[0])  # any batch, same frame noise
+    per = rp.seeded_noise((3, 4, 8, 8), 7, per_image=True)
     assert torch.equal(per, torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(7)))
     assert not torch.equal(per[0], per[1])
-    assert cm.resolve_batch({"the latent": 1, "the driving states": 3}) == 3
+    assert rp.resolve_batch({"the latent": 1, "the driving states": 3}) == 3
     with pytest.raises(ValueError, match="batch of 2 but the driving states has 3"):
-        cm.resolve_batch({"the latent": 2, "the driving states": 3})
+        rp.resolve_batch({"the latent": 2, "the driving states": 3})
 
 
 def test_pooled_clip_equals_transformers_pooler_output():
@@ -338,7 +341,7 @@ def test_pooled_clip_equals_transformers_pooler_output():
     with torch.no_grad():
         out = model(pixel_values=pixels)
         ln = getattr(model, "vision_model", model).post_layernorm
-        pooled = cm.pooled_clip(out.last_hidden_state, ln.weight, ln.bias, ln.eps)
+        pooled = rp.pooled_clip(out.last_hidden_state, ln.weight, ln.bias, ln.eps)
     assert pooled.shape == (3, 1, 32)
     # transformers' last_hidden_state is before post_layernorm, like ComfyUI's
     assert torch.allclose(pooled[:, 0], out.pooler_output, atol=1e-6)
@@ -346,11 +349,11 @@ def test_pooled_clip_equals_transformers_pooler_output():
 
 def test_resize_images():
     images = torch.rand(2, 40, 50, 4)
-    out = cm.resize_images(images, 64, 64)
+    out = rp.resize_images(images, 64, 64)
     assert out.shape == (2, 64, 64, 3) and out.min() >= 0 and out.max() <= 1
     same = torch.rand(1, 64, 64, 3)
-    assert torch.equal(cm.resize_images(same, 64, 64), same)
+    assert torch.equal(rp.resize_images(same, 64, 64), same)
     with pytest.raises(ValueError, match="empty"):
-        cm.resize_images(torch.zeros(0, 8, 8, 3), 8, 8)
+        rp.resize_images(torch.zeros(0, 8, 8, 3), 8, 8)
     with pytest.raises(ValueError, match="NaN"):
-        cm.resize_images(torch.full((1, 8, 8, 3), float("nan")), 8, 8)
+        rp.resize_images(torch.full((1, 8, 8, 3), float("nan")), 8, 8)

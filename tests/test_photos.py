@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceanon_core.imageio import load_image, save_image
-from faceanon_core.photos import InputError, Manifest, expand_inputs, output_path, plan_outputs, run_batch
+from faceanon_core.media.images import load_image, save_image
+from faceanon_core.media.manifest import Manifest, run_batch
+from faceanon_core.media.plans import InputError, expand_inputs, output_path, plan_outputs
 
 
 def make_tree(root: Path, n: int = 6) -> list[Path]:

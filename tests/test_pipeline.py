@@ -5,9 +5,9 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 from PIL import Image
 
 from conftest import noise
-from faceanon_core.attention import capture_states
-from faceanon_core.pipeline import to_image_batch
-from faceanon_core.states import mix_embeds
+from faceanon_core.method.attention import capture_states
+from faceanon_core.method.pipeline import to_image_batch
+from faceanon_core.method.states import mix_embeds
 
 
 def test_anonymize_batch_gives_one_distinct_result_per_image(tiny_pipe, face_images, run_kwargs):

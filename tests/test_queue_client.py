@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from faceanon_core import queue_client
+from faceanon_core import client as queue_client
 from faceanon_core.cli import main
 from workflow_checks import WORKFLOWS, load_core, our_object_info
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from faceanon_core.faces import MTCNNDetector
-from faceanon_core.redact import DEFAULT_STRENGTH, METHODS, redact_crops, redact_image
+from faceanon_core.faces.redact import DEFAULT_STRENGTH, METHODS, redact_crops, redact_image
 from faces_helpers import collage
 
 

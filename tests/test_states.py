@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from faceanon_core.states import (
+from faceanon_core.method.states import (
     ReferenceStates,
     expand_batch,
     forward_order_key,

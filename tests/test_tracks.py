@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-def _load_tracks():
-    # While faceanon_core/faces/ is not yet a committed package (faces.py shadows it),
-    # load the module from its file; it imports nothing from faceanon_core.
-    spec = importlib.util.find_spec("faceanon_core.faces")
-    if spec is not None and spec.submodule_search_locations is not None:
-        return importlib.import_module("faceanon_core.faces.tracks")
-    path = Path(__file__).resolve().parents[1] / "faceanon_core" / "faces" / "tracks.py"
-    spec = importlib.util.spec_from_file_location("_faceanon_tracks_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tracks_mod = _load_tracks()
-LandmarkSmoothing = tracks_mod.LandmarkSmoothing
-TrackedFace = tracks_mod.TrackedFace
-FaceTracks = tracks_mod.FaceTracks
-track_faces = tracks_mod.track_faces
-frontality = tracks_mod.frontality
-face_size = tracks_mod.face_size
+from faceanon_core.faces import TEMPLATE_5
+from faceanon_core.faces.tracks import FaceTracks, LandmarkSmoothing, face_size, frontality, track_faces
 
 # faceanon_core.faces.TEMPLATE_5 (eye distance 0.25 of the crop).
-T5 = np.array([[0.37500, 0.40069], [0.62500, 0.39930], [0.50081, 0.54286], [0.39809, 0.68921], [0.60512, 0.68806]])
+T5 = TEMPLATE_5
 
 
 @dataclass

@@ -215,7 +215,7 @@ def test_conditioning_dropout_gives_exact_zeros(trained):
 
 def test_exported_folder_loads_in_the_pipeline(trained, tmp_path, face_images, run_kwargs):
     from faceanon_core import FaceAnonPipeline
-    from faceanon_core.loading import check_model_folder
+    from faceanon_core.method.loading import check_model_folder
 
     trainer = trained[0]
     out = trainer.export(tmp_path / "export")

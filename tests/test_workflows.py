@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from faceanon_core.queue_client import ui_to_api
+from faceanon_core.client.workflows import ui_to_api
 from workflow_checks import (WORKFLOWS, check_api, check_ui, graph_differences, input_specs, load_core,
                              our_object_info)
 

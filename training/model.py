@@ -1,8 +1,8 @@
 """The trained model: three UNet-shaped nets, the frozen encoders, trainable sets, export.
 
 The state routing, the state capture and the reference attention are those of
-inference (``faceanon_core.attention``), and the reference tokens are assembled by the
-pipeline's own ``faceanon_core.pipeline.reference_tokens``, so a trained model behaves
+inference (``faceanon_core.method.attention``), and the reference tokens are assembled by the
+pipeline's own ``faceanon_core.method.pipeline.reference_tokens``, so a trained model behaves
 identically when loaded by ``FaceAnonPipeline.from_pretrained``.
 """
 
@@ -21,8 +21,8 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 
-from faceanon_core.attention import ReferenceContext, attn1_names, capture_states, install_readers, route_states
-from faceanon_core.loading import (
+from faceanon_core.method.attention import ReferenceContext, attn1_names, capture_states, install_readers, route_states
+from faceanon_core.method.loading import (
     UNET_PARTS,
     WEIGHTS_NAME,
     ModelFolderError,
@@ -30,7 +30,7 @@ from faceanon_core.loading import (
     default_scheduler_config,
     image_processor_class,
 )
-from faceanon_core.states import ReferenceStates, sorted_in_forward_order
+from faceanon_core.method.states import ReferenceStates, sorted_in_forward_order
 
 from .config import ModelConfig
 
@@ -170,7 +170,7 @@ class FaceAnonTrainModel(torch.nn.Module):
         install_readers(self.unet, self.routing, self.context)
 
     def forward(self, noisy_latents, timesteps, source_latents, source_embeds, driving_latents, driving_embeds):
-        from faceanon_core.pipeline import reference_tokens
+        from faceanon_core.method.pipeline import reference_tokens
 
         source = capture_states(self.referencenet, source_latents, source_embeds, self.reference_layers, timestep=0)
         driving = capture_states(self.conditioning_referencenet, driving_latents, driving_embeds,

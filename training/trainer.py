@@ -160,7 +160,7 @@ class Trainer:
             frozen.eval()
             frozen.to(acc.device, dtype=weight_dtype)
 
-        from faceanon_core.pipeline import FaceAnonPipeline
+        from faceanon_core.method.pipeline import FaceAnonPipeline
 
         # The pipeline over the in-training modules: its encoders feed training, and it
         # samples the validation images.  Its readers are swapped in only while it samples.

@@ -1,4 +1,5 @@
-"""Face tracks across video frames.
+"""Face tracks across video frames (one cohesive module: association, gap filling, holds,
+smoothing and keyframes all work on the same track records and share their defaults).
 
 On video the privacy unit is the track, not the detection. A detector misses a
 face now and then (motion blur, a turned head, a hand in front of it); a
@@ -49,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from .align import TEMPLATE_5, TEMPLATE_EYE_DIST
+
 __all__ = [
     "DEFAULT_MAX_DISTANCE",
     "DEFAULT_MAX_GAP",
@@ -79,13 +82,10 @@ DEFAULT_MAX_DISTANCE = 1.0
 #: a small background face passing behind a large one never takes its track.
 DEFAULT_MAX_SCALE_CHANGE = 1.5
 
-# The 5-point alignment template of faceanon_core.faces (TEMPLATE_5, eye
-# distance 0.25 of the crop). Only its spread is used here: it turns the spread
-# of 5 landmarks into the inter-ocular distance they imply.
-_TEMPLATE_5 = np.array(
-    [[0.37500, 0.40069], [0.62500, 0.39930], [0.50081, 0.54286], [0.39809, 0.68921], [0.60512, 0.68806]]
-)
-_TEMPLATE_EYE_DIST = 0.25
+# Only the alignment template's spread is used here: it turns the spread of 5
+# landmarks into the inter-ocular distance they imply.
+_TEMPLATE_5 = TEMPLATE_5
+_TEMPLATE_EYE_DIST = TEMPLATE_EYE_DIST
 _TEMPLATE_RMS = float(np.sqrt(np.mean(np.sum((_TEMPLATE_5 - _TEMPLATE_5.mean(0)) ** 2, axis=1))))
 
 _VELOCITY_EMA = 0.5  # weight of the newest velocity in a track's estimate

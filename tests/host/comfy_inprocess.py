@@ -5,7 +5,6 @@ Must run before anything imports ``comfy.model_management`` (CPU mode is set fir
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -31,12 +30,7 @@ def import_comfy():
 
 def import_pack():
     """The repo root imported as a package, the way ComfyUI imports a custom node folder."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
+    from pack import load_pack
+
     import_comfy()
-    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_pack(PACK_NAME)

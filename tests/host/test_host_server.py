@@ -162,7 +162,11 @@ def core_pipe(tiny_folder):
 
 
 def core_anonymize(pipe, sigmas, images, seed, degree, cfg):
-    from faceanon_core.comfy_math import seeded_noise
+    from comfy_inprocess import PACK_NAME, import_pack
+    from pack import pack_module
+
+    import_pack()
+    seeded_noise = pack_module("nodes.reference_patch", PACK_NAME).seeded_noise
 
     pipe.scheduler = fixed_sigma_scheduler(pipe, sigmas)
     noise = seeded_noise((images.shape[0], 4, 8, 8), seed)
@@ -294,7 +298,7 @@ def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder, core_p
     import folder_paths
 
     folder_paths.add_model_folder_path("faceanon", str(tiny_folder.parent))
-    from faceanon_pack_under_test.faceanon_core import comfy_math
+    from faceanon_pack_under_test.nodes import comfy_layout, reference_patch
     from faceanon_pack_under_test.nodes import models, reference
 
     unet, src_refnet, drv_refnet, vae, clip = models.load_model_folder("tiny")
@@ -324,9 +328,9 @@ def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder, core_p
     }
 
     # one UNet call at t = 500 through ComfyUI's apply_model with the patch, rows [uncond; cond]
-    layout = comfy_math.attn1_layout(unet.model.model_config.unet_config)
-    routing, _ = comfy_math.routed_layers(layout, "as_trained")
-    positive, negative = comfy_math.sampler_conditioning(src_embeds, embeds, 3)
+    layout = comfy_layout.attn1_layout(unet.model.model_config.unet_config)
+    routing, _ = comfy_layout.routed_layers(layout, "as_trained")
+    positive, negative = reference_patch.sampler_conditioning(src_embeds, embeds, 3)
     sampling = unet.model.model_sampling
     sigma = sampling.sigma(torch.tensor([500.0])).repeat(6)
     x = torch.randn(3, 4, 8, 8, generator=torch.manual_seed(0)) * (sigma[0] ** 2 + 1) ** 0.5
@@ -335,10 +339,10 @@ def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder, core_p
     # the sampler node's path: attn1 replace with cached reference K/V (installed on a clone, as the node does)
     patched = unet.clone()
     kv_patch = reference.install_reference_patch(patched, layout, routing, src, drv)
-    assert isinstance(kv_patch, comfy_math.ReferenceKVPatch)
+    assert isinstance(kv_patch, reference_patch.ReferenceKVPatch)
     replace_options = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0])
     # the fallback path: attn1_patch, ComfyUI projects the extended context
-    patch_options = {"patches": {"attn1_patch": [comfy_math.ReferencePatch(layout, routing, src, drv)]},
+    patch_options = {"patches": {"attn1_patch": [reference_patch.ReferencePatch(layout, routing, src, drv)]},
                      "cond_or_uncond": [1, 0]}
 
     mm.load_models_gpu([patched])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from faceanon_core.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
+from faceanon_core.testing.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
 
 
 def write_host_model_folder(root, seed: int = 0) -> Path:

@@ -1,4 +1,4 @@
-"""``faceanon anonymize PHOTO...``: every face of ordinary photos, through the diffusion model.
+"""``faceanon anonymize`` (photos, folders, aligned crops) and ``faceanon swap``: the diffusion model.
 
 Detect -> align each face to a 512 crop -> the model on all crops of a photo as one
 batch (chunked to ``--batch-size``) -> paste back with a feathered mask.  Folders are
@@ -8,6 +8,7 @@ an error for its photo (fail closed), a photo without faces is copied unchanged.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .cli import generators, load_pipeline, plan_images
-from .faces import FaceProcessingError, process_faces
-from .imageio import load_image, save_image
-from .photos import Manifest, run_batch
+from ..faces import FaceProcessingError, process_faces
+from ..media.images import load_image, save_image
+from ..media.manifest import Manifest, run_batch
+from .common import CliError, add_model_options, generators, load_pipeline, plan_crops, plan_images, read_rgb, write_rgb
+from .faces import add_detector_args, detector_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,7 @@ def crop_processor(pipe, args):
 
 def verification(args):
     """The recognizer for ``--verify``, or None. Default: on when the ``verify`` extra is installed."""
-    from .cli import CliError
-    from .identity import VERIFY_EXTRA_HINT, RecognizerUnavailable, default_recognizer, recognizer_available
+    from ..privacy.identity import VERIFY_EXTRA_HINT, RecognizerUnavailable, default_recognizer, recognizer_available
 
     if args.verify is False:
         return None
@@ -87,14 +88,13 @@ def handle_small_faces(result, policy: str, name: str) -> np.ndarray:
     if policy == "fail":
         raise FaceProcessingError(f"{name}: {len(result.skipped)} face(s) too small for the model; "
                                   "use --small-faces redact to blur them, or a smaller --min-face-size")
-    from .redact import redact_image
+    from ..faces.redact import redact_image
 
     logger.info("%s: %d small face(s) blurred instead", name, len(result.skipped))
     return redact_image(result.image, "blur", faces=result.skipped, image_name=name).image
 
 
 def run_anonymize_photos(args) -> int:
-    from .cli_faces import detector_from_args
 
     plan = plan_images(args.inputs, args.output, args.suffix, recursive=args.recursive)
     detector = detector_from_args(args)
@@ -113,7 +113,7 @@ def run_anonymize_photos(args) -> int:
               "threshold": args.threshold}
     guard_config = None
     if recognizer is not None:
-        from .guard import GuardConfig
+        from ..privacy.guard import GuardConfig
 
         guard_config = GuardConfig(threshold=args.verify_threshold, retries=args.verify_retries,
                                    fallback=args.verify_fallback)
@@ -130,7 +130,7 @@ def run_anonymize_photos(args) -> int:
             result = process_faces(image.rgb, process_crops, detector=detector, batch_size=args.batch_size,
                                    image_name=str(src), **min_size)
         else:
-            from .guard import guarded_process_faces
+            from ..privacy.guard import guarded_process_faces
 
             result = guarded_process_faces(image.rgb, crop_anonymizer(pipe, args), recognizer, seed=args.seed,
                                            degree=args.degree, config=guard_config, detector=detector,
@@ -159,3 +159,114 @@ def run_anonymize_photos(args) -> int:
 
 
 __all__ = ["run_anonymize_photos", "crop_anonymizer", "crop_processor", "handle_small_faces", "verification"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    anon = sub.add_parser("anonymize", help="replace each face with an anonymous one (diffusion model)")
+    anon.add_argument("inputs", nargs="+", help="image files or folders")
+    anon.add_argument("--degree", type=float, default=1.25,
+                      help="anonymization degree d: 0 keeps the identity, 1 removes it, >1 goes further "
+                           "(default 1.25)")
+    anon.add_argument("--aligned", action="store_true",
+                      help="inputs are aligned square face crops (default: find every face in the photos)")
+    anon.add_argument("--small-faces", choices=["redact", "fail", "keep"], default="redact",
+                      help="faces too small for the model: blur them (default), fail the photo, or keep them")
+    anon.add_argument("--min-model-face", type=float, default=None, metavar="PX",
+                      help="eye distance below which a face is too small for the model (default 10 px)")
+    anon.add_argument("--manifest", help="resumable JSON-lines record (default: OUT/faceanon-manifest.jsonl "
+                                         "for several photos)")
+    anon.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
+    anon.add_argument("--keep-metadata", action="store_true",
+                      help="keep EXIF (GPS, maker notes and thumbnails are always dropped)")
+    anon.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
+    anon.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                      help="check every output face with a face recognizer and retry (new seed, larger degree) "
+                           "while it still matches the original (default: on when the 'verify' extra is "
+                           "installed)")
+    anon.add_argument("--verify-threshold", type=float, default=None, metavar="D",
+                      help="identity distance below which a face still counts as the same person "
+                           "(default 0.6, dlib's decision distance)")
+    anon.add_argument("--verify-retries", type=int, default=2, metavar="N",
+                      help="tries after the first, each with seed+1 and degree+0.25 (default 2)")
+    anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
+                      help="a face still recognizable after every try: fail the photo (default) or blur it")
+    add_detector_args(anon)
+    add_model_options(anon)
+    anon.set_defaults(func=run_anonymize)
+
+    swap = sub.add_parser("swap", help="put the face of --source onto each --driving crop")
+    swap.add_argument("--source", required=True, help="aligned face crop whose identity is used")
+    swap.add_argument("--driving", required=True, nargs="+", help="aligned face crops (files or folders)")
+    swap.add_argument("--degree", type=float, default=0.0, help="degree applied to the source (default 0)")
+    add_model_options(swap)
+    swap.set_defaults(func=run_swap)
+
+
+def run_anonymize(args) -> int:
+    if args.aligned:
+        return run_anonymize_aligned(args)
+    return run_anonymize_photos(args)
+
+
+
+
+def run_anonymize_aligned(args) -> int:
+    """Aligned 512x512 face crops in, anonymized crops out (photos: see ``faceanon anonymize``)."""
+    pipe_call = lambda pipe, crops, **kw: pipe.anonymize(crops, **kw)  # noqa: E731
+    return _run_on_crops(args, args.inputs, pipe_call)
+
+
+def run_swap(args) -> int:
+    source = read_rgb(Path(args.source))
+
+    def pipe_call(pipe, crops, **kw):
+        return pipe.swap(_square(source.rgb, args.size)[None], crops, **kw)
+
+    return _run_on_crops(args, args.driving, pipe_call)
+
+
+def _run_on_crops(args, inputs, pipe_call) -> int:
+    """Read every crop first (bad input fails before the model loads), then run in batches."""
+    import numpy as np
+
+    plan = plan_crops(inputs, args.output, args.suffix, args.overwrite)
+    images = [read_rgb(path) for path, _ in plan]
+    pipe = load_pipeline(args)
+    size = args.size
+    for start in range(0, len(images), args.batch_size):
+        chunk = images[start:start + args.batch_size]
+        crops = np.stack([_square(img.rgb, size) for img in chunk])
+        result = pipe_call(
+            pipe, crops, degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
+            generator=generators(args.seed, len(chunk)), height=size, width=size, output_type="np",
+        ).images
+        for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size]):
+            out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
+            write_rgb(target, img, out, args.overwrite)
+            logger.info("wrote %s", target)
+    return 0
+
+
+def _square(rgb, size: int):
+    """An aligned crop resized to the model's resolution (crops are square already)."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    if height != width:
+        raise CliError(f"aligned face crops must be square, got {width}x{height}: crop it, or let "
+                       "`faceanon anonymize` find the faces in the photo (without --aligned)")
+    if height == size:
+        return rgb
+    interp = cv2.INTER_AREA if height > size else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def _resize_back(rgb, shape):
+    import cv2
+
+    if rgb.shape[:2] == tuple(shape):
+        return rgb
+    interp = cv2.INTER_AREA if rgb.shape[0] > shape[0] else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (shape[1], shape[0]), interpolation=interp)
+
+

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 
-from .faces import (
+from ..faces import (
     DEFAULT_FEATHER,
     AlignedFace,
     FaceDetector,
@@ -158,7 +158,7 @@ def pair_inputs(originals: str | os.PathLike, anonymized: str | os.PathLike, *, 
     Two files pair directly; two folders pair by key. Raises :class:`EvalError`
     naming the photos without a counterpart.
     """
-    from .photos import expand_inputs
+    from ..media.plans import expand_inputs
 
     a, b = Path(originals), Path(anonymized)
     for p in (a, b):
@@ -244,7 +244,7 @@ def _stats(values: Sequence[float]) -> dict[str, float] | None:
 
 def _thumb(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The aligned face at ``landmarks`` as a small uint8 thumbnail."""
-    from .faces import DetectedFace
+    from ..faces import DetectedFace
 
     lm = np.asarray(landmarks, np.float64)
     det = DetectedFace(box=(*lm.min(0), *lm.max(0)), score=1.0, landmarks5=lm)
@@ -263,7 +263,7 @@ def evaluate_images(
 ) -> EvalResult:
     """Evaluate (original, anonymized, name) uint8 RGB image pairs (any iterable: pairs are
     used one at a time and not kept). See the module doc."""
-    from .faces import _check_rgb
+    from ..faces import check_rgb
 
     det = detector or default_detector()
     thr = float(threshold if threshold is not None else getattr(recognizer, "threshold", 0.6))
@@ -273,8 +273,8 @@ def evaluate_images(
     images: list[dict[str, Any]] = []
     heap: list[tuple[float, int, dict[str, Any]]] = []
     for orig, out, name in pairs:
-        _check_rgb(orig, name)
-        _check_rgb(out, f"{name} (anonymized)")
+        check_rgb(orig, name)
+        check_rgb(out, f"{name} (anonymized)")
         if orig.shape != out.shape:
             raise EvalError(f"{name}: the anonymized photo is {out.shape[1]}x{out.shape[0]}, the original "
                             f"{orig.shape[1]}x{orig.shape[0]}; they must be the same size")
@@ -361,7 +361,7 @@ def evaluate_folders(
     **kwargs: Any,
 ) -> EvalResult:
     """:func:`evaluate_images` on photo files: folders paired by :func:`pair_inputs`."""
-    from .imageio import ImageReadError, load_image
+    from ..media.images import ImageReadError, load_image
 
     pairs = pair_inputs(originals, anonymized, recursive=recursive)
 

@@ -1,5 +1,5 @@
 """``faceanon eval ORIGINALS ANONYMIZED``: re-identification, identity distances, pose change and
-PSNR/SSIM outside the faces, for the output of any method (see :mod:`faceanon_core.evaluate`).
+PSNR/SSIM outside the faces, for the output of any method (see :mod:`faceanon_core.privacy.evaluate`).
 
 ``register(subparsers)`` adds the command to the ``faceanon`` parser.
 """
@@ -40,10 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import EvalError, evaluate_folders, write_report
-    from .faces import FaceDetectorError, MTCNNDetector
-    from .identity import RecognizerUnavailable, default_recognizer
-    from .photos import InputError
+    from ..faces import FaceDetectorError, MTCNNDetector
+    from ..media.plans import InputError
+    from ..privacy.evaluate import EvalError, evaluate_folders, write_report
+    from ..privacy.identity import RecognizerUnavailable, default_recognizer
 
     def fail(msg: str) -> int:
         print(f"faceanon eval: error: {msg}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .loading import UNET_PARTS, default_scheduler_config, save_clip_vision
+from ..method.loading import UNET_PARTS, default_scheduler_config, save_clip_vision
 
 TINY_IMAGE_SIZE = 64
 

@@ -68,6 +68,43 @@ def expand_batch(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     )
 
 
+class CaptureComplete(Exception):
+    """Raised inside a ReferenceNet forward once every needed state is recorded."""
+
+
+class StateCapture:
+    """The states of one ReferenceNet forward, recorded by whatever hook the host offers.
+
+    Both backends feed it: the diffusers "write" processor and ComfyUI's ``attn1_patch`` call
+    :meth:`record` with the layer's diffusers name. After the last wanted layer in forward order it
+    raises :class:`CaptureComplete` (with ``stop_early``): the layers after it never influence the
+    states, so they need not run.
+    """
+
+    def __init__(self, layer_names, stop_early: bool = True):
+        names = sorted_in_forward_order(set(layer_names))
+        if not names:
+            raise ValueError("no reference layers to capture")
+        self.wanted = frozenset(names)
+        self.last = names[-1]
+        self.stop_early = stop_early
+        self.states: dict[str, torch.Tensor] = {}
+
+    def record(self, name: str, state: torch.Tensor) -> None:
+        if name not in self.wanted:
+            return
+        self.states[name] = state
+        if self.stop_early and name == self.last:
+            raise CaptureComplete
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The recorded states in forward order; an error if the forward missed a wanted layer."""
+        missing = sorted(self.wanted - set(self.states))
+        if missing:
+            raise RuntimeError(f"the ReferenceNet forward did not reach the layer(s) {missing}")
+        return {name: self.states[name] for name in sorted_in_forward_order(self.states)}
+
+
 @dataclass
 class ReferenceStates:
     """Per-layer states of one ReferenceNet for a batch of images.

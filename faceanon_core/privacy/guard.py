@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .faces import (
+from ..faces import (
     CROP_SIZE,
     DEFAULT_ERODE,
     DEFAULT_FEATHER,
@@ -48,12 +48,11 @@ from .faces import (
     FaceDetector,
     FaceProcessingError,
     FacesResult,
-    _check_rgb,
-    _run_crops,
-    align_faces,
-    default_detector,
+    check_rgb,
     extract_crops,
+    locate_faces,
     paste_back,
+    run_crops,
 )
 from .identity import FaceRecognizer
 
@@ -169,7 +168,7 @@ def _distances(recognizer: FaceRecognizer, image: np.ndarray, faces: Sequence[Al
 
 
 def _redact_faces(image: np.ndarray, faces: Sequence[AlignedFace], method: str, strength: float | None) -> np.ndarray:
-    from .redact import REDACT_ERODE, REDACT_FEATHER, redact_crops
+    from ..faces.redact import REDACT_ERODE, REDACT_FEATHER, redact_crops
 
     crops = extract_crops(image, faces)
     red = redact_crops(crops, method, strength)
@@ -231,12 +230,8 @@ def guarded_process_faces(
     """
     config = config or GuardConfig()
     threshold = config.threshold_for(recognizer)
-    _check_rgb(rgb, image_name)
-    found = list(faces) if faces is not None else (detector or default_detector()).detect(rgb)
-    aligned, skipped = align_faces(found, frame_index=frame_index, crop_size=crop_size,
-                                   min_face_size=min_face_size, image_name=image_name)
-    if not found:
-        logger.warning("%s: no face found; image returned unchanged", image_name)
+    aligned, skipped = locate_faces(rgb, detector=detector, faces=faces, crop_size=crop_size,
+                                    min_face_size=min_face_size, image_name=image_name, frame_index=frame_index)
     if not aligned:
         return GuardedResult(rgb.copy(), np.zeros(rgb.shape[:2], np.float32), aligned, skipped, [])
 
@@ -257,7 +252,7 @@ def guarded_process_faces(
         def run(chunk: np.ndarray, s=s, d=d):
             return anonymize(chunk, s, d)
 
-        current[sel] = _run_crops(crops[sel], run, [owners[i] for i in sel], batch_size)
+        current[sel] = run_crops(crops[sel], run, [owners[i] for i in sel], batch_size)
         image, mask = paste_back(rgb, aligned, current, erode=erode, feather=feather, color_match=color_match)
         # Every face is re-checked: a retried neighbour that overlaps could change an earlier pass.
         dist = _distances(recognizer, image, aligned, refs)
@@ -306,7 +301,7 @@ def guarded_process_faces(
 
 def _support(rgb: np.ndarray, faces: Sequence[AlignedFace]) -> np.ndarray:
     """The image-space mask of the fallback redaction of ``faces``."""
-    from .redact import REDACT_ERODE, REDACT_FEATHER
+    from ..faces.redact import REDACT_ERODE, REDACT_FEATHER
 
     s = faces[0].crop_size
     ones = np.ones((len(faces), s, s, 3), np.float32)
@@ -346,8 +341,8 @@ def check_faces(
     frames = [np.asarray(o) for o in outputs]
     checks: list[FaceCheck | None] = [None] * len(faces)
     for fi, (orig, out) in enumerate(zip(originals, outputs)):
-        _check_rgb(orig, names[fi])
-        _check_rgb(out, names[fi])
+        check_rgb(orig, names[fi])
+        check_rgb(out, names[fi])
         if orig.shape != out.shape:
             raise ValueError(f"{names[fi]}: anonymized frame is {out.shape[1]}x{out.shape[0]}, "
                              f"original {orig.shape[1]}x{orig.shape[0]}")

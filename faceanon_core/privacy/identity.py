@@ -3,8 +3,8 @@
 A :class:`FaceRecognizer` turns faces (an image plus each face's 5 landmarks:
 eyes, nose tip, mouth corners, as :mod:`faceanon_core.faces` finds them) into
 embedding vectors, and a distance between two embeddings says how likely they
-are the same person. The leak guard (:mod:`faceanon_core.guard`) and
-``faceanon eval`` (:mod:`faceanon_core.evaluate`) use it; any recognizer with
+are the same person. The leak guard (:mod:`faceanon_core.privacy.guard`) and
+``faceanon eval`` (:mod:`faceanon_core.privacy.evaluate`) use it; any recognizer with
 the same three members plugs in.
 
 The bundled implementation is dlib's face-recognition ResNet (128-d, trained
@@ -172,9 +172,9 @@ class DlibRecognizer:
 
     def chips(self, rgb: np.ndarray, landmarks: Sequence[np.ndarray]) -> list[np.ndarray]:
         """dlib's aligned 150x150 face chips (uint8 RGB) for the faces at ``landmarks``."""
-        from .faces import TEMPLATE_5, _check_rgb, estimate_similarity
+        from ..faces import TEMPLATE_5, check_rgb, estimate_similarity
 
-        _check_rgb(rgb)
+        check_rgb(rgb)
         self._load()
         dlib = self._dlib
         img = np.ascontiguousarray(rgb)

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .faces import FaceDetectorError, MTCNNDetector
-from .imageio import ImageReadError, load_image, save_image
-from .photos import InputError, Manifest, expand_inputs, plan_outputs, run_batch
-from .redact import DEFAULT_STRENGTH, METHODS, redact_image
+from ..faces import FaceDetectorError, MTCNNDetector
+from ..faces.redact import DEFAULT_STRENGTH, METHODS, redact_image
+from ..media.images import ImageReadError, load_image, save_image
+from ..media.manifest import Manifest, run_batch
+from ..media.plans import InputError, expand_inputs, plan_outputs
 
 logger = logging.getLogger(__name__)
 

