@@ -1,0 +1,211 @@
+"""The layout is the architecture: rooms of faceanon_core import one way, nodes/ stays thin, no cycles.
+
+The import graph is read from the source (every ``import``, also the lazy ones inside functions), so a
+new module that reaches up a level or across into another room's private names fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+import tomllib
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORE = REPO / "faceanon_core"
+
+#: room -> the rooms it may import (besides itself). The method knows nothing of the product around it.
+ALLOWED = {
+    "method": set(),
+    "media": {"method"},
+    "faces": {"method"},
+    "privacy": {"faces", "media", "method"},
+    "client": set(),
+    "testing": {"method"},
+    "cli": {"client", "privacy", "faces", "media", "method", "testing"},
+}
+#: top-level modules of faceanon_core that are not rooms (the public API and the moved-path table)
+TOP_LEVEL = {"__init__", "_moved", "samples"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported module, names) for every import statement in ``path``, relative ones resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.append((target, [alias.name for alias in node.names]))
+    return out
+
+
+def core_modules() -> list[Path]:
+    return sorted(p for p in CORE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def room_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "faceanon_core" or len(parts) < 2:
+        return None
+    return None if parts[1] in TOP_LEVEL else parts[1]
+
+
+def test_every_module_lives_in_a_room():
+    loose = [p.name for p in CORE.glob("*.py") if p.stem not in TOP_LEVEL]
+    assert not loose, f"modules outside a room: {loose}"
+    rooms = {p.parent.name for p in core_modules() if p.parent != CORE}
+    assert rooms == set(ALLOWED), rooms
+
+
+def test_rooms_import_one_way_only():
+    bad = []
+    for path in core_modules():
+        here = room_of(module_name(path))
+        if here is None:
+            continue
+        for target, _ in imports_of(path):
+            there = room_of(target)
+            if target.startswith("faceanon_core") and target.split(".")[1:2] == ["cli"] and here != "cli":
+                bad.append(f"{module_name(path)} -> {target}")
+            elif there and there != here and there not in ALLOWED[here]:
+                bad.append(f"{module_name(path)} -> {target}")
+    assert not bad, "imports against the direction of the rooms:\n" + "\n".join(bad)
+
+
+def test_no_import_cycle_between_modules():
+    graph: dict[str, set[str]] = {}
+    names = {module_name(p) for p in core_modules()}
+    for path in core_modules():
+        src = module_name(path)
+        deps = set()
+        for target, imported in imports_of(path):
+            for cand in [f"{target}.{n}" for n in imported] + [target]:
+                if cand in names and cand != src and cand != "faceanon_core":
+                    deps.add(cand)
+                    break
+        graph[src] = deps
+    # A package's __init__ re-exporting its own modules is not a cycle of the design.
+    def edges(m):
+        return {d for d in graph.get(m, ()) if not d.startswith(m + ".")}
+
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in edges(m):
+            if state.get(d) == 1:
+                cycle.extend(stack[stack.index(d):] + [d] if d in stack else [m, d])
+                return True
+            if state.get(d) is None and visit(d, stack + [d]):
+                return True
+        state[m] = 2
+        return False
+
+    for m in sorted(graph):
+        if state.get(m) is None and visit(m, [m]):
+            break
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for path in list(core_modules()) + sorted((REPO / "nodes").glob("*.py")) + sorted((REPO / "training").glob("*.py")):
+        for target, imported in imports_of(path):
+            for name in imported:
+                if name.startswith("_") and not name.startswith("__") and "faceanon" in target + module_name(path):
+                    bad.append(f"{module_name(path)}: from {target} import {name}")
+    assert not bad, bad
+
+
+def test_library_never_imports_comfyui_or_the_nodes():
+    bad = []
+    for path in core_modules():
+        for target, _ in imports_of(path):
+            top = target.split(".")[0]
+            if top in {"comfy", "folder_paths", "comfy_api", "nodes", "server", "execution"}:
+                bad.append(f"{module_name(path)} -> {target}")
+    assert not bad, bad
+
+
+def test_node_math_modules_import_no_comfyui():
+    for name in ("comfy_layout", "reference_patch"):
+        for target, _ in imports_of(REPO / "nodes" / f"{name}.py"):
+            assert target.split(".")[0] not in {"comfy", "folder_paths", "comfy_api"}, (name, target)
+
+
+def test_files_stay_small_unless_they_say_why():
+    big = []
+    for path in list(core_modules()) + sorted((REPO / "nodes").glob("*.py")):
+        lines = path.read_text().count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > 520 and "one cohesive" not in doc:
+            big.append(f"{path.relative_to(REPO)}: {lines} lines")
+    assert not big, big
+
+
+def test_public_api_is_listed_once_and_importable():
+    import faceanon_core
+
+    for name in faceanon_core.__all__:
+        assert getattr(faceanon_core, name) is not None, name
+    from faceanon_core import FaceAnonPipeline, process_faces, redact_image  # noqa: F401
+
+
+@pytest.mark.parametrize("old, new, attr", [
+    ("faceanon_core.pipeline", "faceanon_core.method.pipeline", "FaceAnonPipeline"),
+    ("faceanon_core.redact", "faceanon_core.faces.redact", "redact_image"),
+    ("faceanon_core.states", "faceanon_core.method.states", "ReferenceStates"),
+    ("faceanon_core.tiny_models", "faceanon_core.testing.tiny_models", "write_tiny_model_folder"),
+])
+def test_old_module_paths_still_import_with_a_deprecation_warning(old, new, attr):
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+    assert getattr(module, attr) is getattr(importlib.import_module(new), attr)
+    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+
+
+def test_old_faces_path_is_the_faces_room():
+    from faceanon_core.faces import DetectedFace, MTCNNDetector, align_faces, paste_back, process_faces  # noqa: F401
+
+
+def test_every_room_is_packaged_and_training_installs_under_our_name():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = set(config["tool"]["setuptools"]["packages"])
+    rooms = {"faceanon_core"} | {f"faceanon_core.{p.parent.name}" for p in CORE.glob("*/__init__.py")}
+    assert rooms | {"faceanon_training"} == packages
+    assert "training" not in packages
+    assert config["tool"]["setuptools"]["package-dir"] == {"faceanon_training": "training"}
+    assert config["project"]["scripts"]["faceanon-train"] == "faceanon_training.cli:main"
+
+
+def test_installed_trainer_is_faceanon_training_not_training(tmp_path):
+    """Outside the checkout only ``faceanon_training`` exists; ``training`` is not installed."""
+    code = ("import importlib.util as u; print(u.find_spec('faceanon_training') is not None, "
+            "u.find_spec('training') is not None)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
