@@ -5,14 +5,74 @@ nodes live in ``nodes/`` and the standalone library in ``faceanon_core`` (no Com
 there). Imported anywhere else (pytest collects the repo root as a package, tools that walk
 the tree) it defines empty mappings and imports nothing from ComfyUI: the nodes are loaded
 only when ComfyUI itself is running (its model management is already imported by then).
+
+Inside ComfyUI the host version is checked first: the sampler passes ``transformer_options=`` to
+``optimized_attention``, which ComfyUI accepts from 0.3.60 on; an older one would raise
+``TypeError`` deep in sampling, so the nodes are not registered there (one log line says why).
 """
 
+import logging
+import re
 import sys
+from pathlib import Path
+
+REQUIRED_COMFYUI = (0, 3, 60)
+REQUIRED_COMFYUI_TEXT = ">=0.3.60"  # also pyproject.toml [tool.comfy] requires-comfyui
+_VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
+
+logger = logging.getLogger("ComfyUI-FaceAnon")
+
+
+def parse_comfyui_version(text):
+    """``"0.3.64"`` -> ``(0, 3, 64)``; ``"v0.4"`` -> ``(0, 4, 0)``; anything unreadable -> None."""
+    match = _VERSION.match(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def comfyui_version_text():
+    """The running ComfyUI's ``__version__`` (its ``comfyui_version.py``), or None when it has none.
+
+    main.py imports ``comfyui_version`` before it loads custom nodes; otherwise the file beside the
+    ``comfy`` package is read (not imported: its folder need not be on sys.path).
+    """
+    module = sys.modules.get("comfyui_version")
+    if isinstance(getattr(module, "__version__", None), str):
+        return module.__version__
+    comfy = sys.modules.get("comfy")
+    for folder in (Path(p).parent for p in getattr(comfy, "__path__", None) or ()):
+        try:
+            source = (folder / "comfyui_version.py").read_text(encoding="utf-8")
+        except OSError:
+            continue
+        match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", source, re.MULTILINE)
+        if match:
+            return match.group(1)
+    return None
+
+
+def comfyui_version_decision(text):
+    """(register?, log level, message) for a ComfyUI version string (None: unknown)."""
+    found = parse_comfyui_version(text)
+    if found is None:
+        return True, logging.WARNING, (
+            f"ComfyUI-FaceAnon: could not read the ComfyUI version ({text!r}); registering the nodes anyway. "
+            f"They need ComfyUI {REQUIRED_COMFYUI_TEXT}: an older one fails with TypeError while sampling.")
+    if found < REQUIRED_COMFYUI:
+        return False, logging.ERROR, (
+            f"ComfyUI-FaceAnon: nodes NOT loaded: this is ComfyUI {text.strip()}, the pack needs ComfyUI "
+            f"{REQUIRED_COMFYUI_TEXT} (it passes transformer_options= to optimized_attention). Update ComfyUI.")
+    return True, logging.DEBUG, f"ComfyUI-FaceAnon: ComfyUI {text.strip()} is supported ({REQUIRED_COMFYUI_TEXT})"
+
+
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
 if "comfy.model_management" in sys.modules:
-    from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-else:
-    NODE_CLASS_MAPPINGS: dict = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+    _register, _level, _message = comfyui_version_decision(comfyui_version_text())
+    logger.log(_level, _message)
+    if _register:
+        from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
