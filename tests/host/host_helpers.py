@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -86,6 +88,11 @@ def _free_port() -> int:
 
 
 class ComfyServer:
+    """``main.py`` started as a user would: ``--cpu``, loopback only, a throwaway ``--base-directory``,
+    an in-memory database. Its own process group, so ``stop`` ends it and anything it started; ``stop``
+    runs also when the start fails, and at interpreter exit as a backstop (fixtures call it on teardown,
+    whatever the tests did). Usable as a context manager."""
+
     def __init__(self, base: Path, extra_args=(), name="server", cpu: bool = True):
         self.base = base
         self.port = _free_port()
@@ -95,8 +102,17 @@ class ComfyServer:
         cmd = [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(base), "--database-url", "sqlite:///:memory:", *extra_args]
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=os.environ["COMFYUI_PATH"], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 180
+        self.proc = subprocess.Popen(cmd, cwd=os.environ["COMFYUI_PATH"], stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(180)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, seconds: float) -> None:
+        deadline = time.time() + seconds
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
@@ -105,8 +121,13 @@ class ComfyServer:
                 return
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not start in {seconds:.0f} s:\n{self.log()[-4000:]}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         self.stop()
-        raise RuntimeError(f"ComfyUI did not start in 180 s:\n{self.log()[-4000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -140,14 +161,49 @@ class ComfyServer:
         raise AssertionError(f"prompt {pid} did not finish in {timeout} s:\n{self.log()[-3000:]}")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        """SIGTERM to the server's process group, SIGKILL after 30 s; fails if a process of it survives."""
+        atexit.unregister(self.stop)
+        stop_process_group(self.proc, grace=30)
+        if not self._log.closed:
+            self._log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """End a child started with ``start_new_session=True`` and every process in its group; raise if any stays."""
+    pgid = proc.pid  # a new session's leader: its pid is the group id
+    if proc.poll() is None or _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.time() + 5
+        while _group_alive(pgid) and time.time() < deadline:
+            time.sleep(0.1)
+        if _group_alive(pgid):
             try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    proc.wait()
+    deadline = time.time() + 10
+    while _group_alive(pgid) and time.time() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        raise RuntimeError(f"process group {pgid} ({proc.args[0]}) still has processes after SIGKILL")
 
 
 def error_message(entry: dict) -> str | None:

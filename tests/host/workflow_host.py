@@ -164,7 +164,8 @@ class Frontend:
         port = _free_port()
         self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
                                       f"--remote-debugging-port={port}", f"--window-size={self.width},{self.height}",
-                                      "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             self.loop.run_until_complete(self._connect(port))
         except BaseException:
@@ -177,16 +178,15 @@ class Frontend:
             if getattr(self, "ws", None) is not None:
                 self.loop.run_until_complete(self._close())
         finally:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self.loop.close()
-            if self.profile:
-                shutil.rmtree(self.profile, ignore_errors=True)
+            try:
+                if self.proc is not None:
+                    from host_helpers import stop_process_group
+
+                    stop_process_group(self.proc, grace=10)  # chromium and its renderer/zygote children
+            finally:
+                self.loop.close()
+                if self.profile:
+                    shutil.rmtree(self.profile, ignore_errors=True)
 
     async def _connect(self, port: int):
         import aiohttp
