@@ -15,9 +15,37 @@ import torch
 import comfy.model_management as mm
 import comfy.utils
 
+from .checks import check_floats, near_limit_count
+
 logger = logging.getLogger(__name__)
 
 CATEGORY = "FaceAnon"
+
+#: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``.
+DETECTOR_MIN_FACE = 20.0
+#: A detection whose box side is below this factor x the smallest face is logged as close to the limit.
+NEAR_LIMIT_FACTOR = 1.5
+
+
+def detector_min_face_input():
+    return ("FLOAT", {"default": DETECTOR_MIN_FACE, "min": 12.0, "max": 4096.0, "step": 1.0,
+                      "tooltip": "smallest face the detector looks for (box side in pixels; the CLI's "
+                                 "--min-face-size). Faces smaller than this are never found, so never changed: "
+                                 "lower it for crowds and distant faces (12 is the detector's own limit)"})
+
+
+def log_near_limit(node: str, found_per_frame, limit: float) -> int:
+    """Log how many detections are close to the detector's smallest face (smaller faces may be missed)."""
+    found = [f for frame in found_per_frame for f in frame]
+    near = near_limit_count(found, limit, NEAR_LIMIT_FACTOR)
+    if near:
+        logger.warning("FaceAnon %s: %d of %d detection(s) are within %.1fx of the smallest face the detector "
+                       "looks for (%.0f px): smaller faces may have been missed; lower detector_min_face to find "
+                       "them", node, near, len(found), NEAR_LIMIT_FACTOR, limit)
+    else:
+        logger.info("FaceAnon %s: %d detection(s), none within %.1fx of the detector's smallest face (%.0f px)",
+                    node, len(found), NEAR_LIMIT_FACTOR, limit)
+    return near
 
 
 @dataclass
@@ -84,17 +112,20 @@ class FaceAnonDetectFaces:
                                         "tooltip": "skip faces with fewer pixels between the eyes"}),
             "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
             "if_no_face": (["continue", "error"], {"default": "continue"}),
-        }}
+        }, "optional": {"detector_min_face": detector_min_face_input()}}
 
-    def detect(self, image, threshold, min_face_size, crop_size, if_no_face):
+    def detect(self, image, threshold, min_face_size, crop_size, if_no_face, detector_min_face=DETECTOR_MIN_FACE):
         from ..faceanon_core.faces import align_faces, extract_crops
 
+        check_floats("Detect & Align Faces", threshold=threshold, min_face_size=min_face_size,
+                     detector_min_face=detector_min_face)
         frames = to_uint8_frames(image)
-        detector = _detector(float(threshold), 20.0)
-        faces, crops, small = [], [], []
+        detector = _detector(float(threshold), float(detector_min_face))
+        faces, crops, small, all_found = [], [], [], []
         pbar = comfy.utils.ProgressBar(len(frames))
         for index, frame in enumerate(frames):
             found = detector.detect(frame)
+            all_found.append(found)
             aligned, skipped = align_faces(found, frame_index=index, crop_size=crop_size,
                                            min_face_size=min_face_size, image_name=f"frame {index}")
             small.extend((index, face) for face in skipped)
@@ -106,6 +137,10 @@ class FaceAnonDetectFaces:
                 faces.extend(aligned)
                 crops.append(extract_crops(frame, aligned))
             pbar.update(1)
+        log_near_limit("Detect & Align Faces", all_found, float(detector_min_face))
+        if small:
+            logger.warning("FaceAnon: %d face(s) too small for the model (below %.0f px between the eyes): Paste "
+                           "Faces Back and Redact Faces blur them", len(small), min_face_size)
         result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size, small=small)
         if crops:
             batch = to_image(np.concatenate(crops))
@@ -134,6 +169,7 @@ class FaceAnonPasteFaces:
     def paste(self, image, crops, faces, feather, erode, color_match):
         from ..faceanon_core.faces import paste_back
 
+        check_floats("Paste Faces Back", feather=feather, erode=erode)
         if not isinstance(faces, FaceSet):
             raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
         frames = to_uint8_frames(image)
@@ -144,6 +180,8 @@ class FaceAnonPasteFaces:
             if tuple(frame.shape[:2]) != tuple(size):
                 raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
                                  f"on a {size[1]}x{size[0]} frame")
+        if not len(faces) and is_placeholder(crops):
+            crops = crops[:0]  # no face in any frame: the frames come back as they are (small faces blurred)
         if crops.shape[0] != len(faces):
             raise ValueError(f"got {crops.shape[0]} processed crops for {len(faces)} detected faces")
         if len(faces) and not torch.isfinite(crops).all():
@@ -166,6 +204,17 @@ class FaceAnonPasteFaces:
             out.append(frame)
             masks.append(mask)
         return to_image(out), torch.from_numpy(np.stack(masks))
+
+
+def placeholder(crops: torch.Tensor) -> torch.Tensor:
+    """What the all-in-one nodes return for an empty crop batch (a photo without faces): one black image,
+    so that a Preview or Save of the crops still works; Paste Faces Back ignores it."""
+    size = tuple(crops.shape[1:3]) if crops.ndim == 4 and min(crops.shape[1:3]) > 0 else (64, 64)
+    return torch.zeros((1, *size, 3), dtype=torch.float32, device=crops.device)
+
+
+def is_placeholder(crops: torch.Tensor) -> bool:
+    return crops.shape[0] == 0 or (crops.shape[0] == 1 and not bool(crops.any()))
 
 
 def _blur_small_faces(frame, mask, small, index):
@@ -197,26 +246,36 @@ class FaceAnonRedactFaces:
                 "strength": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05}),
                 "threshold": ("FLOAT", {"default": 0.95, "min": 0.5, "max": 0.999, "step": 0.005}),
             },
-            "optional": {"faces": ("FACEANON_FACES",)},
+            "optional": {"faces": ("FACEANON_FACES",), "detector_min_face": detector_min_face_input()},
         }
 
-    def redact(self, image, method, strength, threshold, faces=None):
+    def redact(self, image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE):
         from ..faceanon_core.faces.redact import redact_image
 
+        check_floats("Redact Faces", strength=strength, threshold=threshold, detector_min_face=detector_min_face)
         frames = to_uint8_frames(image)
+        if faces is not None and not isinstance(faces, FaceSet):
+            raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
         if faces is not None and len(faces.frame_sizes) != len(frames):
             raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
                              f"{len(faces.frame_sizes)} frames")
-        detector = None if faces is not None else _detector(float(threshold), 20.0)
-        out, masks = [], []
+        detector = None if faces is not None else _detector(float(threshold), float(detector_min_face))
+        out, masks, found = [], [], []
         pbar = comfy.utils.ProgressBar(len(frames))
         for index, frame in enumerate(frames):
             given = None
             if faces is not None:
+                # every face Detect found, those it set aside as too small for the model included
                 given = [_detected(f) for f in faces.faces if f.frame_index == index]
-            result = redact_image(frame, method, strength if strength > 0 else None, faces=given, detector=detector,
+                given += [f for i, f in faces.small if i == index]
+            else:
+                given = detector.detect(frame)
+                found.append(given)
+            result = redact_image(frame, method, strength if strength > 0 else None, faces=given,
                                   image_name=f"frame {index}")
             out.append(result.image)
             masks.append(result.mask)
             pbar.update(1)
+        if faces is None:
+            log_near_limit("Redact Faces", found, float(detector_min_face))
         return to_image(out), torch.from_numpy(np.stack(masks))

@@ -10,6 +10,8 @@ import comfy.model_management as mm
 
 from . import reference_patch
 from . import reference
+from .checks import check_face_image_size, check_finite_tensor, check_floats
+from .faces_nodes import placeholder
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +19,20 @@ logger = logging.getLogger(__name__)
 @torch.no_grad()
 def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed, steps,
          cfg, sampler_name, scheduler, same_image: bool):
-    """Both images resized to the model's resolution; the result resized back to the driving size."""
+    """Both images resized to the model's resolution; the result resized back to the driving size.
+
+    An empty driving batch (Detect & Align Faces found no face) gives one black placeholder without
+    running the model, so that previews work; Paste Faces Back then returns the photos unchanged."""
+    node = "Face Anonymize" if same_image else "Face Swap"
+    check_floats(node, degree=degree, cfg=cfg)
+    if isinstance(driving_image, torch.Tensor) and driving_image.ndim == 4 and driving_image.shape[0] == 0:
+        logger.warning("FaceAnon %s: no face crops (no face was detected): nothing to anonymize; returning a black "
+                       "placeholder (Paste Faces Back returns the photos unchanged)", node)
+        return placeholder(driving_image)
     reference.check_images(driving_image, "driving image")
+    what = "the driving image" if not same_image else "the image"
+    check_face_image_size(what, driving_image)
+    check_finite_tensor(f"{node}: {what}", driving_image)
     if vae is None or clip_vision is None:
         raise ValueError("connect a VAE and a CLIP vision model (the model folder has no vae/ or image_encoder/)")
     size = driving_refnet.resolution
@@ -29,7 +43,8 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
     if same_image:
         source_embeds, source_latents = driving_embeds, driving_latents
     else:
-        source_px = reference_patch.resize_images(reference.check_images(source_image, "source image"), size, size)
+        check_face_image_size("the source image", reference.check_images(source_image, "source image"))
+        source_px = reference_patch.resize_images(source_image, size, size)
         reference_patch.resolve_batch({"the source image": source_px.shape[0], "the driving image": batch})
         source_embeds = reference.encode_embeds(clip_vision, source_px)
         source_latents = reference.encode_latents(source_refnet, vae, source_px)
@@ -39,7 +54,7 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
     latent = {"samples": torch.zeros_like(driving_latents, device=mm.intermediate_device())}
     out = reference.dual_reference_sample(model, source, source_embeds, driving, driving_embeds, latent, seed, steps,
                                           cfg, sampler_name, scheduler)
-    images = vae.decode(out["samples"])  # sampling returns unscaled latents, as VAE Decode expects
+    images = check_finite_tensor(f"{node}: the decoded image", vae.decode(out["samples"]))  # unscaled latents in
     height, width = driving_image.shape[1:3]
     if tuple(images.shape[1:3]) != (height, width):
         images = reference_patch.resize_images(images, height, width)

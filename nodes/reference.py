@@ -18,6 +18,7 @@ import comfy.utils
 import latent_preview
 
 from . import comfy_layout, reference_patch
+from .checks import check_finite_tensor, check_floats
 from ..faceanon_core.method.states import ReferenceStates, expand_batch
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def encode_latents(refnet, vae, image: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, degree: float) -> ReferenceStates:
     """One ReferenceNet forward at t = 0 over the images plus one unconditional row."""
+    check_floats("Capture ReferenceNet States", degree=degree)
     if not hasattr(refnet, "patcher") or not hasattr(refnet, "layout"):
         raise ValueError("refnet must come from the FaceAnon model loader (FACEANON_REFNET)")
     batch = latents.shape[0]
@@ -109,6 +111,7 @@ def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, de
 
 def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float):
     """Eq. 2 on the states, Eq. 1 on the embeddings (see ``reference_patch.mix_captured``)."""
+    check_floats("Mix States", degree=degree)
     if not isinstance(states, ReferenceStates):
         raise ValueError("states must come from the FaceAnon ReferenceNet capture node")
     return reference_patch.mix_captured(states, embeds, degree)
@@ -157,7 +160,9 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
                           driving_states: ReferenceStates, driving_embeds: torch.Tensor, latent: dict, seed: int,
                           steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float = 1.0,
                           noise_mode: str = NOISE_MODES[0]) -> dict:
-    """ComfyUI sampling of a clone of ``model`` with the dual-reference attention installed."""
+    """ComfyUI sampling of a clone of ``model`` with the dual-reference attention installed. A non-finite
+    result is an error, never an output."""
+    check_floats("Dual-Reference Sampler", cfg=cfg, denoise=denoise)
     for what, states, role in (("source_states", source_states, "source"),
                                ("driving_states", driving_states, "driving")):
         if not isinstance(states, ReferenceStates):
@@ -199,7 +204,7 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
         if isinstance(patch, reference_patch.ReferenceKVPatch):
             patch.clear()  # the cached reference keys/values live for one sampling run
     result = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
-    result["samples"] = out
+    result["samples"] = check_finite_tensor("Dual-Reference Sampler: the sampled latent", out)
     return result
 
 

@@ -7,6 +7,7 @@ import logging
 
 import comfy.model_management as mm
 
+from .checks import check_floats
 from .faces_nodes import CATEGORY, FaceSet, to_image, to_uint8_frames
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class FaceAnonVerifyFaces:
         from ..faceanon_core.privacy.guard import check_faces
         from ..faceanon_core.privacy.identity import default_recognizer
 
+        check_floats("Verify Faces", threshold=threshold)
         if not isinstance(faces, FaceSet):
             raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
         originals = to_uint8_frames(original, "original")

@@ -190,10 +190,17 @@ def test_small_faces_are_skipped_with_a_warning(caplog):
     face = DetectedFace(box=(22, 7, 33, 21), score=0.99,
                         landmarks5=[[25, 12], [30, 12], [27.5, 15], [25.5, 17.5], [29.5, 17.5]])
     with caplog.at_level(logging.WARNING):
-        res = process_faces(img, identity, faces=[face], min_face_size=10)
+        res = process_faces(img, identity, faces=[face], min_face_size=10, small_faces="keep")
     assert res.faces == [] and len(res.skipped) == 1
-    assert "1 of 1 faces skipped" in caplog.text
-    assert np.array_equal(res.image, img)
+    assert "1 of 1 faces skipped" in caplog.text and "left unchanged" in caplog.text
+    assert np.array_equal(res.image, img)  # only when asked for: small_faces="keep"
+    blurred = process_faces(img, identity, faces=[face], min_face_size=10)  # default: "redact"
+    assert len(blurred.skipped) == 1 and blurred.mask.max() == 1.0
+    assert np.abs(blurred.image.astype(int) - img)[blurred.mask > 0.5].mean() > 2
+    with pytest.raises(FaceProcessingError, match="too small for the model.*--min-model-face"):
+        process_faces(img, identity, faces=[face], min_face_size=10, small_faces="fail")
+    with pytest.raises(ValueError, match="small_faces must be one of"):
+        process_faces(img, identity, faces=[face], small_faces="ignore")
 
 
 def test_big_photo_is_detected_on_a_downscaled_copy(det):

@@ -48,7 +48,8 @@ def test_our_definitions_are_read_from_the_node_code(info):
     assert sampler["output"] == ["LATENT"]
     assert "euler" in sampler["input"]["required"]["sampler_name"][0]
     assert info["FaceAnon_MixStates"]["input"]["required"]["degree"][1]["max"] == 3.0
-    assert info["FaceAnon_RedactFaces"]["input"]["optional"] == {"faces": ["FACEANON_FACES"]}
+    assert info["FaceAnon_RedactFaces"]["input"]["optional"]["faces"] == ["FACEANON_FACES"]
+    assert info["FaceAnon_RedactFaces"]["input"]["optional"]["detector_min_face"][1]["default"] == 20.0
     import sys
 
     assert "comfy" not in sys.modules and "folder_paths" not in sys.modules  # the stand-ins are gone

@@ -80,18 +80,11 @@ def verification(args):
 
 
 def handle_small_faces(result, policy: str, name: str) -> np.ndarray:
-    """Faces too small for the model must not leak: blur them, fail, or (asked) keep them."""
-    if not result.skipped or policy == "keep":
-        if result.skipped:
-            logger.warning("%s: %d small face(s) left unchanged (--small-faces keep)", name, len(result.skipped))
-        return result.image
-    if policy == "fail":
-        raise FaceProcessingError(f"{name}: {len(result.skipped)} face(s) too small for the model; "
-                                  "use --small-faces redact to blur them, or a smaller --min-face-size")
-    from ..faces.redact import redact_image
+    """Faces too small for the model: the library's policy (kept for callers of the old helper; the
+    photo loop passes ``small_faces`` to the library instead)."""
+    from ..faces import apply_small_face_policy
 
-    logger.info("%s: %d small face(s) blurred instead", name, len(result.skipped))
-    return redact_image(result.image, "blur", faces=result.skipped, image_name=name).image
+    return apply_small_face_policy(result, policy, name).image
 
 
 def run_anonymize_photos(args) -> int:
@@ -128,14 +121,15 @@ def run_anonymize_photos(args) -> int:
         image = load_image(src)
         if recognizer is None:
             result = process_faces(image.rgb, process_crops, detector=detector, batch_size=args.batch_size,
-                                   image_name=str(src), **min_size)
+                                   image_name=str(src), small_faces=args.small_faces, **min_size)
         else:
             from ..privacy.guard import guarded_process_faces
 
             result = guarded_process_faces(image.rgb, crop_anonymizer(pipe, args), recognizer, seed=args.seed,
                                            degree=args.degree, config=guard_config, detector=detector,
-                                           batch_size=args.batch_size, image_name=str(src), **min_size)
-        anonymized = handle_small_faces(result, args.small_faces, str(src))
+                                           batch_size=args.batch_size, image_name=str(src),
+                                           small_faces=args.small_faces, **min_size)
+        anonymized = result.image  # small faces already handled by the library (--small-faces)
         save_image(dst, anonymized, image.alpha, overwrite=args.overwrite,
                    strip_metadata=not args.keep_metadata, icc_profile=image.icc_profile,
                    exif=image.exif if args.keep_metadata else None)

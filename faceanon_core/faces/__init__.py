@@ -23,7 +23,16 @@ from .detect import (
     mtcnn_model_dir,
 )
 from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, MASK_AXES, MASK_CENTRE_Y, crop_mask, paste_back
-from .process import locate_faces, process_faces, process_faces_batch, run_crops
+from .process import (
+    DEFAULT_SMALL_FACES,
+    SMALL_FACE_POLICIES,
+    apply_small_face_policy,
+    check_small_face_policy,
+    locate_faces,
+    process_faces,
+    process_faces_batch,
+    run_crops,
+)
 from .records import (
     CROP_SIZE,
     DEFAULT_MIN_FACE_SIZE,
@@ -42,6 +51,10 @@ __all__ = [
     "DEFAULT_ERODE",
     "DEFAULT_FEATHER",
     "DEFAULT_MIN_FACE_SIZE",
+    "DEFAULT_SMALL_FACES",
+    "SMALL_FACE_POLICIES",
+    "apply_small_face_policy",
+    "check_small_face_policy",
     "DEFAULT_STRENGTH",
     "DetectedFace",
     "FaceDetector",

@@ -22,6 +22,44 @@ from .records import (
 
 logger = logging.getLogger(__name__)
 
+#: What happens to faces too small for the model (``min_face_size``): "redact" blurs them (the
+#: default: a face is never handed back unchanged), "fail" raises :class:`FaceProcessingError` (nothing
+#: is returned), "keep" leaves them as they are, with a warning (only when asked for explicitly).
+SMALL_FACE_POLICIES = ("redact", "fail", "keep")
+DEFAULT_SMALL_FACES = "redact"
+
+
+def check_small_face_policy(policy: str) -> str:
+    if policy not in SMALL_FACE_POLICIES:
+        raise ValueError(f"small_faces must be one of {', '.join(SMALL_FACE_POLICIES)}, got {policy!r}")
+    return policy
+
+
+def apply_small_face_policy(result: FacesResult, policy: str, image_name: str = "image") -> FacesResult:
+    """Blur, refuse or (asked) keep the faces of ``result.skipped``, the detections the model did not
+    process. Fails closed: a skipped face that cannot be redacted either (degenerate landmarks) raises."""
+    check_small_face_policy(policy)
+    small = list(result.skipped)
+    if not small:
+        return result
+    if policy == "keep":
+        logger.warning("%s: %d face(s) too small for the model left unchanged (small_faces='keep')",
+                       image_name, len(small))
+        return result
+    if policy == "fail":
+        raise FaceProcessingError(
+            f"{image_name}: {len(small)} face(s) too small for the model; nothing was written. Use "
+            "small_faces='redact' (CLI: --small-faces redact) to blur them, or a smaller min_face_size "
+            "(CLI: --min-model-face)"
+        )
+    from .redact import redact_image
+
+    red = redact_image(result.image, "blur", faces=small, image_name=image_name)  # raises for degenerate faces
+    logger.warning("%s: %d face(s) too small for the model were blurred instead", image_name, len(small))
+    result.image = red.image
+    result.mask = np.maximum(result.mask, red.mask)
+    return result
+
 # --------------------------------------------------------------------------- high level
 
 
@@ -108,8 +146,10 @@ def process_faces_batch(
     feather: float = DEFAULT_FEATHER,
     color_match: bool = False,
     image_names: Sequence[str] | None = None,
+    small_faces: str = DEFAULT_SMALL_FACES,
 ) -> list[FacesResult]:
     """:func:`process_faces` for several images, crops of all images batched together."""
+    check_small_face_policy(small_faces)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     names = list(image_names) if image_names is not None else [f"image {i}" for i in range(len(images))]
@@ -126,6 +166,11 @@ def process_faces_batch(
         )
         aligned_all.append(aligned)
         skipped_all.append(skipped)
+    if small_faces == "fail":  # refuse before the model runs
+        for i, sk in enumerate(skipped_all):
+            if sk:
+                apply_small_face_policy(FacesResult(images[i], np.zeros(images[i].shape[:2], np.float32), [], sk),
+                                        "fail", names[i])
 
     owners = [(names[i], f.index) for i, al in enumerate(aligned_all) for f in al]
     crops = [extract_crops(images[i], al) for i, al in enumerate(aligned_all) if al]
@@ -145,7 +190,8 @@ def process_faces_batch(
         else:
             img, mask = rgb.copy(), np.zeros(rgb.shape[:2], dtype=np.float32)
         results.append(FacesResult(image=img, mask=mask, faces=al, skipped=skipped_all[i]))
-    return results
+    # Only after every image is done: a "fail" raises before anything is handed back.
+    return [apply_small_face_policy(r, small_faces, names[i]) for i, r in enumerate(results)]
 
 
 def process_faces(
@@ -162,15 +208,23 @@ def process_faces(
     color_match: bool = False,
     image_name: str = "image",
     frame_index: int = 0,
+    small_faces: str = DEFAULT_SMALL_FACES,
 ) -> FacesResult:
     """Detect -> align -> ``process_crops`` -> paste back, for one HxWx3 uint8 image.
 
     ``process_crops`` receives float32 [n, S, S, 3] batches in 0..1 (at most
     ``batch_size`` crops) and must return an array (or torch tensor) of the
     same shape, finite, in 0..1. Anything else raises
-    :class:`FaceProcessingError` naming the image and face: the image is never
-    returned with a face left unprocessed. Pass ``faces`` to skip detection.
-    No face found: the image is returned unchanged (a copy), with a warning.
+    :class:`FaceProcessingError` naming the image and face. Pass ``faces`` to
+    skip detection. No face found: the image is returned unchanged (a copy),
+    with a warning.
+
+    Faces smaller than ``min_face_size`` (eye distance in pixels) are not given
+    to the model; they are listed in ``result.skipped`` and ``small_faces``
+    decides what happens to them (:data:`SMALL_FACE_POLICIES`): "redact" (the
+    default) blurs them in the returned image, "fail" raises
+    :class:`FaceProcessingError`, "keep" leaves them unchanged with a warning.
+    So with the default no detected face comes back unchanged.
     """
     res = process_faces_batch(
         [rgb],
@@ -184,6 +238,7 @@ def process_faces(
         feather=feather,
         color_match=color_match,
         image_names=[image_name],
+        small_faces=small_faces,
     )[0]
     for f in res.faces:
         f.frame_index = frame_index

@@ -22,7 +22,7 @@ import numpy as np
 from .align import TEMPLATE_EYE_DIST, align_faces, extract_crops
 from .detect import FaceDetector, default_detector
 from .paste import crop_mask, paste_back
-from .records import CROP_SIZE, DetectedFace, FacesResult
+from .records import CROP_SIZE, DetectedFace, FaceProcessingError, FacesResult
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ def redact_image(
     (default 0.35), or the number of pixel blocks across the face (default 8).
     ``color``: RGB fill for ``solid``. Pass ``faces`` to skip detection.
     No face found: the image is returned unchanged (a copy) with a warning.
+    A detected face that cannot be aligned (degenerate landmarks) raises
+    :class:`FaceProcessingError`: it would otherwise come back unredacted.
     """
     _check_method(method, strength)
     if faces is None:
@@ -115,6 +117,9 @@ def redact_image(
     aligned, skipped = align_faces(list(faces), crop_size=CROP_SIZE, min_face_size=0.0, image_name=image_name)
     if not faces:
         logger.warning("%s: no face found; image returned unchanged", image_name)
+    if skipped:
+        raise FaceProcessingError(f"{image_name}: {len(skipped)} detected face(s) have degenerate landmarks and "
+                                  "cannot be redacted; nothing was written")
     if not aligned:
         return RedactResult(rgb.copy(), np.zeros(rgb.shape[:2], np.float32), [], list(skipped))
     crops = extract_crops(rgb, aligned)

@@ -43,12 +43,15 @@ from ..faces import (
     DEFAULT_ERODE,
     DEFAULT_FEATHER,
     DEFAULT_MIN_FACE_SIZE,
+    DEFAULT_SMALL_FACES,
     AlignedFace,
     DetectedFace,
     FaceDetector,
     FaceProcessingError,
     FacesResult,
+    apply_small_face_policy,
     check_rgb,
+    check_small_face_policy,
     extract_crops,
     locate_faces,
     paste_back,
@@ -216,6 +219,7 @@ def guarded_process_faces(
     color_match: bool = False,
     image_name: str = "image",
     frame_index: int = 0,
+    small_faces: str = DEFAULT_SMALL_FACES,
 ) -> GuardedResult:
     """:func:`faceanon_core.faces.process_faces` with the identity check and retries.
 
@@ -224,16 +228,22 @@ def guarded_process_faces(
     failures and bad outputs raise :class:`FaceProcessingError` as in
     ``process_faces``. All faces of a try share its seed and degree. Faces too
     small for the model (``min_face_size``) are returned in ``skipped``,
-    unchecked, for the caller to redact. Raises :class:`IdentityLeakError`
+    unchecked, and handled by ``small_faces`` as in ``process_faces`` (default:
+    blurred). Raises :class:`IdentityLeakError`
     (with the records in ``.checks``) when a face still matches after every
     try and ``config.fallback == "fail"``.
     """
     config = config or GuardConfig()
+    check_small_face_policy(small_faces)
     threshold = config.threshold_for(recognizer)
     aligned, skipped = locate_faces(rgb, detector=detector, faces=faces, crop_size=crop_size,
                                     min_face_size=min_face_size, image_name=image_name, frame_index=frame_index)
+    if skipped and small_faces == "fail":  # refuse before the model runs
+        apply_small_face_policy(FacesResult(rgb, np.zeros(rgb.shape[:2], np.float32), [], skipped), "fail",
+                                image_name)
     if not aligned:
-        return GuardedResult(rgb.copy(), np.zeros(rgb.shape[:2], np.float32), aligned, skipped, [])
+        empty = GuardedResult(rgb.copy(), np.zeros(rgb.shape[:2], np.float32), aligned, skipped, [])
+        return apply_small_face_policy(empty, small_faces, image_name)
 
     name = getattr(recognizer, "name", type(recognizer).__name__)
     refs = recognizer.embed(rgb, [f.landmarks for f in aligned])
@@ -296,7 +306,7 @@ def guarded_process_faces(
                 raise IdentityLeakError(
                     f"{image_name}: face {c.face} still matches the original (distance {c.distance:.3f}) even "
                     "filled solid; the output was not written")
-    return GuardedResult(image, mask, aligned, skipped, checks)
+    return apply_small_face_policy(GuardedResult(image, mask, aligned, skipped, checks), small_faces, image_name)
 
 
 def _support(rgb: np.ndarray, faces: Sequence[AlignedFace]) -> np.ndarray:

@@ -1,0 +1,51 @@
+"""Input checks shared by the nodes (pure Python/torch, imports no ComfyUI: unit-testable without the host).
+
+ComfyUI's widget ranges do not stop NaN or infinity (they arrive through the API, from a
+primitive node or from a saved workflow), and a NaN degree samples a black image that would be
+saved as a success. Every float input of every node goes through :func:`check_floats`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_floats(node: str, **values) -> None:
+    """Raise ``ValueError`` naming the first input of ``node`` that is NaN or infinite."""
+    for name, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{node}: input '{name}' must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{node}: input '{name}' is {number}; it must be a finite number")
+
+
+def check_finite_tensor(what: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Fail instead of handing on a NaN/inf result (a broken sampler or VAE gives a black image)."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{what} holds {bad} NaN or infinite value(s); the result was not passed on. Check the "
+                         "degree, cfg and sampler settings and the model files (a broken or fp16-overflowing model "
+                         "gives NaN)")
+    return tensor
+
+
+#: Below this side (pixels) an image cannot hold a recognisable face: the all-in-one nodes refuse it.
+MIN_FACE_IMAGE_SIDE = 16
+
+
+def check_face_image_size(what: str, image: torch.Tensor) -> torch.Tensor:
+    height, width = int(image.shape[1]), int(image.shape[2])
+    if min(height, width) < MIN_FACE_IMAGE_SIDE:
+        raise ValueError(f"{what} is {width}x{height}: too small to hold a face (at least {MIN_FACE_IMAGE_SIDE} px "
+                         "a side). Face Anonymize takes aligned face crops: use Detect & Align Faces on photos")
+    return image
+
+
+def near_limit_count(faces, limit: float, factor: float = 1.5) -> int:
+    """How many detections have a box side (square root of its area) below ``factor`` x ``limit``: faces just
+    above the detector's smallest size, a sign that smaller faces nearby were missed."""
+    return sum(1 for f in faces if math.sqrt(max(f.area, 0.0)) < factor * float(limit))

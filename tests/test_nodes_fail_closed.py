@@ -1,0 +1,185 @@
+"""The face nodes fail closed, without a ComfyUI host (stand-in ComfyUI modules, see node_stubs.py).
+
+Redact Faces redacts the faces Detect set aside as too small for the model; a photo without faces goes
+through Detect -> Face Anonymize -> Paste Faces Back unchanged, with a non-empty crop output for previews;
+NaN/inf in any float input is refused naming the input; a 1x1 image is refused; non-finite results are
+errors. The same paths on a real ComfyUI: tests/host/test_leak_matrix_host.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from faces_helpers import astronaut
+from node_stubs import load_node_modules
+from test_leak_matrix import CHANGED, box_change, detections, mixed, sky
+
+NODES = load_node_modules("faces_nodes", "oneshot", "reference", "verify_node", "checks")
+fn, oneshot, reference, checks = NODES["faces_nodes"], NODES["oneshot"], NODES["reference"], NODES["checks"]
+
+
+def as_image(*frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(frames).astype(np.float32) / 255.0)
+
+
+def as_uint8(image: torch.Tensor) -> list[np.ndarray]:
+    return [np.round(f.numpy() * 255).astype(np.uint8) for f in image]
+
+
+def detect(image, min_face_size=10.0, **kw):
+    return fn.FaceAnonDetectFaces().detect(image, 0.95, min_face_size, 512, kw.pop("if_no_face", "continue"), **kw)
+
+
+def test_redact_with_detected_faces_redacts_the_small_ones_too():
+    photo = mixed()
+    crops, faces = detect(as_image(photo))
+    assert len(faces) == 4 and len(faces.small) == 1  # the 6 px face is too small for the model
+    out, mask = fn.FaceAnonRedactFaces().redact(as_image(photo), "blur", 0.0, 0.95, faces=faces)
+    result = as_uint8(out)[0]
+    for face in detections(mixed):
+        assert box_change(photo, result, face.box) > CHANGED, face.box
+
+
+def test_no_face_photo_comes_back_unchanged_through_detect_anonymize_paste(caplog):
+    photo = sky()
+    crops, faces = detect(as_image(photo))
+    assert crops.shape[0] == 0 and len(faces) == 0
+    with caplog.at_level(logging.WARNING):
+        anonymized = oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, crops, 1.25, 0, 2, 4.0,
+                                                           "euler", "normal")[0]
+    assert "no face" in caplog.text
+    assert anonymized.shape[0] >= 1  # PreviewImage / SaveImage of the crops get an image, never an empty batch
+    out, mask = fn.FaceAnonPasteFaces().paste(as_image(photo), anonymized, faces, 0.025, 0.02, False)
+    np.testing.assert_array_equal(as_uint8(out)[0], photo)
+    assert float(mask.max()) == 0.0
+    with pytest.raises(ValueError, match="no face found"):
+        detect(as_image(photo), if_no_face="error")
+
+
+def test_paste_still_refuses_crops_that_do_not_belong_to_the_faces():
+    photo = sky()
+    crops, faces = detect(as_image(photo))
+    with pytest.raises(ValueError, match="2 processed crops for 0 detected faces"):
+        fn.FaceAnonPasteFaces().paste(as_image(photo), torch.rand(2, 64, 64, 3), faces, 0.025, 0.02, False)
+
+
+BAD = [math.nan, math.inf, -math.inf]
+
+
+@pytest.mark.parametrize("value", BAD)
+@pytest.mark.parametrize("name", ["degree", "cfg"])
+def test_face_anonymize_refuses_non_finite_floats_naming_the_input(name, value):
+    kw = dict(degree=1.25, cfg=4.0)
+    kw[name] = value
+    with pytest.raises(ValueError, match=f"input '{name}'"):
+        oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, torch.rand(1, 64, 64, 3), kw["degree"],
+                                              0, 2, kw["cfg"], "euler", "normal")
+    with pytest.raises(ValueError, match=f"input '{name}'"):
+        oneshot.FaceAnonSwap().swap(None, None, None, None, None, torch.rand(1, 64, 64, 3), torch.rand(1, 64, 64, 3),
+                                    kw["degree"], 0, 2, kw["cfg"], "euler", "normal")
+
+
+@pytest.mark.parametrize("value", BAD)
+def test_granular_nodes_refuse_non_finite_floats(value):
+    with pytest.raises(ValueError, match="input 'degree'"):
+        reference.FaceAnonMixStates().mix(None, torch.zeros(1, 1, 8), value)
+    with pytest.raises(ValueError, match="input 'degree'"):
+        reference.capture_from_latents(None, torch.zeros(1, 4, 8, 8), torch.zeros(1, 1, 8), value)
+    for name in ("cfg", "denoise"):
+        kw = dict(cfg=4.0, denoise=1.0)
+        kw[name] = value
+        with pytest.raises(ValueError, match=f"input '{name}'"):
+            reference.dual_reference_sample(None, None, None, None, None, {}, 0, 2, kw["cfg"], "euler", "normal",
+                                            kw["denoise"])
+
+
+@pytest.mark.parametrize("value", BAD)
+def test_face_nodes_refuse_non_finite_floats(value):
+    img = as_image(sky())
+    for name in ("threshold", "min_face_size", "detector_min_face"):
+        kw = dict(threshold=0.95, min_face_size=10.0, detector_min_face=20.0)
+        kw[name] = value
+        with pytest.raises(ValueError, match=f"input '{name}'"):
+            fn.FaceAnonDetectFaces().detect(img, kw["threshold"], kw["min_face_size"], 512, "continue",
+                                            detector_min_face=kw["detector_min_face"])
+    crops, faces = detect(img)
+    for name in ("feather", "erode"):
+        kw = dict(feather=0.025, erode=0.02)
+        kw[name] = value
+        with pytest.raises(ValueError, match=f"input '{name}'"):
+            fn.FaceAnonPasteFaces().paste(img, crops, faces, kw["feather"], kw["erode"], False)
+    for name in ("strength", "threshold"):
+        kw = dict(strength=0.0, threshold=0.95)
+        kw[name] = value
+        with pytest.raises(ValueError, match=f"input '{name}'"):
+            fn.FaceAnonRedactFaces().redact(img, "blur", kw["strength"], kw["threshold"])
+    with pytest.raises(ValueError, match="input 'threshold'"):
+        NODES["verify_node"].FaceAnonVerifyFaces().verify(img, img, faces, value, "fail")
+
+
+def test_every_float_input_of_every_node_is_checked():
+    """Each FLOAT input of each node class is named in a check_floats call of its module (a new float input
+    without a check fails here)."""
+    import inspect
+
+    for module in (fn, oneshot, reference, NODES["verify_node"]):
+        source = inspect.getsource(module)
+        for cls in [c for c in vars(module).values() if isinstance(c, type) and hasattr(c, "INPUT_TYPES")]:
+            types = cls.INPUT_TYPES()
+            for section in types.values():
+                for name, spec in section.items():
+                    if spec[0] == "FLOAT":
+                        assert f"{name}={name}" in source, (cls.__name__, name)
+
+
+@pytest.mark.parametrize("side", [1, 8, 15])
+def test_images_too_small_for_a_face_are_refused(side):
+    with pytest.raises(ValueError, match=f"{side}x{side}: too small to hold a face"):
+        oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, torch.rand(1, side, side, 3), 1.25, 0,
+                                              2, 4.0, "euler", "normal")
+
+
+def test_a_1x1_photo_takes_the_no_face_path_through_detect_and_redact():
+    tiny = np.full((1, 1, 3), 120, np.uint8)
+    crops, faces = detect(as_image(tiny))
+    assert len(faces) == 0
+    out, _ = fn.FaceAnonRedactFaces().redact(as_image(tiny), "blur", 0.0, 0.95)
+    np.testing.assert_array_equal(as_uint8(out)[0], tiny)
+
+
+def test_non_finite_results_are_errors():
+    with pytest.raises(ValueError, match="sampled latent holds 1 NaN"):
+        checks.check_finite_tensor("Dual-Reference Sampler: the sampled latent",
+                                   torch.tensor([0.0, math.nan]))
+    checks.check_finite_tensor("ok", torch.zeros(3))
+
+
+def test_near_limit_detections_are_logged(caplog):
+    photo = mixed()
+    with caplog.at_level(logging.INFO):
+        detect(as_image(photo), detector_min_face=20.0)
+    # the 6 px face has a 12x17 px box: within 1.5x of the 20 px limit
+    assert "1 of 5 detection(s) are within 1.5x of the smallest face" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        detect(as_image(astronaut()), detector_min_face=20.0)
+    assert "none within 1.5x" in caplog.text
+
+
+def test_detector_min_face_reaches_the_detector():
+    assert fn._detector(0.95, 40.0).min_face_size == 40.0
+    spec = fn.FaceAnonDetectFaces.INPUT_TYPES()["optional"]["detector_min_face"]
+    assert spec[1]["default"] == 20.0  # the CLI's --min-face-size default
+    assert fn.FaceAnonRedactFaces.INPUT_TYPES()["optional"]["detector_min_face"][1]["default"] == 20.0
+
+
+def test_a_nan_pixel_is_blamed_on_the_image_not_on_a_setting():
+    image = torch.rand(1, 64, 64, 3)
+    image[0, 3, 3, 0] = math.nan
+    with pytest.raises(ValueError, match="Face Anonymize: the image holds 1 NaN"):
+        oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, image, 1.25, 0, 2, 4.0, "euler", "normal")
