@@ -57,13 +57,32 @@ def list_model_folders() -> list[str]:
     return sorted(found)
 
 
+DOWNLOAD_NAME = "face-anon-simple"  # the folder name the README and `faceanon models download` use
+
+
+def missing_folder_message(name: str | None) -> str:
+    """What a user with no (or another) model folder reads: where the folder goes and the command that fetches it."""
+    roots = [str(Path(r)) for r in folder_paths.get_folder_paths(FOLDER_NAME)]
+    target = Path(roots[0] if roots else os.path.join(folder_paths.models_dir, FOLDER_NAME)) / DOWNLOAD_NAME
+    found = list_model_folders()
+    what = f"the FaceAnon model folder {name!r} was not found" if name else "no FaceAnon model folder is installed"
+    return (f"{what} (searched: {', '.join(roots) or '(no faceanon folder registered)'}; "
+            f"found: {', '.join(found) if found else 'none'}). Put a model folder at models/faceanon/<name>/ "
+            "(unet/, referencenet/, conditioning_referencenet/, each config.json + "
+            "diffusion_pytorch_model.safetensors; optionally vae/, image_encoder/), or list its parent under a "
+            "'faceanon:' key in extra_model_paths.yaml. Fetch the published weights with "
+            f"`faceanon models download --to {target}`, then refresh the node (R) or restart ComfyUI.")
+
+
 def resolve_model_folder(name: str) -> Path:
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(f"model_folder {name!r} must be a folder name under models/faceanon/, not a path")
     for root in folder_paths.get_folder_paths(FOLDER_NAME):
         path = Path(root) / name
         if path.is_dir():
             return path
-    roots = ", ".join(folder_paths.get_folder_paths(FOLDER_NAME)) or "(none registered)"
-    raise FileNotFoundError(f"FaceAnon model folder {name!r} not found under {roots}")
+    raise FileNotFoundError(missing_folder_message(name))
 
 
 class FaceAnonSD2Config(comfy.supported_models.SD20):
@@ -228,6 +247,11 @@ def load_model_folder(name: str):
     return unet, refnets[0], refnets[1], vae, clip
 
 
+MODEL_FOLDER_TOOLTIP = ("A model folder under models/faceanon/ (or a 'faceanon:' path of extra_model_paths.yaml) "
+                        "with unet/, referencenet/, conditioning_referencenet/. Empty list: no weights installed; "
+                        f"fetch them with `faceanon models download --to ComfyUI/models/faceanon/{DOWNLOAD_NAME}`.")
+
+
 class FaceAnonModelLoader:
     DESCRIPTION = ("Loads a FaceAnon model folder from models/faceanon/ (unet/, referencenet/, "
                    "conditioning_referencenet/; optional vae/ and image_encoder/). MODEL is the UNet (v-prediction); "
@@ -239,7 +263,18 @@ class FaceAnonModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model_folder": (list_model_folders(),)}}
+        return {"required": {"model_folder": (list_model_folders(), {"tooltip": MODEL_FOLDER_TOOLTIP})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_folder):
+        """Replaces ComfyUI's generic "Value not in list" (an empty list when no weights are installed)."""
+        if not isinstance(model_folder, str) or not model_folder:
+            return missing_folder_message(None)
+        try:
+            resolve_model_folder(model_folder)
+        except (FileNotFoundError, ValueError) as exc:
+            return str(exc)
+        return True
 
     def load(self, model_folder):
         return load_model_folder(model_folder)

