@@ -21,6 +21,7 @@ from ..media.images import load_image, save_image
 from ..media.manifest import Manifest, run_batch
 from .common import CliError, add_model_options, generators, load_pipeline, plan_crops, plan_images, read_rgb, write_rgb
 from .faces import add_detector_args, detector_from_args
+from .video import add_video_options, is_video_run, run_anonymize_video
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="a face still recognizable after every try: fail the photo (default) or blur it")
     add_detector_args(anon)
     add_model_options(anon)
+    add_video_options(anon, anonymize=True)
     anon.set_defaults(func=run_anonymize)
 
     swap = sub.add_parser("swap", help="put the face of --source onto each --driving crop")
@@ -197,6 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_anonymize(args) -> int:
+    if is_video_run(args.inputs):  # videos: tracks, one identity per track, see cli/video.py
+        return run_anonymize_video(args, detector_from_args)
     if args.aligned:
         return run_anonymize_aligned(args)
     return run_anonymize_photos(args)

@@ -20,6 +20,7 @@ from ..faces.redact import DEFAULT_STRENGTH, METHODS, redact_image
 from ..media.images import ImageReadError, load_image, save_image
 from ..media.manifest import Manifest, run_batch
 from ..media.plans import InputError, expand_inputs, plan_outputs
+from .video import add_video_options, is_video_run, run_redact_video
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ext", default=None, metavar="EXT", help="output format by extension (png, jpg, webp, tiff, bmp); default: as input")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
     add_detector_args(p)
+    add_video_options(p, anonymize=False)
     p.set_defaults(func=cmd_redact)
 
     d = subparsers.add_parser("detect", help="list the faces found in a photo",
@@ -112,6 +114,8 @@ def _fail(cmd: str, msg: str) -> int:
 
 
 def cmd_redact(args: argparse.Namespace) -> int:
+    if is_video_run(args.inputs):  # videos: tracks, see cli/video.py
+        return run_redact_video(args, detector_from_args)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         return _fail("redact", f"{out_dir}: output exists and is not a folder")

@@ -33,6 +33,26 @@ class FaceAnonOutput:
     images: list | np.ndarray | torch.Tensor
 
 
+@dataclass
+class SourceIdentity:
+    """The source branch, computed once: what every driving image is sampled against.
+
+    ``embeds`` is the source CLIP embedding after Eq. 1 (``[B,1,C]``, the UNet's source context
+    token), ``states`` the source ReferenceNet states after Eq. 2 (conditional and unconditional).
+    A batch of 1 broadcasts over any driving batch, so one identity serves every frame of a video
+    track: one source ReferenceNet pass per track instead of one per frame, and the same anonymous
+    identity in every frame. Made by :meth:`FaceAnonPipeline.encode_source`.
+    """
+
+    embeds: torch.Tensor
+    states: ReferenceStates
+    degree: float
+
+    @property
+    def batch(self) -> int:
+        return int(self.embeds.shape[0])
+
+
 def to_image_batch(images, what: str = "images") -> torch.Tensor:
     """PIL / uint8 numpy / float tensors, single or lists -> float32 ``[B,3,H,W]`` in 0..1.
 
@@ -197,6 +217,20 @@ class FaceAnonPipeline(DiffusionPipeline):
                                        torch.zeros_like(embeds[:1]))
         return ReferenceStates(cond=cond, uncond=uncond).mixed(degree)
 
+    @torch.no_grad()
+    def encode_source(self, images, degree: float = 1.25, height: int = 512, width: int = 512) -> SourceIdentity:
+        """The source branch (CLIP embedding, Eq. 1, source ReferenceNet, Eq. 2) of ``images``, once.
+
+        Pass the result as ``source`` to :meth:`anonymize` or :meth:`swap` to sample any number of
+        driving images against it; the result equals a call that computes it per driving image.
+        """
+        if not np.isfinite(degree):
+            raise ValueError(f"degree must be a finite number, got {degree}")
+        pixels = self._prepare_images(images, height, width, "source image")
+        embeds = self.encode_image_embeds(pixels)
+        states = self.source_states(self.encode_latents(pixels), embeds, degree)
+        return SourceIdentity(embeds=mix_embeds(embeds, degree), states=states, degree=float(degree))
+
     # -- sampling -----------------------------------------------------------------------
 
     def prepare_latents(self, batch, height, width, dtype, generator, latents):
@@ -225,25 +259,37 @@ class FaceAnonPipeline(DiffusionPipeline):
         return_dict: bool = True,
         same_image: bool = False,
     ):
+        """``source`` may be a :class:`SourceIdentity` (from :meth:`encode_source`): its states and
+        embedding are used as they are, and ``degree`` is the one it was made with."""
+        if isinstance(source, SourceIdentity):
+            degree = source.degree
         self.check_inputs(height, width, degree, guidance_scale, num_inference_steps, output_type)
         driving_px = self._prepare_images(driving, height, width, "driving image")
         batch = driving_px.shape[0]
-        source_px = driving_px if same_image else self._prepare_images(source, height, width, "source image")
-        source_px = expand_batch(source_px, batch, "the source image")
 
         dtype = self.unet.dtype
         driving_embeds = self.encode_image_embeds(driving_px)
         driving_latents = self.encode_latents(driving_px)
-        if same_image:
-            source_embeds, source_latents = driving_embeds, driving_latents
+        if isinstance(source, SourceIdentity):
+            if source.batch not in (1, batch):
+                raise ValueError(f"the source identity has batch {source.batch}; expected 1 or {batch} "
+                                 "(the driving batch)")
+            identity = source
         else:
-            source_embeds = self.encode_image_embeds(source_px)
-            source_latents = self.encode_latents(source_px)
-        source = self.source_states(source_latents, source_embeds, degree)
+            if same_image:
+                source_embeds, source_latents = driving_embeds, driving_latents
+            else:
+                source_px = expand_batch(self._prepare_images(source, height, width, "source image"), batch,
+                                         "the source image")
+                source_embeds = self.encode_image_embeds(source_px)
+                source_latents = self.encode_latents(source_px)
+            identity = SourceIdentity(embeds=mix_embeds(source_embeds, degree),
+                                      states=self.source_states(source_latents, source_embeds, degree),
+                                      degree=float(degree))
         driving_states = self.reference_states(self.conditioning_referencenet, driving_latents, driving_embeds)
 
         cfg = guidance_scale != 1.0
-        tokens, context = self._reference_tokens(source, driving_states, mix_embeds(source_embeds, degree),
+        tokens, context = self._reference_tokens(identity.states, driving_states, identity.embeds,
                                                  driving_embeds, batch, cfg, dtype)
         latents = self.prepare_latents(batch, height, width, dtype, generator, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
@@ -287,12 +333,21 @@ class FaceAnonPipeline(DiffusionPipeline):
 
     # -- the two tasks ------------------------------------------------------------------
 
-    def anonymize(self, images, degree: float = 1.25, **kwargs):
-        """Same image as source and driving; ``degree`` 1 removes the identity, > 1 goes past it."""
+    def anonymize(self, images, degree: float = 1.25, source: SourceIdentity | None = None, **kwargs):
+        """Same image as source and driving; ``degree`` 1 removes the identity, > 1 goes past it.
+
+        With ``source`` (an :meth:`encode_source` result, e.g. of a video track's keyframe) every
+        image is a driving image against that one identity, and ``degree`` is the identity's.
+        """
+        if source is not None:
+            if not isinstance(source, SourceIdentity):
+                raise TypeError(f"source must be a SourceIdentity from encode_source, got {type(source).__name__}")
+            return self(source, images, **kwargs)
         return self(images, images, degree=degree, same_image=True, **kwargs)
 
     def swap(self, source, driving, degree: float = 0.0, **kwargs):
-        """The identity of ``source`` with the pose, expression and background of ``driving``."""
+        """The identity of ``source`` (images, or a :class:`SourceIdentity`) with the pose, expression
+        and background of ``driving``."""
         return self(source, driving, degree=degree, **kwargs)
 
 

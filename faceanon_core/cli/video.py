@@ -1,0 +1,224 @@
+"""``faceanon redact`` / ``faceanon anonymize`` on video files (mp4, mov, mkv, webm, avi, m4v).
+
+Streaming, in passes over the file, so memory is bounded by a chunk of frames, never the length
+of the video:
+
+1. decode and detect every frame (frames turned upright first, as the detector wants); only the
+   detections are kept;
+2. link them into face tracks (:func:`faces.tracks.track_faces`: gap filling, holds, smoothing);
+3. (anonymize, per-track identity) decode up to the last keyframe and keep each track's keyframe crop;
+4. decode again, process every tracked face of every frame (detected, interpolated, held), encode.
+
+Encoding is :class:`media.video.VideoWriter`: same frame count, timestamps (VFR kept), size and
+rotation, audio copied, metadata stripped, written to a temporary file renamed at the end; an
+error or Ctrl-C leaves no output, so a rerun simply starts again. Errors are one line naming the
+file, exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..faces import FaceDetectorError, FaceProcessingError
+from ..faces.tracks import DEFAULT_MAX_GAP, FaceTracks, LandmarkSmoothing, track_faces
+from ..faces.video import IDENTITY_MODES, TrackAnonymizer, keyframe_crop, process_frames, redact_frames
+from ..media.video import (
+    VIDEO_EXTENSIONS,
+    OutputExistsError,
+    VideoInfo,
+    VideoReadError,
+    VideoWriteError,
+    VideoWriter,
+    from_upright,
+    iter_frames,
+    probe_video,
+    remove_stale_partials,
+    to_upright,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["add_video_options", "is_video_run", "run_anonymize_video", "run_redact_video", "video_tracks"]
+
+#: Frames decoded and processed together (the memory bound: a few 1080p frames).
+CHUNK = 8
+_ERRORS = (VideoReadError, VideoWriteError, OutputExistsError, FaceProcessingError, FaceDetectorError, ValueError)
+
+
+def is_video_run(inputs) -> bool:
+    """True when some input is a file with a video extension (the command then works on videos)."""
+    return any(Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir() for p in inputs)
+
+
+def add_video_options(parser: argparse.ArgumentParser, *, anonymize: bool) -> None:
+    """The options that only matter for video inputs."""
+    g = parser.add_argument_group("video inputs")
+    if anonymize:
+        g.add_argument("--identity", choices=IDENTITY_MODES, default="per-track",
+                       help="per-track (default): one anonymous identity per person, from the track's best "
+                            "frame; per-frame: every frame anonymized on its own (identities flicker)")
+    g.add_argument("--max-gap", type=int, default=DEFAULT_MAX_GAP, metavar="FRAMES",
+                   help=f"frames a face may go undetected and keep its track; those frames are filled by "
+                        f"interpolation, and as many are held at a track's ends (default {DEFAULT_MAX_GAP})")
+    g.add_argument("--no-smoothing", action="store_true", help="do not smooth landmarks along tracks")
+    g.add_argument("--tracks-json", metavar="PATH", default=None, help="also write the face tracks as JSON")
+
+
+def _fail(cmd: str, msg: str) -> int:
+    print(f"faceanon {cmd}: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def _plan(cmd: str, args) -> list[tuple[VideoInfo, Path]]:
+    """(probed input, output file) per video; raises ValueError with a message for the user."""
+    inputs = [Path(p) for p in args.inputs]
+    not_video = [str(p) for p in inputs if p.suffix.lower() not in VIDEO_EXTENSIONS or p.is_dir()]
+    if not_video:
+        raise ValueError(f"{', '.join(not_video)}: videos and photos go in separate runs of `faceanon {cmd}`")
+    out = Path(args.output).expanduser()
+    if len(inputs) == 1 and out.suffix.lower() in VIDEO_EXTENSIONS:
+        pairs = [(inputs[0], out)]
+    elif out.suffix and not out.is_dir():
+        if len(inputs) > 1:
+            raise ValueError(f"{out}: several videos need an output folder, not a file")
+        raise ValueError(f"{out}: the output of a video must be a video file "
+                         f"({', '.join(sorted(VIDEO_EXTENSIONS))}) or a folder")
+    else:
+        pairs = [(p, out / p.name) for p in inputs]
+        if len({o for _, o in pairs}) != len(pairs):
+            raise ValueError("two input videos have the same name; process them in separate runs")
+    plan = []
+    for src, dst in pairs:
+        info = probe_video(src)  # missing, 0 bytes, audio only, not a video, truncated: VideoReadError
+        if dst.exists() and not args.overwrite:
+            raise OutputExistsError(f"{dst}: output exists; pass --overwrite to replace it")
+        plan.append((info, dst))
+    return plan
+
+
+def _bar(info: VideoInfo, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=info.frames, unit="frame", desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def video_tracks(info: VideoInfo, detector, *, max_gap: int = DEFAULT_MAX_GAP, smoothing: bool = True) -> FaceTracks:
+    """Pass 1: detect on every (upright) frame, keeping only the detections, then track."""
+    detections = []
+    with _bar(info, "detect") as bar:
+        for chunk in iter_frames(info, CHUNK):
+            for frame in chunk:
+                detections.append(detector.detect(to_upright(frame.rgb, info.rotation)))
+            bar.update(len(chunk))
+    window = LandmarkSmoothing() if smoothing else None
+    return track_faces(detections, max_gap=max_gap, smoothing=window)
+
+
+def _keyframe_crops(info: VideoInfo, tracks: FaceTracks, crop_size: int) -> dict:
+    """Each track's keyframe crop (decoding stops at the last keyframe)."""
+    wanted: dict[int, list] = {}
+    for tid in tracks.track_ids:
+        key = tracks.keyframe(tid)
+        wanted.setdefault(key.frame_index, []).append(key)
+    crops = {}
+    if not wanted:
+        return crops
+    last = max(wanted)
+    for chunk in iter_frames(info, CHUNK):
+        for frame in chunk:
+            for key in wanted.get(frame.index, ()):
+                crops[key.track_id] = keyframe_crop(to_upright(frame.rgb, info.rotation), key, crop_size)
+        if chunk[-1].index >= last:
+            break
+    return crops
+
+
+def _write(info: VideoInfo, dst: Path, overwrite: bool, process_chunk, desc: str) -> Path:
+    """Last pass: decode, ``process_chunk(upright frames, indices) -> upright frames``, encode."""
+    remove_stale_partials(dst.parent if dst.parent.exists() else Path("."))
+    with VideoWriter(dst, info, overwrite=overwrite) as writer, _bar(info, desc) as bar:
+        for chunk in iter_frames(info, CHUNK):
+            ups = [to_upright(f.rgb, info.rotation) for f in chunk]
+            done = process_chunk(ups, [f.index for f in chunk])
+            for frame, rgb in zip(chunk, done, strict=True):
+                writer.write(frame.with_rgb(from_upright(rgb, info.rotation)))
+            bar.update(len(chunk))
+    return dst
+
+
+def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args) -> None:
+    faces = [f for tid in tracks.track_ids for f in tracks.track(tid)]
+    filled = sum(not f.detected for f in faces)
+    print(f"{cmd}: {info.path} -> {dst}: {info.frames} frames, {len(tracks)} face track(s), "
+          f"{len(faces)} face-frames processed ({filled} filled in where the detector missed the face)",
+          file=sys.stderr)
+    if args.tracks_json:
+        path = Path(args.tracks_json)
+        if len(args.inputs) > 1:
+            path = path.with_name(f"{path.stem}-{Path(info.path).stem}{path.suffix}")
+        path.write_text(json.dumps(tracks.to_dict()))
+
+
+def run_redact_video(args, detector_from_args) -> int:
+    """``faceanon redact clip.mp4 -o out.mp4``: every tracked face of every frame redacted.
+
+    ``detector_from_args(args)`` makes the face detector (the photo commands' options)."""
+    try:
+        plan = _plan("redact", args)
+        detector = detector_from_args(args)
+        for info, dst in plan:
+            tracks = video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
+
+            def chunk_fn(frames, indices, tracks=tracks, info=info):
+                res = redact_frames(frames, indices, tracks, args.method, args.strength, color=args.color,
+                                    name=info.path)
+                return [r.image for r in res]
+
+            _write(info, dst, args.overwrite, chunk_fn, "redact")
+            _report("redact", info, dst, tracks, args)
+    except _ERRORS as exc:
+        return _fail("redact", str(exc))
+    return 0
+
+
+def run_anonymize_video(args, detector_from_args) -> int:
+    """``faceanon anonymize clip.mp4 -o out.mp4``: one anonymous identity per track (``--identity``)."""
+    from ..faces.records import CROP_SIZE
+    from .common import CliError, load_pipeline
+
+    if args.verify:
+        raise CliError("--verify (the identity-leak guard) does not run on videos yet; run without it, and "
+                       "check the result with `faceanon eval`")
+    if args.aligned:
+        raise CliError("--aligned takes face crops (photos), not videos")
+    try:
+        plan = _plan("anonymize", args)
+        detector = detector_from_args(args)
+        all_tracks = [video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
+                      for info, _ in plan]
+    except _ERRORS as exc:
+        return _fail("anonymize", str(exc))
+    pipe = load_pipeline(args)
+    pipe.set_progress_bar_config(disable=True)
+    min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
+    try:
+        for (info, dst), tracks in zip(plan, all_tracks):
+            keys = _keyframe_crops(info, tracks, CROP_SIZE) if args.identity == "per-track" else None
+            anonymizer = TrackAnonymizer(pipe, keys, identity=args.identity, degree=args.degree, seed=args.seed,
+                                         guidance_scale=args.guidance, num_inference_steps=args.steps,
+                                         size=args.size)
+
+            def chunk_fn(frames, indices, tracks=tracks, info=info, anonymizer=anonymizer):
+                res = process_frames(frames, indices, tracks, anonymizer, batch_size=args.batch_size,
+                                     small_faces=args.small_faces, name=info.path, **min_size)
+                return [r.image for r in res]
+
+            _write(info, dst, args.overwrite, chunk_fn, "anonymize")
+            _report("anonymize", info, dst, tracks, args)
+    except _ERRORS as exc:
+        return _fail("anonymize", str(exc))
+    return 0
