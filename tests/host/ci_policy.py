@@ -45,14 +45,17 @@ def pytest_runtest_makereport(item, call):
     if item.get_closest_marker("host") is None:
         return report
     allowed = gpu_only(item) and bool(os.environ.get("COMFYUI_PATH"))
-    if report.skipped and in_ci() and not hasattr(report, "wasxfail") and not allowed:
+    refused = report.skipped and in_ci() and not hasattr(report, "wasxfail") and not allowed
+    if refused:
         reason = _skip_reason(report)
         report.outcome = "failed"
         report.longrepr = (f"CI=true: a host test may skip only when it needs a GPU (pytest.mark.host(needs_gpu="
                            f"True)) and COMFYUI_PATH is set; this one skipped: {reason}")
     outcomes = item.config.stash.setdefault(_OUTCOMES, {})
     previous = outcomes.get(item.nodeid)
-    if report.failed:
+    if refused:
+        outcomes[item.nodeid] = "refused" if previous != "failed" else previous
+    elif report.failed:
         outcomes[item.nodeid] = "failed"
     elif report.skipped and previous != "failed":
         outcomes[item.nodeid] = "skipped"
@@ -65,8 +68,11 @@ def pytest_terminal_summary(terminalreporter, config):
     outcomes = config.stash.get(_OUTCOMES, {})
     if not outcomes:
         return
-    counts = {kind: sum(1 for v in outcomes.values() if v == kind) for kind in ("passed", "failed", "skipped")}
+    counts = {kind: sum(1 for v in outcomes.values() if v == kind)
+              for kind in ("passed", "failed", "skipped", "refused")}
     host = os.environ.get("COMFYUI_PATH") or "no COMFYUI_PATH"
-    terminalreporter.write_line(
-        f"host tests ({host}): {counts['passed'] + counts['failed']} ran ({counts['passed']} passed, "
-        f"{counts['failed']} failed), {counts['skipped']} skipped{' (CI: GPU only)' if in_ci() else ''}")
+    line = (f"host tests ({host}): {counts['passed'] + counts['failed']} ran ({counts['passed']} passed, "
+            f"{counts['failed']} failed), {counts['skipped']} skipped{' (GPU only)' if in_ci() else ''}")
+    if counts["refused"]:
+        line += f", {counts['refused']} skipped but failed (CI allows only GPU skips)"
+    terminalreporter.write_line(line)
