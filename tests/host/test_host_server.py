@@ -3,7 +3,8 @@
 Set COMFYUI_PATH to a ComfyUI checkout and COMFYUI_PYTHON to the interpreter of its environment
 (default: this interpreter); without COMFYUI_PATH every test here is skipped (in CI, where
 ``ci_policy`` allows only GPU skips, that is a failure). The parts that import ComfyUI itself run in
-COMFYUI_PYTHON (``inprocess_parity.py``), so this file runs under the project's own test environment.
+COMFYUI_PYTHON (``inprocess_parity.py``), so this file runs under either interpreter (CI runs
+``"$COMFYUI_PYTHON" -m pytest tests/host``).
 (No conftest.py in this folder: the top-level tests import ``conftest`` by name.)
 """
 
