@@ -97,7 +97,9 @@ def _detected(face):
 class FaceAnonDetectFaces:
     DESCRIPTION = ("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square crop. "
                    "Returns all crops of all frames as one IMAGE batch (in frame order) and the face list for "
-                   "Paste Faces Back. Frames without a face are logged and contribute no crop.")
+                   "Paste Faces Back. Frames without a face are logged and contribute no crop; with no face in any "
+                   "frame, crops is one black placeholder (Face Anonymize passes it on without running the model, "
+                   "Paste Faces Back returns the frames unchanged).")
     CATEGORY = CATEGORY
     FUNCTION = "detect"
     RETURN_TYPES = ("IMAGE", "FACEANON_FACES")
@@ -144,8 +146,8 @@ class FaceAnonDetectFaces:
         result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size, small=small)
         if crops:
             batch = to_image(np.concatenate(crops))
-        else:
-            batch = torch.zeros((0, crop_size, crop_size, 3))
+        else:  # never an empty batch: a Preview/Save of the crops would fail on it
+            batch = placeholder(torch.zeros((0, crop_size, crop_size, 3)))
         return batch.to(mm.intermediate_device()), result
 
 
@@ -207,8 +209,8 @@ class FaceAnonPasteFaces:
 
 
 def placeholder(crops: torch.Tensor) -> torch.Tensor:
-    """What the all-in-one nodes return for an empty crop batch (a photo without faces): one black image,
-    so that a Preview or Save of the crops still works; Paste Faces Back ignores it."""
+    """The crop batch of a photo without faces (Detect, Face Anonymize/Swap): one black image, never an empty
+    batch, so that a Preview or Save of the crops still works; Paste Faces Back ignores it (no faces)."""
     size = tuple(crops.shape[1:3]) if crops.ndim == 4 and min(crops.shape[1:3]) > 0 else (64, 64)
     return torch.zeros((1, *size, 3), dtype=torch.float32, device=crops.device)
 

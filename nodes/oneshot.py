@@ -11,7 +11,7 @@ import comfy.model_management as mm
 from . import reference_patch
 from . import reference
 from .checks import check_face_image_size, check_finite_tensor, check_floats
-from .faces_nodes import placeholder
+from .faces_nodes import is_placeholder, placeholder
 
 logger = logging.getLogger(__name__)
 
@@ -21,18 +21,25 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
          cfg, sampler_name, scheduler, same_image: bool):
     """Both images resized to the model's resolution; the result resized back to the driving size.
 
-    An empty driving batch (Detect & Align Faces found no face) gives one black placeholder without
+    No driving face (an empty batch, or Detect's black placeholder) gives one black placeholder without
     running the model, so that previews work; Paste Faces Back then returns the photos unchanged."""
     node = "Face Anonymize" if same_image else "Face Swap"
     check_floats(node, degree=degree, cfg=cfg)
-    if isinstance(driving_image, torch.Tensor) and driving_image.ndim == 4 and driving_image.shape[0] == 0:
-        logger.warning("FaceAnon %s: no face crops (no face was detected): nothing to anonymize; returning a black "
-                       "placeholder (Paste Faces Back returns the photos unchanged)", node)
+    if isinstance(driving_image, torch.Tensor) and driving_image.ndim == 4 and is_placeholder(driving_image):
+        logger.warning("FaceAnon %s: no face crops (no face was detected, or an all-black image): nothing to "
+                       "anonymize; returning a black placeholder (Paste Faces Back returns the photos unchanged)",
+                       node)
         return placeholder(driving_image)
     reference.check_images(driving_image, "driving image")
     what = "the driving image" if not same_image else "the image"
     check_face_image_size(what, driving_image)
     check_finite_tensor(f"{node}: {what}", driving_image)
+    if not same_image:
+        check_face_image_size("the source image", reference.check_images(source_image, "source image"))
+        check_finite_tensor(f"{node}: the source image", source_image)
+        if is_placeholder(source_image):
+            raise ValueError("Face Swap: the source image holds no face (Detect & Align Faces found none in it, or "
+                             "it is all black): there is no identity to swap in")
     if vae is None or clip_vision is None:
         raise ValueError("connect a VAE and a CLIP vision model (the model folder has no vae/ or image_encoder/)")
     size = driving_refnet.resolution
@@ -43,7 +50,6 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
     if same_image:
         source_embeds, source_latents = driving_embeds, driving_latents
     else:
-        check_face_image_size("the source image", reference.check_images(source_image, "source image"))
         source_px = reference_patch.resize_images(source_image, size, size)
         reference_patch.resolve_batch({"the source image": source_px.shape[0], "the driving image": batch})
         source_embeds = reference.encode_embeds(clip_vision, source_px)

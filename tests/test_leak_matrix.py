@@ -13,8 +13,8 @@ verdict the scenario chooses. All files are PNG, so a face left untouched differ
 ``CHANGED`` = 4 grey levels (of 255), mean over each detection box clipped to the image. An
 untouched face gives exactly 0 (lossless PNG in and out, pixels outside the paste mask copied
 bitwise); the 8-bit round trip of paste-back adds at most 0.5. The weakest intended change is
-the default blur of the smallest face of the scenarios (6 px between the eyes); it measures
-about 9 levels (boxes also hold unchanged corners outside the elliptic mask), see
+the default blur of a face of the scenarios: 26 to 39 levels measured, the least on the 6 px face
+(boxes also hold unchanged corners outside the elliptic mask), 6x the threshold, see
 ``test_threshold_sits_between_untouched_and_the_weakest_redaction``.
 """
 
@@ -347,5 +347,5 @@ def test_threshold_sits_between_untouched_and_the_weakest_redaction():
     img = mixed()
     out = redact_image(img, "blur").image
     changes = [box_change(img, out, f.box) for f in detections(mixed)]
-    assert min(changes) > 2 * CHANGED, changes  # the weakest intended change is well above the threshold
+    assert min(changes) > 5 * CHANGED, changes  # the weakest intended change (26 measured) is far above it
     assert box_change(img, img, detections(mixed)[0].box) == 0.0

@@ -48,7 +48,7 @@ def test_redact_with_detected_faces_redacts_the_small_ones_too():
 def test_no_face_photo_comes_back_unchanged_through_detect_anonymize_paste(caplog):
     photo = sky()
     crops, faces = detect(as_image(photo))
-    assert crops.shape[0] == 0 and len(faces) == 0
+    assert crops.shape == (1, 512, 512, 3) and not crops.any() and len(faces) == 0  # never an empty batch
     with caplog.at_level(logging.WARNING):
         anonymized = oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, crops, 1.25, 0, 2, 4.0,
                                                            "euler", "normal")[0]
@@ -183,3 +183,23 @@ def test_a_nan_pixel_is_blamed_on_the_image_not_on_a_setting():
     image[0, 3, 3, 0] = math.nan
     with pytest.raises(ValueError, match="Face Anonymize: the image holds 1 NaN"):
         oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, image, 1.25, 0, 2, 4.0, "euler", "normal")
+
+
+def test_face_swap_without_a_source_face_fails_and_without_a_driving_face_passes_through():
+    photo = sky()
+    crops, faces = detect(as_image(photo))
+    face = torch.rand(1, 64, 64, 3)
+    with pytest.raises(ValueError, match="source image holds no face"):
+        oneshot.FaceAnonSwap().swap(None, None, None, None, None, crops, face, 0.0, 0, 2, 4.0, "euler", "normal")
+    out = oneshot.FaceAnonSwap().swap(None, None, None, None, None, face, crops, 0.0, 0, 2, 4.0, "euler", "normal")[0]
+    assert out.shape[0] == 1 and not out.any()
+
+
+def test_a_1x1_photo_takes_the_no_face_path_in_the_library():
+    from faceanon_core.faces import process_faces, redact_image
+
+    tiny = np.full((1, 1, 3), 120, np.uint8)
+    calls = []
+    res = process_faces(tiny, lambda crops: calls.append(crops) or crops)
+    assert calls == [] and res.faces == [] and np.array_equal(res.image, tiny)
+    assert np.array_equal(redact_image(tiny).image, tiny)

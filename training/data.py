@@ -265,9 +265,13 @@ def _permutation(seed: int, pool: int, epoch: int, n: int) -> np.ndarray:
 class TripletDataset(torch.utils.data.Dataset):
     """Map-style over *global sample indices*: ``dataset[g]`` is the g-th sample of the run.
 
-    Lines are visited in per-epoch permutations (per pool when a curriculum mixes real
-    and synthetic driving images).  ``samples_per_step`` converts a sample index into
-    the optimizer step the curriculum is evaluated at.
+    Lines are visited in per-epoch permutations: each line once per epoch. With a
+    curriculum that mixes real and synthetic driving images, every sample first draws its
+    pool (real with the schedule's probability at its step), and each pool is walked in its
+    own per-epoch permutations by the count of earlier draws from that pool, so every line
+    of a pool is visited once before any line of it is visited again (without replacement
+    within a pool; only how often each pool is drawn is random). ``samples_per_step``
+    converts a sample index into the optimizer step the curriculum is evaluated at.
     """
 
     def __init__(self, triplets: list[Triplet], images_dir: str | os.PathLike, *, resolution: int = 512,
@@ -285,22 +289,39 @@ class TripletDataset(torch.utils.data.Dataset):
         real = [i for i, t in enumerate(triplets) if t.driving == "real"]
         synthetic = [i for i, t in enumerate(triplets) if t.driving != "real"]
         self.pools = [real, synthetic] if self.schedule else [list(range(len(triplets)))]
+        self._real_before = np.zeros(1, np.int64)  # [g] = samples before g drawn from pool 0 (grown lazily)
 
     def __len__(self) -> int:  # nominal: one epoch
         return len(self.triplets)
 
+    def _pool_of(self, index: int, u_pool: float) -> int:
+        if not self.schedule:
+            return 0
+        p_real = schedule_value(self.schedule, index // self.samples_per_step)
+        pool_id = 0 if u_pool < p_real else 1
+        return pool_id if self.pools[pool_id] else 1 - pool_id
+
+    def _draws_before(self, index: int, pool_id: int) -> int:
+        """How many samples before ``index`` were drawn from ``pool_id`` (a deterministic function of the
+        seed; computed once per index and cached, about 10 us per sample, so a resumed run pays it once)."""
+        if not self.schedule:
+            return index
+        known = len(self._real_before) - 1
+        if index > known:
+            stop = max(index, 2 * known, 1024)
+            real = np.fromiter((self._pool_of(j, sample_rng(self.seed, j).random()) == 0
+                                for j in range(known, stop)), dtype=bool, count=stop - known)
+            self._real_before = np.concatenate([self._real_before,
+                                                self._real_before[-1] + np.cumsum(real, dtype=np.int64)])
+        real_before = int(self._real_before[index])
+        return real_before if pool_id == 0 else index - real_before
+
     def choose(self, index: int) -> tuple[int, np.random.Generator]:
         """Which line the global sample ``index`` uses, and that sample's generator."""
         rng = sample_rng(self.seed, index)
-        u_pool = rng.random()
-        pool_id = 0
-        if self.schedule:
-            p_real = schedule_value(self.schedule, index // self.samples_per_step)
-            pool_id = 0 if u_pool < p_real else 1
-            if not self.pools[pool_id]:
-                pool_id = 1 - pool_id
+        pool_id = self._pool_of(index, rng.random())
         pool = self.pools[pool_id]
-        epoch, position = divmod(index, len(pool))
+        epoch, position = divmod(self._draws_before(index, pool_id), len(pool))
         return pool[_permutation(self.seed, pool_id, epoch, len(pool))[position]], rng
 
     def __getitem__(self, index: int) -> dict:

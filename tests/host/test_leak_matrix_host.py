@@ -1,0 +1,191 @@
+"""The leak matrix on a real ComfyUI (COMFYUI_PATH): every face node and every shipped workflow that takes a
+photo, on the scenarios of tests/test_leak_matrix.py. The outcome is one of: every detected face changed
+(mean absolute difference in its box above ``CHANGED``), a photo without faces unchanged, or an error with
+nothing saved. One server for the module, tiny models, 2 steps: about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HOST_DIR = Path(__file__).resolve().parent
+for path in (HOST_DIR, HOST_DIR.parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("COMFYUI_PATH"),
+    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
+           "its environment)",
+)
+
+import workflow_host as wh  # noqa: E402
+from test_leak_matrix import CHANGED, border_cut, box_change, detections, mixed, sky, small_astronaut  # noqa: E402
+
+# LoadImage of a PNG and SaveImage (which truncates 255 * x) may move an untouched pixel by one level.
+ROUND_TRIP = 1
+
+PHOTOS = {"no_face": sky, "only_small_face": small_astronaut, "cut_by_border": border_cut, "mixed_sizes": mixed}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from PIL import Image
+
+    from host_helpers import make_base
+
+    root = make_base(tmp_path_factory.mktemp("leak_base"))
+    wh.write_model_folder(root)
+    wh.write_inputs(root / "input")
+    for name, func in PHOTOS.items():
+        Image.fromarray(func()).save(root / "input" / f"leak_{name}.png")
+    big_sky = np.ascontiguousarray(np.tile(sky(), (3, 2, 1))[:600, :600])
+    wh.write_clip(root / "input" / "leak_no_face.mp4", big_sky)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(base):
+    from host_helpers import ComfyServer
+
+    srv = ComfyServer(base, name="leak_matrix")
+    yield srv
+    srv.stop()
+
+
+def saved(base: Path, entry: dict, node: str) -> list[np.ndarray]:
+    from PIL import Image
+
+    items = entry["outputs"].get(node, {}).get("images", [])
+    return [np.asarray(Image.open(base / item.get("type", "output") / item["subfolder"] / item["filename"])
+                       .convert("RGB")) for item in items]
+
+
+def outputs_on_disk(base: Path) -> set[str]:
+    return {str(p.relative_to(base / "output")) for p in (base / "output").rglob("*") if p.is_file()}
+
+
+def check_photo(original: np.ndarray, output: np.ndarray, func) -> None:
+    assert output.shape == original.shape
+    faces = detections(func)
+    if not faces:
+        assert np.abs(output.astype(int) - original).max() <= ROUND_TRIP  # no face: the photo comes back unchanged
+    for face in faces:
+        change = box_change(original, output, face.box)
+        assert change > CHANGED, f"{func.__name__}: face at {np.round(face.box)} changed by only {change:.2f}"
+
+
+def _loader():
+    return {"class_type": "FaceAnon_ModelLoader", "inputs": {"model_folder": wh.MODEL_FOLDER}}
+
+
+def _anonymize(image_link):
+    return {"class_type": "FaceAnon_Anonymize", "inputs": {
+        "model": ["1", 0], "source_refnet": ["1", 1], "driving_refnet": ["1", 2], "vae": ["1", 3],
+        "clip_vision": ["1", 4], "image": image_link, "degree": 1.25, "seed": 0, "steps": 2, "cfg": 4.0,
+        "sampler_name": "euler", "scheduler": "normal"}}
+
+
+def _detect(image_link):
+    return {"class_type": "FaceAnon_DetectFaces", "inputs": {"image": image_link, "threshold": 0.95,
+                                                             "min_face_size": 10.0, "crop_size": 512,
+                                                             "if_no_face": "continue"}}
+
+
+def node_graph(kind: str, photo: str) -> tuple[dict, str]:
+    """A graph around one face node; returns (prompt, id of the SaveImage node of the photo)."""
+    load = {"class_type": "LoadImage", "inputs": {"image": photo}}
+    if kind == "redact":
+        return {"2": load, "3": {"class_type": "FaceAnon_RedactFaces", "inputs": {
+            "image": ["2", 0], "method": "blur", "strength": 0.0, "threshold": 0.95}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": f"leak/{kind}"}}}, "9"
+    if kind == "detect_redact":
+        return {"2": load, "3": _detect(["2", 0]), "4": {"class_type": "FaceAnon_RedactFaces", "inputs": {
+            "image": ["2", 0], "method": "blur", "strength": 0.0, "threshold": 0.95, "faces": ["3", 1]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": f"leak/{kind}"}}}, "9"
+    # detect -> anonymize -> paste back, with a preview of the crops (an empty batch would break it)
+    return {"1": _loader(), "2": load, "3": _detect(["2", 0]), "4": _anonymize(["3", 0]),
+            "5": {"class_type": "FaceAnon_PasteFaces", "inputs": {"image": ["2", 0], "crops": ["4", 0],
+                                                                  "faces": ["3", 1], "feather": 0.025, "erode": 0.02,
+                                                                  "color_match": False}},
+            "8": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": f"leak/{kind}"}}}, "9"
+
+
+NODE_CELLS = [(kind, scen) for kind in ("detect_anonymize_paste", "redact", "detect_redact") for scen in PHOTOS]
+
+
+@pytest.mark.parametrize("kind,scenario", NODE_CELLS, ids=[f"{k}-{s}" for k, s in NODE_CELLS])
+def test_face_nodes(server, base, kind, scenario):
+    from host_helpers import error_message
+
+    prompt, save = node_graph(kind, f"leak_{scenario}.png")
+    entry = server.run(prompt)
+    assert error_message(entry) is None, error_message(entry)
+    (output,) = saved(base, entry, save)
+    check_photo(PHOTOS[scenario](), output, PHOTOS[scenario])
+
+
+# shipped workflow -> (LoadImage node that takes the photo, SaveImage node of the photo)
+WORKFLOWS = {"anonymize_group_photo": ("2", "6"), "redact_faces": ("1", "3"), "face_swap": ("3", "9")}
+WORKFLOW_CELLS = [(name, scen) for name in WORKFLOWS for scen in PHOTOS]
+
+
+def test_every_photo_workflow_is_in_the_matrix():
+    """The shipped workflows on aligned crops (anonymize_crop*, degree_sweep) detect nothing, so have no
+    face-loop leak path; the video workflow is run on a clip without faces below."""
+    crops_only = {"anonymize_crop", "anonymize_crop_granular", "degree_sweep"}
+    assert set(wh.workflow_names()) == set(WORKFLOWS) | crops_only | {"video_frames"}
+
+
+@pytest.mark.parametrize("name,scenario", WORKFLOW_CELLS, ids=[f"{n}-{s}" for n, s in WORKFLOW_CELLS])
+def test_shipped_workflows(server, base, name, scenario):
+    from host_helpers import error_message
+
+    load, save = WORKFLOWS[name]
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json"))
+    prompt[load]["inputs"]["image"] = f"leak_{scenario}.png"
+    entry = server.run(prompt, timeout=600)
+    assert error_message(entry) is None, error_message(entry)
+    (output,) = saved(base, entry, save)
+    check_photo(PHOTOS[scenario](), output, PHOTOS[scenario])
+
+
+def test_video_workflow_on_a_clip_without_faces(server, base):
+    from host_helpers import error_message
+
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "video_frames_api.json"))
+    prompt["2"]["inputs"]["file"] = "leak_no_face.mp4"
+    entry = server.run(prompt, timeout=600)
+    assert error_message(entry) is None, error_message(entry)
+    assert len(saved(base, entry, "7")) == wh.VIDEO_FRAMES
+
+
+def test_a_model_that_fails_writes_nothing(server, base):
+    """The model failing to load (the 'broken' folder has a UNet only) stops the graph before any save."""
+    from host_helpers import error_message
+
+    before = outputs_on_disk(base)
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "anonymize_group_photo_api.json"))
+    prompt["1"]["inputs"]["model_folder"] = "broken"
+    prompt["2"]["inputs"]["image"] = "leak_mixed_sizes.png"
+    entry = server.run(prompt)
+    assert error_message(entry) is not None
+    assert outputs_on_disk(base) == before
+
+
+def test_a_nan_degree_is_refused_and_writes_nothing(server, base):
+    from host_helpers import error_message
+
+    before = outputs_on_disk(base)
+    prompt, _ = node_graph("detect_anonymize_paste", "leak_mixed_sizes.png")
+    prompt["4"]["inputs"]["degree"] = float("nan")
+    entry = server.run(prompt)
+    message = error_message(entry) or ""
+    assert "degree" in message, entry.get("status")
+    assert outputs_on_disk(base) == before
