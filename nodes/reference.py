@@ -10,14 +10,13 @@ import logging
 
 import torch
 
-import comfy.ldm.modules.attention
 import comfy.model_management as mm
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from . import comfy_layout, reference_patch
+from . import comfy_layout, patch_node, reference_patch
 from .checks import check_finite_tensor, check_floats
 from ..faceanon_core.method.states import ReferenceStates, expand_batch
 
@@ -109,50 +108,17 @@ def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, de
     return ReferenceStates(cond=cond, uncond=uncond, meta=meta)
 
 
-def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float):
-    """Eq. 2 on the states, Eq. 1 on the embeddings (see ``reference_patch.mix_captured``)."""
-    check_floats("Mix States", degree=degree)
+def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float | None = None):
+    """Eq. 2 on the states, Eq. 1 on the embeddings, with the capture's degree (``reference_patch.mix_captured``)."""
+    if degree is not None:
+        check_floats("Mix States", degree=degree)
     if not isinstance(states, ReferenceStates):
         raise ValueError("states must come from the FaceAnon ReferenceNet capture node")
     return reference_patch.mix_captured(states, embeds, degree)
 
 
-def _comfy_attention(q, k, v, heads, **kwargs):
-    # looked up at call time: ComfyUI picks optimized_attention at startup (--use-pytorch-cross-attention, ...)
-    return comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, **kwargs)
-
-
-def install_reference_patch(patched, layout: dict, routing: dict, source_states: ReferenceStates,
-                            driving_states: ReferenceStates):
-    """Install the dual-reference attention on the (already cloned) MODEL ``patched``.
-
-    Normally an ``attn1`` replace per routed layer (:class:`reference_patch.ReferenceKVPatch`: the
-    reference keys/values are projected once per sampling run with that layer's own
-    ``to_k``/``to_v``). If another node already holds an ``attn1`` replace on one of these layers,
-    falls back to the ``attn1_patch`` (:class:`reference_patch.ReferencePatch`, projected every step).
-    """
-    replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    taken = [key for key in layout if key in replaces or key[:2] in replaces]
-    if taken:
-        logger.warning("FaceAnon: another node replaces attn1 of %s; using the slower attn1_patch path", taken[:3])
-        patch = reference_patch.ReferencePatch(layout, routing, source_states, driving_states)
-        patched.set_model_attn1_patch(patch)
-        return patch
-    projections = {}
-    for key in layout:
-        path = "diffusion_model." + comfy_layout.comfy_attn1_path(key)
-        try:
-            attn = patched.get_model_object(path)
-        except AttributeError as e:
-            raise ValueError(f"the MODEL has no {path}: it does not match the FaceAnon layout") from e
-        if not (hasattr(attn, "to_k") and hasattr(attn, "to_v")):
-            raise ValueError(f"{path} is not a self-attention module: the MODEL does not match the FaceAnon layout")
-        projections[key] = (attn.to_k, attn.to_v)
-    patch = reference_patch.ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
-                                        attention=_comfy_attention)
-    for kind, number, index in layout:
-        patched.set_model_attn1_replace(patch, kind, number, index)
-    return patch
+# The patch itself lives in patch_node (FaceAnon Apply References); the sampler below is built on it.
+install_reference_patch = patch_node.install_reference_patch
 
 
 @torch.no_grad()
@@ -160,49 +126,22 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
                           driving_states: ReferenceStates, driving_embeds: torch.Tensor, latent: dict, seed: int,
                           steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float = 1.0,
                           noise_mode: str = NOISE_MODES[0]) -> dict:
-    """ComfyUI sampling of a clone of ``model`` with the dual-reference attention installed. A non-finite
-    result is an error, never an output."""
+    """ComfyUI sampling of ``model`` patched by :func:`patch_node.apply_references` (the Apply References node).
+    A non-finite result is an error, never an output."""
     check_floats("Dual-Reference Sampler", cfg=cfg, denoise=denoise)
-    for what, states, role in (("source_states", source_states, "source"),
-                               ("driving_states", driving_states, "driving")):
-        if not isinstance(states, ReferenceStates):
-            raise ValueError(f"{what} must come from the FaceAnon ReferenceNet capture node")
-        if states.meta.get("role", role) != role:
-            raise ValueError(f"{what} were captured with the {states.meta['role']} ReferenceNet; "
-                             f"connect the loader's {role}_refnet to that capture node")
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise_mode!r}")
-    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
-    if not unet_config or "transformer_depth" not in unet_config:
-        raise ValueError("model must be the FaceAnon UNet (an SD-style UNet MODEL from the FaceAnon loader)")
+    patched, positive, negative, batch, _patch = patch_node.apply_references(
+        model, source_states, source_embeds, driving_states, driving_embeds)
     samples = latent["samples"]
-    batch = reference_patch.resolve_batch({
-        "the latent": samples.shape[0], "the source states": source_states.batch_size,
-        "the source embeddings": source_embeds.shape[0], "the driving states": driving_states.batch_size,
-        "the driving embeddings": driving_embeds.shape[0]})
-    if unet_config["context_dim"] != source_embeds.shape[-1] or source_embeds.shape[-1] != driving_embeds.shape[-1]:
-        raise ValueError(f"embedding sizes {source_embeds.shape[-1]}/{driving_embeds.shape[-1]} do not match the "
-                         f"UNet's context size {unet_config['context_dim']}")
+    batch = reference_patch.resolve_batch({"the latent": samples.shape[0], "the references": batch})
     samples = expand_batch(samples, batch, "the latent")
-
-    layout = comfy_layout.attn1_layout(unet_config)
-    routing, _ = comfy_layout.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
-    patched = model.clone()
-    patch = install_reference_patch(patched, layout, routing, source_states, driving_states)
-
-    positive, negative = reference_patch.sampler_conditioning(source_embeds, driving_embeds, batch)
-    positive = [[positive.to(mm.intermediate_device()), {}]]
-    negative = [[negative.to(mm.intermediate_device()), {}]]
     latent_image = comfy.sample.fix_empty_latent_channels(patched, samples.contiguous())
     noise = reference_patch.seeded_noise(latent_image.shape, seed, per_image=noise_mode == "per image")
     callback = latent_preview.prepare_callback(patched, steps)
-    try:
-        out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative,
-                                  latent_image, denoise=denoise, noise_mask=latent.get("noise_mask"),
-                                  callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    finally:
-        if isinstance(patch, reference_patch.ReferenceKVPatch):
-            patch.clear()  # the cached reference keys/values live for one sampling run
+    out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                              denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
+                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     result = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
     result["samples"] = check_finite_tensor("Dual-Reference Sampler: the sampled latent", out)
     return result
@@ -221,7 +160,11 @@ class FaceAnonCLIPImageEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"clip_vision": ("CLIP_VISION",), "image": ("IMAGE",)}}
+        return {"required": {
+            "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 vision (the loader's clip_vision, or ComfyUI's "
+                                                       "Load CLIP Vision when the folder has no image_encoder/)."}),
+            "image": ("IMAGE", {"tooltip": "Aligned face crops (Detect & Align Faces), one embedding per image."}),
+        }}
 
     def encode(self, clip_vision, image):
         return (encode_embeds(clip_vision, image),)
@@ -240,11 +183,21 @@ class FaceAnonCaptureStates:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "refnet": ("FACEANON_REFNET",), "vae": ("VAE",), "image": ("IMAGE",), "embeds": ("FACEANON_EMBEDS",),
-            "degree": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.05}),
+            "refnet": ("FACEANON_REFNET", {"tooltip": "source_refnet (identity side) or driving_refnet (pose, "
+                                                      "expression, background) of the FaceAnon Model Loader."}),
+            "vae": ("VAE", {"tooltip": "The SD 2.x VAE (the loader's vae, or ComfyUI's Load VAE)."}),
+            "image": ("IMAGE", {"tooltip": "The face crops; resized to the model's resolution (512)."}),
+            "embeds": ("FACEANON_EMBEDS", {"tooltip": "Their CLIP embeddings (FaceAnon CLIP Image Encode)."}),
+            "degree": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": (
+                "Anonymization degree d, entered once, here: Eq. 1 before the source ReferenceNet runs; the states "
+                "carry it to Mix States (1 removes the identity, > 1 moves past it, paper 1.25). 0 on the driving "
+                "side and for a face swap.")}),
         }}
 
     def capture(self, refnet, vae, image, embeds, degree):
+        if getattr(refnet, "role", None) == "driving" and float(degree) != 0.0:
+            raise ValueError(f"degree {degree:g} on the driving ReferenceNet: the driving side keeps the real "
+                             "image, use degree 0 here and the degree on the source capture")
         latents = encode_latents(refnet, vae, image)
         return (capture_from_latents(refnet, latents, embeds, degree),)
 
@@ -252,7 +205,8 @@ class FaceAnonCaptureStates:
 class FaceAnonMixStates:
     DESCRIPTION = ("Anonymization degree d: S' = (1-d)·S + d·S_uncond (Eq. 2) on the source states and "
                    "Z' = (1-d)·Z (Eq. 1) on the source embedding. d = 1 removes the identity, d > 1 moves past it "
-                   "(paper default 1.25). Use the same degree as on the source capture node.")
+                   "(paper default 1.25). The degree is the one the source capture node was given; this node's "
+                   "degree input is kept for saved workflows (-1 = the capture's; another value must match it).")
     CATEGORY = CATEGORY
     FUNCTION = "mix"
     RETURN_TYPES = ("FACEANON_STATES", "FACEANON_EMBEDS")
@@ -261,8 +215,12 @@ class FaceAnonMixStates:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "states": ("FACEANON_STATES",), "embeds": ("FACEANON_EMBEDS",),
-            "degree": ("FLOAT", {"default": 1.25, "min": 0.0, "max": 3.0, "step": 0.05}),
+            "states": ("FACEANON_STATES", {"tooltip": "Source states from ReferenceNet Capture (with its degree)."}),
+            "embeds": ("FACEANON_EMBEDS", {"tooltip": "The source CLIP embeddings given to that capture."}),
+            "degree": ("FLOAT", {"default": reference_patch.FROM_CAPTURE, "min": reference_patch.FROM_CAPTURE,
+                                 "max": 3.0, "step": 0.05, "tooltip": (
+                                     "-1: use the degree of the source capture (set it there, once). Kept for "
+                                     "workflows saved with a degree here: it must equal the capture's.")}),
         }}
 
     def mix(self, states, embeds, degree):
@@ -271,11 +229,17 @@ class FaceAnonMixStates:
 
 def sampling_inputs() -> dict:
     return {
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-        "steps": ("INT", {"default": 30, "min": 1, "max": 1000}),
-        "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01}),
-        "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler"}),
-        "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal"}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                         "tooltip": "Seed of the initial noise: with the degree it picks the anonymous identity."}),
+        "steps": ("INT", {"default": 30, "min": 1, "max": 1000,
+                          "tooltip": "Sampling steps; 25-50 are enough for photos."}),
+        "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                          "tooltip": "Guidance scale g between the positive (S', Z') and negative (S_uncond, 0) "
+                                     "rows; paper 4."}),
+        "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": (
+            "Any ComfyUI sampler; deterministic ones (euler, dpmpp_2m, ddim) keep video frames consistent.")}),
+        "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal",
+                                                           "tooltip": "Any ComfyUI scheduler."}),
     }
 
 
@@ -290,15 +254,22 @@ class FaceAnonDualReferenceSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
+        tips = patch_node.TOOLTIPS
         required = {
-            "model": ("MODEL",),
-            "source_states": ("FACEANON_STATES",), "source_embeds": ("FACEANON_EMBEDS",),
-            "driving_states": ("FACEANON_STATES",), "driving_embeds": ("FACEANON_EMBEDS",),
-            "latent_image": ("LATENT",),
+            "model": ("MODEL", {"tooltip": tips["model"]}),
+            "source_states": ("FACEANON_STATES", {"tooltip": tips["source_states"]}),
+            "source_embeds": ("FACEANON_EMBEDS", {"tooltip": tips["source_embeds"]}),
+            "driving_states": ("FACEANON_STATES", {"tooltip": tips["driving_states"]}),
+            "driving_embeds": ("FACEANON_EMBEDS", {"tooltip": tips["driving_embeds"]}),
+            "latent_image": ("LATENT", {"tooltip": "An empty latent of the model's size; batch 1 is used for every "
+                                                   "image."}),
         }
         required.update(sampling_inputs())
-        required["denoise"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})
-        required["noise"] = (list(NOISE_MODES), {"default": NOISE_MODES[0]})
+        required["denoise"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                         "tooltip": "1 for anonymization (the result is sampled from noise)."})
+        required["noise"] = (list(NOISE_MODES), {"default": NOISE_MODES[0], "tooltip": (
+            "same for every image: one noise image from the seed for the whole batch, one anonymous identity "
+            "across the frames of a clip; per image: ComfyUI's usual per-index noise.")})
         return {"required": required}
 
     def sample(self, model, source_states, source_embeds, driving_states, driving_embeds, latent_image, seed, steps,

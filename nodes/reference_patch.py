@@ -7,9 +7,11 @@ The nodes in this folder are thin adapters around these pieces:
   stopping the ReferenceNet forward at t = 0 after the last state that is used.
 * :func:`reference_rows` and :class:`ReferenceKVPatch`: the ``attn1`` replace of the dual-reference
   sampler: keys/values ``[own, source, driving]``, the source side chosen per batch row from
-  ``extra_options["cond_or_uncond"]``, the reference keys/values projected once per sampling run.
-  :class:`ReferencePatch`: the same as an ``attn1_patch`` (extended context, projected by ComfyUI at
-  every step), the fallback when another node owns a replace.
+  ``extra_options["cond_or_uncond"]``, the reference keys/values projected once per sampling run and
+  cached once per distinct tensor (:meth:`ReferenceKVPatch.memory_bytes` for ComfyUI's memory
+  estimate), optionally only inside a sigma range. :class:`StackedReplace`: ours and another node's
+  replace on the same layer. :class:`ReferencePatch`: the same method as an ``attn1_patch``
+  (extended context, projected by ComfyUI at every step), the reference the tests compare with.
 * :func:`pooled_clip`: CLIP's pooled output (post-layernorm CLS) from the last hidden state.
 * :func:`seeded_noise`, :func:`resolve_batch`, :func:`sampler_conditioning`, :func:`resize_images`.
 
@@ -80,22 +82,50 @@ def capture_inputs(latents: torch.Tensor, embeds: torch.Tensor, degree: float):
     return x, c
 
 
-def mix_captured(states: ReferenceStates, embeds: torch.Tensor, degree: float):
-    """The mixing node: Eq. 2 on captured states, Eq. 1 on the embeddings.
+#: The Mix node's ``degree`` meaning "the degree the states were captured with" (its default).
+FROM_CAPTURE = -1.0
 
-    The source ReferenceNet must have seen ``Z' = (1-d)·Z`` already (Eq. 1 comes before it), so
-    states captured with a different degree, or mixed twice, are an error.
+
+def captured_degree(states: ReferenceStates) -> float:
+    """The degree a capture was made with (Eq. 1 before the ReferenceNet): a property of the states."""
+    return float(states.meta.get("embed_degree", "0.0"))
+
+
+def mix_captured(states: ReferenceStates, embeds: torch.Tensor, degree: float | None = None):
+    """The mixing node: Eq. 2 on captured states, Eq. 1 on the embeddings, with the states' own degree.
+
+    The source ReferenceNet saw ``Z' = (1-d)·Z`` already (Eq. 1 comes before it), so the degree is
+    the capture's. ``degree`` (the Mix node's input, kept for saved workflows) is checked:
+    ``None`` or :data:`FROM_CAPTURE` take the capture's, any other value must equal it.
     """
     if "degree" in states.meta:
         raise ValueError(f"these states are already mixed (degree {states.meta['degree']}); mix captured states once")
-    captured = float(states.meta.get("embed_degree", "0.0"))
-    if abs(captured - float(degree)) > 1e-6:
+    captured = captured_degree(states)
+    if degree is not None and float(degree) != FROM_CAPTURE and abs(captured - float(degree)) > 1e-6:
         raise ValueError(
-            f"the states were captured with degree {captured:g} but are mixed with degree {float(degree):g}: "
-            "set the same degree on the capture node (Eq. 1 is applied before the ReferenceNet runs)"
+            f"the states were captured with degree {captured:g} but Mix States says {float(degree):g}: the degree "
+            f"is set once, on the source capture node; set Mix States' degree to {FROM_CAPTURE:g} (use the "
+            f"capture's) or to {captured:g}"
         )
     resolve_batch({"the states": states.batch_size, "the embeddings": embeds.shape[0]})
-    return states.mixed(float(degree)), mix_embeds(embeds, float(degree))
+    return states.mixed(captured), mix_embeds(embeds, captured)
+
+
+def check_source_degree(states: ReferenceStates) -> None:
+    """Sampling needs Eq. 2 applied to states captured with a degree (else the identity side is half-done)."""
+    captured = captured_degree(states)
+    if captured != 0.0 and "degree" not in states.meta:
+        raise ValueError(f"the source states were captured with degree {captured:g} but never mixed: connect them "
+                         "through FaceAnon Mix States (Eq. 2) and use its states and embeds outputs")
+
+
+def check_driving_degree(states: ReferenceStates) -> None:
+    """The driving ReferenceNet always sees the real image (degree 0)."""
+    captured = captured_degree(states)
+    if captured != 0.0 or "degree" in states.meta:
+        raise ValueError(f"the driving states were captured or mixed with degree "
+                         f"{states.meta.get('degree', captured)}: the driving side keeps the real image, use "
+                         "degree 0 on its capture node and no Mix States")
 
 
 # ------------------------------------------------------------------------ sampling
@@ -244,62 +274,196 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 class ReferenceKVPatch(ReferencePatch):
     """The dual-reference ``attn1`` *replace* callable: ``(q, k, v, extra_options) -> attention``.
 
-    ComfyUI projects only the own tokens (``q``, ``k``, ``v`` of ``context_attn1``); this appends
-    the reference keys/values of the rows' ``[source, driving]`` tokens, projected with that
-    layer's own ``to_k``/``to_v`` **once per sampling run** and cached, as the core does
-    (:class:`faceanon_core.method.attention.ReferenceContext`). Same result as :class:`ReferencePatch`
-    (whose extended context ComfyUI projects again at every step).
+    ComfyUI projects only the own tokens (``q``, ``k``, ``v`` of ``context_attn1``, including whatever
+    earlier ``attn1_patch`` entries put there); this appends the reference keys/values of the rows'
+    ``[source, driving]`` tokens, projected with that layer's own ``to_k``/``to_v`` **once per
+    sampling run** and cached, as the core does (:class:`faceanon_core.method.attention.ReferenceContext`).
+    Same result as :class:`ReferencePatch` (whose extended context ComfyUI projects at every step).
+
+    The cache holds each distinct tensor once per layer: the source ``S'`` (batch 1 or B), the
+    unconditional source ``S_uncond`` (batch 1) and the driving states (batch 1 or B), projected in one
+    call. CFG rows, broadcast batches and low-memory single-chunk calls are assembled from it per call,
+    never stored again (:meth:`memory_bytes` is what ComfyUI's memory estimate is told).
 
     ``projections``: layer key -> ``(to_k, to_v)`` callables (the UNet's modules, called so that
     ComfyUI's casting/offloading applies). ``attention``: ``(q, k, v, heads, **kw)`` on
-    ``[B, N, heads*d]`` tensors (ComfyUI's ``optimized_attention`` in the node). The cache is
-    keyed by layer, ``cond_or_uncond`` pattern, row count, device and dtype (low-memory
-    single-chunk calls get their own entry); :meth:`clear` (end of the run) and :meth:`to` drop it.
-    One object serves every layer and is shared, not copied, by ``ModelPatcher.clone()``.
+    ``[B, N, heads*d]`` tensors (ComfyUI's ``optimized_attention`` in the node). ``sigma_range``:
+    ``(sigma_start, sigma_end)``; at a sigma outside it the layer attends to its own tokens only
+    (``extra_options["sigmas"]``, as IPAdapter's start/end percent). ``inner``: called instead of
+    ``attention`` with the extended k/v (another node's replace that was there first, see
+    :class:`StackedReplace`). :meth:`clear` (end of the run) and :meth:`to` drop the cache. One object
+    serves every layer and is shared, not copied, by ``ModelPatcher.clone()``.
     """
 
     def __init__(self, layout: dict[LayerKey, str], routing: dict[str, str], source: ReferenceStates,
-                 driving: ReferenceStates, projections: dict, attention=None):
+                 driving: ReferenceStates, projections: dict, attention=None, sigma_range=None):
         super().__init__(layout, routing, source, driving)
         missing = sorted(set(layout) - set(projections))
         if missing:
             raise ValueError(f"no to_k/to_v projections for the UNet layer(s) {missing[:3]}")
+        if sigma_range is not None:
+            start, end = (float(s) for s in sigma_range)
+            if not (math.isfinite(end) and end <= start):
+                raise ValueError(f"the sigma range starts at {start:g} and ends at {end:g}: start_percent must "
+                                 "not be after end_percent")
+            sigma_range = (start, end)
         self.projections = dict(projections)
         self.attention = attention or sdpa_attention
+        self.sigma_range = sigma_range
         self._kv: dict = {}
-        self.projection_calls = 0  # reference projections done (for tests and logging)
+        self.projection_calls = 0  # layers whose reference K/V were projected (for tests and logging)
 
     def to(self, device):
-        super().to(device)
-        self._kv = {}
+        """States stay where they are (cast on the fly for the one projection); the cache is dropped."""
+        self._kv, self._cast = {}, {}
         return self
 
     def clear(self) -> None:
         """Drop the cached keys/values and casts (end of the sampling run)."""
         self._kv, self._cast = {}, {}
 
-    def reference_kv(self, q: torch.Tensor, extra_options: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        key, layer = self._layer(extra_options)
-        chunks = tuple(int(c) for c in extra_options["cond_or_uncond"])
-        cache_key = (key, chunks, q.shape[0], q.device, q.dtype)
-        kv = self._kv.get(cache_key)
-        if kv is None:
-            to_k, to_v = self.projections[key]
-            tokens = self._rows(layer, extra_options, q)
-            width = getattr(to_k, "in_features", tokens.shape[-1])
-            if tokens.shape[-1] != width:
-                raise ValueError(f"{layer}: reference states have {tokens.shape[-1]} channels, the UNet {width}")
-            kv = (to_k(tokens), to_v(tokens))
-            self.projection_calls += 1
-            self._kv[cache_key] = kv
-        return kv
+    def active(self, extra_options: dict) -> bool:
+        """Whether the references apply at this call's sigma (always without a range or without sigmas)."""
+        sigmas = extra_options.get("sigmas")
+        if self.sigma_range is None or sigmas is None:
+            return True
+        sigma = float(torch.as_tensor(sigmas).detach().max())
+        start, end = self.sigma_range
+        return end <= sigma <= start
 
-    def __call__(self, q, k, v, extra_options):
-        ref_k, ref_v = self.reference_kv(q, extra_options)
-        k = torch.cat([k, ref_k.to(k.dtype)], dim=1)
-        v = torch.cat([v, ref_v.to(v.dtype)], dim=1)
+    def _distinct(self, key: LayerKey, layer: str, like: torch.Tensor) -> dict:
+        """``{"source"|"uncond"|"driving": (K, V)}`` of this layer, projected once per run and device/dtype."""
+        cache_key = (key, like.device, like.dtype)
+        parts = self._kv.get(cache_key)
+        if parts is not None:
+            return parts
+        ref = self.routing[layer]
+        to_k, to_v = self.projections[key]
+        tensors = {"source": self.source_cond[ref], "uncond": self.source_uncond[ref], "driving": self.driving[ref]}
+        width = getattr(to_k, "in_features", like.shape[-1])
+        for what, t in tensors.items():
+            if t.shape[-1] != width:
+                raise ValueError(f"{layer}: reference states have {t.shape[-1]} channels, the UNet {width}")
+        tensors = {what: t.to(device=like.device, dtype=like.dtype) for what, t in tensors.items()}
+        shapes = {tuple(t.shape[1:]) for t in tensors.values()}
+        if len(shapes) == 1:  # one projection call for the three (the usual case: same token count)
+            sizes = [t.shape[0] for t in tensors.values()]
+            stacked = torch.cat(list(tensors.values()))
+            ks, vs = to_k(stacked).split(sizes), to_v(stacked).split(sizes)
+            parts = {what: (k, v) for what, k, v in zip(tensors, ks, vs)}
+        else:
+            parts = {what: (to_k(t), to_v(t)) for what, t in tensors.items()}
+        self.projection_calls += 1
+        self._kv[cache_key] = parts
+        return parts
+
+    @staticmethod
+    def _extended(own: torch.Tensor, parts: dict, index: int, chunks: list) -> torch.Tensor:
+        """``[own | source or uncond | driving]`` along the tokens for each chunk of rows, in one allocation."""
+        rows, n_own, width = own.shape
+        batch = rows // len(chunks)
+        src, unc, drv = (parts[w][index] for w in ("source", "uncond", "driving"))
+        if src.shape[-1] != width:
+            raise ValueError(f"the reference keys have {src.shape[-1]} channels, the UNet's {width}")
+        n_src = src.shape[1]
+        out = own.new_empty((rows, n_own + n_src + drv.shape[1], width))
+        out[:, :n_own] = own
+        for i, flag in enumerate(chunks):
+            rows_i = slice(i * batch, (i + 1) * batch)
+            side = src if flag == 0 else unc
+            out[rows_i, n_own:n_own + n_src] = expand_batch(side, batch, "the source states" if flag == 0 else
+                                                            "the unconditional source states")
+            out[rows_i, n_own + n_src:] = expand_batch(drv, batch, "the driving states")
+        return out
+
+    def reference_kv(self, q: torch.Tensor, extra_options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference keys/values ``[rows, N_src + N_drv, C]`` of this call (assembled from the cache)."""
+        key, layer = self._layer(extra_options)
+        chunks = self._chunks(extra_options, q.shape[0])
+        parts = self._distinct(key, layer, q)
+        rows = q.shape[0]
+        k = self._extended(q.new_empty((rows, 0, parts["source"][0].shape[-1])), parts, 0, chunks)
+        v = self._extended(q.new_empty((rows, 0, parts["source"][1].shape[-1])), parts, 1, chunks)
+        return k, v
+
+    @staticmethod
+    def _chunks(extra_options: dict, rows: int) -> list[int]:
+        chunks = [int(c) for c in extra_options["cond_or_uncond"]]
+        if not chunks or rows % len(chunks):
+            raise ValueError(f"{rows} attention rows cannot be split into the {len(chunks)} chunks {chunks}")
+        bad = [c for c in chunks if c not in (0, 1)]
+        if bad:
+            raise ValueError(f"unknown cond_or_uncond flag {bad[0]!r}")
+        return chunks
+
+    def __call__(self, q, k, v, extra_options, inner=None):
+        key, layer = self._layer(extra_options)
+        if self.active(extra_options):
+            chunks = self._chunks(extra_options, q.shape[0])
+            parts = self._distinct(key, layer, q)
+            k = self._extended(k, parts, 0, chunks)
+            v = self._extended(v, parts, 1, chunks)
+        if inner is not None:
+            return inner(q, k, v, extra_options)
         return self.attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
                               transformer_options=extra_options)
+
+    def memory_bytes(self, rows: int, element_size: int) -> int:
+        """What the references add to a UNet call of ``rows`` rows: the cache (every layer's distinct
+        K/V, kept for the run) plus the largest layer's assembled reference K/V of one call."""
+        cache, per_call = 0, 0
+        for key, layer in self.layout.items():
+            ref = self.routing[layer]
+            to_k, _to_v = self.projections[key]
+            src, unc, drv = self.source_cond[ref], self.source_uncond[ref], self.driving[ref]
+            width = int(getattr(to_k, "out_features", src.shape[-1]))
+            distinct = sum(t.shape[0] * t.shape[1] for t in (src, unc, drv))
+            cache += 2 * distinct * width
+            per_call = max(per_call, 2 * rows * (src.shape[1] + drv.shape[1]) * width)
+        return (cache + per_call) * int(element_size)
+
+    def cached_bytes(self) -> int:
+        """Bytes the cache holds now (for tests and logging)."""
+        return sum(t.numel() * t.element_size() for parts in self._kv.values() for kv in parts.values() for t in kv)
+
+
+class StackedReplace:
+    """Our ``attn1`` replace on a layer where another node's replace is installed too.
+
+    ComfyUI keeps one replace per layer; this keeps both: ours extends the keys/values with the
+    references, the other one (``inner``, e.g. an attention recorder) then computes the attention
+    on them. Shared, not copied, by ``ModelPatcher.clone()``; ``to`` is forwarded to both.
+    """
+
+    def __init__(self, patch: ReferenceKVPatch, inner):
+        if not callable(inner):
+            raise ValueError(f"the attn1 replace already installed ({type(inner).__name__}) is not callable")
+        self.patch = patch
+        self.inner = inner
+
+    def __call__(self, q, k, v, extra_options):
+        return self.patch(q, k, v, extra_options, inner=self.inner)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device):
+        self.patch.to(device)
+        if hasattr(self.inner, "to"):
+            self.inner = self.inner.to(device)
+        return self
+
+    def models(self):
+        return self.inner.models() if hasattr(self.inner, "models") else []
+
+
+def owner_of(replace) -> ReferenceKVPatch | None:
+    """The FaceAnon patch behind an ``attn1`` replace entry (ours or ours stacked over another), else None."""
+    if isinstance(replace, ReferenceKVPatch):
+        return replace
+    if isinstance(replace, StackedReplace):
+        return replace.patch
+    return None
 
 
 # ------------------------------------------------------------------------ images / CLIP

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .faces_nodes import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
 from .models import FaceAnonModelLoader, register_model_folder
 from .oneshot import FaceAnonAnonymize, FaceAnonSwap
+from .patch_node import FaceAnonApplyReferences
 from .verify_node import FaceAnonVerifyFaces
 from .reference import (
     FaceAnonCaptureStates,
@@ -25,6 +26,7 @@ NODE_CLASS_MAPPINGS = {
     "FaceAnon_CaptureStates": FaceAnonCaptureStates,
     "FaceAnon_MixStates": FaceAnonMixStates,
     "FaceAnon_DualReferenceSampler": FaceAnonDualReferenceSampler,
+    "FaceAnon_ApplyReferences": FaceAnonApplyReferences,
     "FaceAnon_Anonymize": FaceAnonAnonymize,
     "FaceAnon_Swap": FaceAnonSwap,
     "FaceAnon_DetectFaces": FaceAnonDetectFaces,
@@ -39,6 +41,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FaceAnon_CaptureStates": "FaceAnon ReferenceNet Capture",
     "FaceAnon_MixStates": "FaceAnon Mix States (degree)",
     "FaceAnon_DualReferenceSampler": "FaceAnon Dual-Reference KSampler",
+    "FaceAnon_ApplyReferences": "FaceAnon Apply References",
     "FaceAnon_Anonymize": "Face Anonymize",
     "FaceAnon_Swap": "Face Swap",
     "FaceAnon_DetectFaces": "Detect & Align Faces",

@@ -244,18 +244,89 @@ def test_reference_projection_happens_once_per_run():
         step([1, 0])
     assert kv.projection_calls == len(layout)
     assert _Counting.calls == 4 * own + 2 * len(layout)  # reference: one to_k + one to_v per layer, once
-    # low-memory single-chunk calls and cfg = 1 get their own entries (once each), then are reused
+    # low-memory single-chunk calls and cfg = 1 reuse the same distinct tensors: nothing is projected again
     for _ in range(3):
         step([0])
         step([1])
-    assert kv.projection_calls == 3 * len(layout)
+    assert kv.projection_calls == len(layout)
     # the next run starts empty; clone deep copies share the object
     kv.clear()
     step([1, 0])
-    assert kv.projection_calls == 4 * len(layout)
+    assert kv.projection_calls == 2 * len(layout)
     options = {"transformer_options": {"patches_replace": {"attn1": {("input", 1, 0): kv}}}}
     assert copy.deepcopy(options)["transformer_options"]["patches_replace"]["attn1"][("input", 1, 0)] is kv
     assert kv.to(torch.device("cpu")) is kv and not kv._kv
+
+
+@pytest.mark.parametrize("source_batch", [3, 1])
+def test_kv_cache_holds_each_distinct_tensor_once(source_batch):
+    """CFG rows [uncond; cond] of B images: S' (B or 1), S_uncond (1) and the driving states (B) once each,
+    not the driving half twice nor S_uncond B times; memory_bytes tells ComfyUI exactly that plus one call."""
+    patch, layout, routing, source, driving = _patch(batch=3)
+    if source_batch == 1:
+        source = ReferenceStates(cond={k: v[:1] for k, v in source.cond.items()}, uncond=source.uncond,
+                                 meta=source.meta)
+    modules = {key: tuple(torch.nn.Linear(8, 8, bias=False) for _ in range(3)) for key in layout}
+    kv = rp.ReferenceKVPatch(layout, routing, source, driving, {k: (m[1], m[2]) for k, m in modules.items()})
+    tokens = {routing[layer]: source.cond[routing[layer]].shape[1] for layer in layout.values()}
+    with torch.no_grad():
+        for chunks in ([1, 0], [0], [1]):
+            for key, layer in layout.items():
+                q = torch.randn(3 * len(chunks), 5, 8)
+                opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": 2}
+                kv(q, q, q, opts)
+    per_layer = {key: 2 * (source_batch + 1 + 3) * tokens[routing[layer]] * 8 * 4 for key, layer in layout.items()}
+    assert kv.cached_bytes() == sum(per_layer.values())
+    rows_copy = sum(2 * 6 * 2 * tokens[routing[layer]] * 8 * 4 for layer in layout.values())
+    assert kv.cached_bytes() < rows_copy  # what one entry per CFG row pattern held before
+    per_call = max(2 * 6 * 2 * tokens[routing[layer]] * 8 for layer in layout.values()) * 4
+    assert kv.memory_bytes(rows=6, element_size=4) == sum(per_layer.values()) + per_call
+
+
+def test_stacked_replace_hands_the_extended_keys_to_the_replace_installed_before():
+    kv, patch, layout, modules = _kv_patch()
+    seen = []
+
+    def recorder(q, k, v, extra_options):  # e.g. an attention-recording replace of another node
+        seen.append((k.shape, v.shape))
+        return rp.sdpa_attention(q, k, v, extra_options["n_heads"])
+
+    stacked = rp.StackedReplace(kv, recorder)
+    key = ("input", 1, 0)
+    to_q, to_k, to_v = modules[key]
+    n = torch.randn(6, 5, 8)
+    opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": [1, 0], "n_heads": 2}
+    with torch.no_grad():
+        got = stacked(to_q(n), to_k(n), to_v(n), opts)
+        expected = kv(to_q(n), to_k(n), to_v(n), opts)
+    assert torch.equal(got, expected)
+    n_ref = kv.source_cond[kv.routing[layout[key]]].shape[1] + kv.driving[kv.routing[layout[key]]].shape[1]
+    assert seen == [((6, 5 + n_ref, 8), (6, 5 + n_ref, 8))]
+    assert rp.owner_of(stacked) is kv and rp.owner_of(kv) is kv and rp.owner_of(recorder) is None
+    assert copy.deepcopy(stacked) is stacked and stacked.to(torch.device("cpu")) is stacked
+    with pytest.raises(ValueError, match="not callable"):
+        rp.StackedReplace(kv, object())
+
+
+def test_sigma_range_switches_the_references_on_and_off():
+    patch, layout, routing, source, driving = _patch()
+    modules = {key: tuple(torch.nn.Linear(8, 8, bias=False) for _ in range(3)) for key in layout}
+    projections = {k: (m[1], m[2]) for k, m in modules.items()}
+    ranged = rp.ReferenceKVPatch(layout, routing, source, driving, projections, sigma_range=(5.0, 1.0))
+    always = rp.ReferenceKVPatch(layout, routing, source, driving, projections)
+    key = ("output", 4, 0)
+    to_q, to_k, to_v = modules[key]
+    n = torch.randn(6, 5, 8)
+    with torch.no_grad():
+        q, k, v = to_q(n), to_k(n), to_v(n)
+        for sigma, refs in ((5.0, True), (2.0, True), (1.0, True), (7.0, False), (0.5, False)):
+            opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": [1, 0], "n_heads": 2,
+                    "sigmas": torch.full((6,), sigma)}
+            expected = always(q, k, v, opts) if refs else rp.sdpa_attention(q, k, v, 2)
+            assert torch.equal(ranged(q, k, v, opts), expected), sigma
+    assert not torch.equal(always(q, k, v, opts), rp.sdpa_attention(q, k, v, 2))  # the references matter
+    with pytest.raises(ValueError, match="start_percent"):
+        rp.ReferenceKVPatch(layout, routing, source, driving, projections, sigma_range=(1.0, 5.0))
 
 
 def test_kv_patch_errors_and_comfy_paths():
@@ -303,12 +374,35 @@ def test_capture_inputs_split_and_mixing_via_the_node_path():
     mixed, mixed_embeds = rp.mix_captured(states, embeds, 1.25)
     assert torch.allclose(mixed.cond[name], mix_states(rows[:3], rows[3:], 1.25))
     assert torch.allclose(mixed_embeds, -0.25 * embeds)
-    with pytest.raises(ValueError, match="captured with degree 1.25 but are mixed with degree 1"):
+    with pytest.raises(ValueError, match="captured with degree 1.25 but Mix States says 1"):
         rp.mix_captured(states, embeds, 1.0)
     with pytest.raises(ValueError, match="already mixed"):
         rp.mix_captured(mixed, embeds, 1.25)
     with pytest.raises(ValueError, match="batch of 2 but"):
         rp.mix_captured(states, embeds[:2], 1.25)
+
+
+def test_the_degree_is_a_property_of_the_captured_states():
+    """Entered once (on the capture): Mix takes it from the states; a saved workflow's Mix degree is checked."""
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    rows, embeds = torch.randn(3, 5, 6), torch.randn(2, 1, 32)
+    states = ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]},
+                             meta={"embed_degree": "0.75", "role": "source"})
+    for degree in (None, rp.FROM_CAPTURE, 0.75):  # new graphs, the Mix default, a saved workflow's value
+        mixed, mixed_embeds = rp.mix_captured(states, embeds, degree)
+        assert mixed.meta["degree"] == "0.75" and torch.allclose(mixed_embeds, 0.25 * embeds)
+        assert torch.allclose(mixed.cond[name], mix_states(rows[:2], rows[2:], 0.75))
+    assert rp.captured_degree(states) == 0.75
+    # a sampler given states captured with a degree but never mixed would use half the method
+    with pytest.raises(ValueError, match="never mixed"):
+        rp.check_source_degree(states)
+    rp.check_source_degree(mixed)
+    rp.check_source_degree(ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]}, meta={}))  # a swap
+    with pytest.raises(ValueError, match="driving side keeps the real image"):
+        rp.check_driving_degree(states)
+    with pytest.raises(ValueError, match="driving side keeps the real image"):
+        rp.check_driving_degree(mixed)
+    rp.check_driving_degree(ReferenceStates(cond={name: rows[:2]}, meta={"embed_degree": "0.0"}))
 
 
 # ------------------------------------------------------------------ sampler inputs

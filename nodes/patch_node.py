@@ -1,0 +1,246 @@
+"""The ComfyUI-native form of the method: a patched MODEL plus positive/negative CONDITIONING.
+
+**FaceAnon Apply References** clones the MODEL, installs the dual-reference attention
+(:class:`reference_patch.ReferenceKVPatch`, an ``attn1`` replace per layer) and returns the
+conditioning ``[Z'_src, Z_drv]`` / ``[0, Z_drv]``, so that stock KSampler, KSamplerAdvanced and
+SamplerCustomAdvanced + CFGGuider sample the method (as IPAdapter and core's SAG patch a model).
+The Dual-Reference KSampler is this function followed by ComfyUI's own sampling.
+
+Per sampling run an ``OUTER_SAMPLE`` wrapper (:class:`ReferenceRun`) checks the latent batch, stacks
+over ``attn1`` replaces other nodes installed after ours, tells ComfyUI's memory estimate
+(``memory_required``) what the reference keys/values take, and drops their cache at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.ldm.modules.attention
+import comfy.model_management as mm
+import comfy.patcher_extension
+
+from . import comfy_layout, reference_patch
+from ..faceanon_core.method.states import ReferenceStates
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "FaceAnon"
+WRAPPER_KEY = "faceanon_references"
+
+TOOLTIPS = {
+    "model": "The FaceAnon UNet (MODEL of the FaceAnon Model Loader); other model patches may come before or "
+             "after this node.",
+    "source_states": "States of the source ReferenceNet (ReferenceNet Capture with the source_refnet, then Mix "
+                     "States with the degree): the identity side, S' for the positive and S_uncond for the "
+                     "negative rows.",
+    "source_embeds": "Source embedding Z' = (1-d)·Z (the embeds output of Mix States; the CLIP embedding itself "
+                     "for a face swap at degree 0).",
+    "driving_states": "States of the driving ReferenceNet (ReferenceNet Capture with the driving_refnet, degree "
+                      "0): pose, expression and background.",
+    "driving_embeds": "CLIP embedding of the driving image (FaceAnon CLIP Image Encode).",
+    "start_percent": "Where in the sampling the references start to apply (0 = from the first step). Outside "
+                     "start/end each layer attends to its own tokens only.",
+    "end_percent": "Where the references stop applying (1 = until the last step).",
+}
+
+
+def _comfy_attention(q, k, v, heads, **kwargs):
+    # looked up at call time: ComfyUI picks optimized_attention at startup (--use-pytorch-cross-attention, ...)
+    return comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, **kwargs)
+
+
+def check_reference_inputs(model, source_states, source_embeds, driving_states, driving_embeds) -> tuple[dict, int]:
+    """-> (the UNet config, the batch every input broadcasts to); clear errors for wrong connections."""
+    for what, states, role in (("source_states", source_states, "source"),
+                               ("driving_states", driving_states, "driving")):
+        if not isinstance(states, ReferenceStates):
+            raise ValueError(f"{what} must come from the FaceAnon ReferenceNet capture node")
+        if states.meta.get("role", role) != role:
+            raise ValueError(f"{what} were captured with the {states.meta['role']} ReferenceNet; "
+                             f"connect the loader's {role}_refnet to that capture node")
+    reference_patch.check_source_degree(source_states)
+    reference_patch.check_driving_degree(driving_states)
+    for what, embeds in (("source_embeds", source_embeds), ("driving_embeds", driving_embeds)):
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+            raise ValueError(f"{what} must be FACEANON_EMBEDS [B,1,C] (FaceAnon CLIP Image Encode or Mix States)")
+    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
+    if not unet_config or "transformer_depth" not in unet_config:
+        raise ValueError("model must be the FaceAnon UNet (an SD-style UNet MODEL from the FaceAnon loader)")
+    batch = reference_patch.resolve_batch({
+        "the source states": source_states.batch_size, "the source embeddings": source_embeds.shape[0],
+        "the driving states": driving_states.batch_size, "the driving embeddings": driving_embeds.shape[0]})
+    if unet_config["context_dim"] != source_embeds.shape[-1] or source_embeds.shape[-1] != driving_embeds.shape[-1]:
+        raise ValueError(f"embedding sizes {source_embeds.shape[-1]}/{driving_embeds.shape[-1]} do not match the "
+                         f"UNet's context size {unet_config['context_dim']}")
+    return unet_config, batch
+
+
+def _attn1_replaces(model_options: dict) -> dict:
+    return model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+
+
+class ReferenceRun:
+    """``OUTER_SAMPLE`` wrapper of one patched MODEL: batch check, late stacking, memory accounting, cache life."""
+
+    def __init__(self, patch: reference_patch.ReferenceKVPatch, layout: dict, batch: int, blocks_seen: set):
+        self.patch = patch
+        self.layout = dict(layout)
+        self.batch = int(batch)
+        self.blocks_seen = set(blocks_seen)  # block-level attn1 replaces that were there when ours went in
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def check_batch(self, latent_batch: int) -> None:
+        if self.batch not in (1, latent_batch):
+            raise ValueError(f"the latent has a batch of {latent_batch} but the FaceAnon references have "
+                             f"{self.batch} images: use a latent with batch_size {self.batch} (one per driving "
+                             "image), or references of one image")
+
+    def restack(self, model_options: dict) -> None:
+        """Keep replaces that nodes after ours installed on our layers: they run on the extended keys/values."""
+        replaces = _attn1_replaces(model_options)
+        for key in self.layout:
+            current = replaces.get(key)
+            owner = reference_patch.owner_of(current)
+            if current is None:
+                raise RuntimeError(f"FaceAnon's attention patch on UNet layer {key} was removed by a node after "
+                                   "FaceAnon Apply References: the references would be silently missing")
+            if owner is None:
+                logger.info("FaceAnon: a later node replaced attn1 of %s; stacking over it", key)
+                replaces[key] = reference_patch.StackedReplace(self.patch, current)
+            elif owner is not self.patch:
+                raise ValueError("this MODEL holds two sets of FaceAnon references: apply them once per model")
+            elif key[:2] in replaces and key[:2] not in self.blocks_seen and not isinstance(
+                    current, reference_patch.StackedReplace):
+                logger.info("FaceAnon: a later node replaced attn1 of block %s; stacking over it", key[:2])
+                replaces[key] = reference_patch.StackedReplace(self.patch, replaces[key[:2]])
+
+    def __call__(self, executor, *args, **kwargs):
+        noise = args[0] if args else kwargs["noise"]
+        self.check_batch(int(noise.shape[0]))
+        guider = executor.class_obj
+        self.restack(guider.model_options)
+        base = guider.model_patcher.model
+        dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+        size = mm.dtype_size(dtype)
+        had = "memory_required" in vars(base)
+        previous = vars(base).get("memory_required")
+        estimate_without = base.memory_required
+        patch = self.patch
+
+        def memory_required(input_shape, cond_shapes={}):  # noqa: B006 (ComfyUI's own signature)
+            return estimate_without(input_shape, cond_shapes=cond_shapes) + patch.memory_bytes(int(input_shape[0]),
+                                                                                               size)
+
+        base.memory_required = memory_required
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            if had:
+                base.memory_required = previous
+            else:
+                del base.memory_required
+            self.patch.clear()  # the reference keys/values live for one sampling run
+
+
+def install_reference_patch(patched, layout: dict, routing: dict, source_states: ReferenceStates,
+                            driving_states: ReferenceStates, sigma_range=None, batch: int = 1):
+    """Install the dual-reference attention on the (already cloned) MODEL ``patched``; -> the patch.
+
+    An ``attn1`` replace per layer, projecting the reference keys/values once per run with that
+    layer's own ``to_k``/``to_v``. A replace another node installed earlier is kept: ours extends
+    the keys/values and then calls it (:class:`reference_patch.StackedReplace`); ``attn1_patch``
+    entries run before any replace and are untouched.
+    """
+    replaces = _attn1_replaces(patched.model_options)
+    if any(reference_patch.owner_of(r) is not None for r in replaces.values()):
+        raise ValueError("this MODEL already has FaceAnon references (an earlier FaceAnon Apply References): "
+                         "connect the loader's MODEL, or other patches only, to this node")
+    projections = {}
+    for key in layout:
+        path = "diffusion_model." + comfy_layout.comfy_attn1_path(key)
+        try:
+            attn = patched.get_model_object(path)
+        except AttributeError as e:
+            raise ValueError(f"the MODEL has no {path}: it does not match the FaceAnon layout") from e
+        if not (hasattr(attn, "to_k") and hasattr(attn, "to_v")):
+            raise ValueError(f"{path} is not a self-attention module: the MODEL does not match the FaceAnon layout")
+        projections[key] = (attn.to_k, attn.to_v)
+    patch = reference_patch.ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
+                                             attention=_comfy_attention, sigma_range=sigma_range)
+    blocks_seen = {k for k in replaces if len(k) == 2}
+    for key in layout:
+        kind, number, index = key
+        earlier = replaces.get(key, replaces.get(key[:2]))
+        if earlier is not None:
+            logger.info("FaceAnon: attn1 of %s is already replaced by %s; stacking over it", key,
+                        type(earlier).__name__)
+        patched.set_model_attn1_replace(patch if earlier is None else reference_patch.StackedReplace(patch, earlier),
+                                        kind, number, index)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
+                                 ReferenceRun(patch, layout, batch, blocks_seen))
+    return patch
+
+
+def sigma_range_of(model, start_percent: float, end_percent: float):
+    """``(sigma_start, sigma_end)`` from sampling percents (None for the whole run, 0 -> 1)."""
+    for what, p in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if not reference_patch.is_finite_number(p) or not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"{what} must be between 0 and 1, got {p!r}")
+    if float(start_percent) > float(end_percent):
+        raise ValueError(f"start_percent {start_percent} is after end_percent {end_percent}")
+    if float(start_percent) <= 0.0 and float(end_percent) >= 1.0:
+        return None
+    sampling = model.get_model_object("model_sampling")
+    return sampling.percent_to_sigma(float(start_percent)), sampling.percent_to_sigma(float(end_percent))
+
+
+def apply_references(model, source_states, source_embeds, driving_states, driving_embeds,
+                     start_percent: float = 0.0, end_percent: float = 1.0):
+    """-> (patched MODEL clone, positive, negative CONDITIONING, batch, patch)."""
+    unet_config, batch = check_reference_inputs(model, source_states, source_embeds, driving_states, driving_embeds)
+    layout = comfy_layout.attn1_layout(unet_config)
+    routing, _ = comfy_layout.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
+    patched = model.clone()
+    patch = install_reference_patch(patched, layout, routing, source_states, driving_states,
+                                    sigma_range=sigma_range_of(model, start_percent, end_percent), batch=batch)
+    positive, negative = reference_patch.sampler_conditioning(source_embeds, driving_embeds, batch)
+    positive = [[positive.to(mm.intermediate_device()), {}]]
+    negative = [[negative.to(mm.intermediate_device()), {}]]
+    return patched, positive, negative, batch, patch
+
+
+class FaceAnonApplyReferences:
+    DESCRIPTION = ("The method as a model patch, for ComfyUI's own samplers: returns the MODEL with the "
+                   "dual-reference self-attention (keys/values [own, source, driving] states of each block) and "
+                   "the positive [Z'_src, Z_drv] and negative [0, Z_drv] conditioning. Connect them to KSampler, "
+                   "KSamplerAdvanced or SamplerCustomAdvanced + CFGGuider (cfg 4 as in the paper); use a latent "
+                   "with one image per driving image. Other model patches may come before or after it.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("model", "positive", "negative")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        t = TOOLTIPS
+        return {"required": {
+            "model": ("MODEL", {"tooltip": t["model"]}),
+            "source_states": ("FACEANON_STATES", {"tooltip": t["source_states"]}),
+            "source_embeds": ("FACEANON_EMBEDS", {"tooltip": t["source_embeds"]}),
+            "driving_states": ("FACEANON_STATES", {"tooltip": t["driving_states"]}),
+            "driving_embeds": ("FACEANON_EMBEDS", {"tooltip": t["driving_embeds"]}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                        "tooltip": t["start_percent"]}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                      "tooltip": t["end_percent"]}),
+        }}
+
+    def apply(self, model, source_states, source_embeds, driving_states, driving_embeds, start_percent=0.0,
+              end_percent=1.0):
+        patched, positive, negative, _batch, _patch = apply_references(
+            model, source_states, source_embeds, driving_states, driving_embeds, start_percent, end_percent)
+        return patched, positive, negative
