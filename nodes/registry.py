@@ -10,6 +10,7 @@ from .faces_nodes import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedact
 from .models import FaceAnonModelLoader, register_model_folder
 from .oneshot import FaceAnonAnonymize, FaceAnonSwap
 from .verify_node import FaceAnonVerifyFaces
+from .tracks_node import FaceAnonTrackFaces
 from .reference import (
     FaceAnonCaptureStates,
     FaceAnonCLIPImageEncode,
@@ -31,6 +32,7 @@ NODE_CLASS_MAPPINGS = {
     "FaceAnon_PasteFaces": FaceAnonPasteFaces,
     "FaceAnon_RedactFaces": FaceAnonRedactFaces,
     "FaceAnon_VerifyFaces": FaceAnonVerifyFaces,
+    "FaceAnon_TrackFaces": FaceAnonTrackFaces,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -45,6 +47,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FaceAnon_PasteFaces": "Paste Faces Back",
     "FaceAnon_RedactFaces": "Redact Faces",
     "FaceAnon_VerifyFaces": "Verify Faces (identity-leak guard)",
+    "FaceAnon_TrackFaces": "Track Faces (video)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
