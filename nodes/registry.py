@@ -11,6 +11,7 @@ from .models import FaceAnonModelLoader, register_model_folder
 from .oneshot import FaceAnonAnonymize, FaceAnonSwap
 from .patch_node import FaceAnonApplyReferences
 from .verify_node import FaceAnonVerifyFaces
+from .tracks_node import FaceAnonTrackFaces
 from .reference import (
     FaceAnonCaptureStates,
     FaceAnonCLIPImageEncode,
@@ -33,6 +34,7 @@ NODE_CLASS_MAPPINGS = {
     "FaceAnon_PasteFaces": FaceAnonPasteFaces,
     "FaceAnon_RedactFaces": FaceAnonRedactFaces,
     "FaceAnon_VerifyFaces": FaceAnonVerifyFaces,
+    "FaceAnon_TrackFaces": FaceAnonTrackFaces,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -48,6 +50,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FaceAnon_PasteFaces": "Paste Faces Back",
     "FaceAnon_RedactFaces": "Redact Faces",
     "FaceAnon_VerifyFaces": "Verify Faces (identity-leak guard)",
+    "FaceAnon_TrackFaces": "Track Faces (video)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -232,3 +232,23 @@ def test_anonymize_video_refuses_the_guard_it_cannot_run(clip, tmp_path, tiny_mo
                  "--verify"] + FAST)
     assert code == 2 and "--verify" in capsys.readouterr().err
     assert not (tmp_path / "a.mp4").exists()
+
+
+def test_eval_video_mode_per_track(clip, tmp_path, rec, capsys):
+    """The original against itself leaks every sampled frame; a solid fill leaks none."""
+    import json
+
+    from faceanon_core.privacy.video_eval import evaluate_video
+
+    same = evaluate_video(clip, clip, rec).summary
+    assert same["tracks"] == 1 and same["sampled_face_frames"] == N
+    assert same["leak_frames"] == N and same["to_original_mean"] < 1e-6
+    assert same["stability_anonymized"] == pytest.approx(same["stability_original"])
+    filled = tmp_path / "filled.mp4"
+    assert main(["redact", str(clip), "-o", str(filled), "--method", "solid"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(clip), str(filled), "-o", str(tmp_path / "rep")]) == 0
+    s = json.loads((tmp_path / "rep" / "eval.json").read_text())
+    assert s["leak_frames"] == 0 and s["to_original_mean"] > rec.threshold
+    assert main(["eval", str(clip), str(make_face_clip(tmp_path / "short.mp4", n=4))]) == 2
+    assert "frames" in capsys.readouterr().err

@@ -49,6 +49,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"faceanon eval: error: {msg}", file=sys.stderr)
         return 2
 
+    from .video import is_video_run, run_eval_video
+
+    if is_video_run([args.originals, args.anonymized]):  # videos: per track, see privacy/video_eval.py
+        return run_eval_video(args)
     if args.threshold is not None and not args.threshold > 0:
         return fail(f"--threshold must be > 0, got {args.threshold}")
     try:

@@ -42,7 +42,7 @@ from ..media.video import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_video_options", "is_video_run", "run_anonymize_video", "run_redact_video", "video_tracks"]
+__all__ = ["add_video_options", "is_video_run", "run_anonymize_video", "run_eval_video", "run_redact_video", "video_tracks"]
 
 #: Frames decoded and processed together (the memory bound: a few 1080p frames).
 CHUNK = 8
@@ -221,4 +221,39 @@ def run_anonymize_video(args, detector_from_args) -> int:
             _report("anonymize", info, dst, tracks, args)
     except _ERRORS as exc:
         return _fail("anonymize", str(exc))
+    return 0
+
+
+def run_eval_video(args) -> int:
+    """``faceanon eval original.mp4 anonymized.mp4``: per track, anonymity and stability (privacy/video_eval)."""
+    from ..faces import MTCNNDetector
+    from ..privacy.identity import RecognizerUnavailable, default_recognizer
+    from ..privacy.video_eval import VideoEvalError, evaluate_video
+
+    try:
+        for p in (args.originals, args.anonymized):
+            if Path(p).suffix.lower() not in VIDEO_EXTENSIONS:
+                raise VideoEvalError(f"{p}: compare a video with a video (or photos with photos)")
+        if args.threshold is not None and not args.threshold > 0:
+            raise VideoEvalError(f"--threshold must be > 0, got {args.threshold}")
+        out = Path(args.output) / "eval.json" if args.output else None
+        if out is not None and out.exists() and not args.overwrite:
+            raise OutputExistsError(f"{out}: exists; pass --overwrite to replace it")
+        result = evaluate_video(args.originals, args.anonymized, default_recognizer(),
+                                detector=MTCNNDetector(thresholds=(0.6, 0.7, args.detect_threshold)),
+                                threshold=args.threshold)
+    except (*_ERRORS, VideoEvalError, RecognizerUnavailable) as exc:
+        print(f"faceanon eval: error: {exc}", file=sys.stderr)
+        return 2
+    s = result.summary
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.part")
+        tmp.write_text(json.dumps(s, indent=2))
+        tmp.replace(out)
+    print(json.dumps(s))
+    print(f"eval: {s['tracks']} track(s), {s['sampled_face_frames']} face-frames: leak rate {s['leak_rate']:.1%} at "
+          f"distance < {s['threshold']:g}; distance to the original {s['to_original_mean'] or 0:.3f}; "
+          f"spread within a track {s['stability_anonymized'] or 0:.3f} (original {s['stability_original'] or 0:.3f})",
+          file=sys.stderr)
     return 0
