@@ -67,3 +67,37 @@ def face_frame_ok(lm: np.ndarray, box) -> bool:
         and y[0] < y[2] and y[1] < y[2]  # eyes above nose
         and y[2] < y[3] and y[2] < y[4]  # nose above mouth corners
     )
+
+
+def _face_width(img: np.ndarray) -> float:
+    """Box width MTCNN gives the one face of ``img`` (astronaut 88 px, Grace Hopper 180 px)."""
+    return {id(astronaut()): 88.0, id(grace_hopper()): 180.0}[id(img)]
+
+
+def big_photo_with_small_faces(
+    size: tuple[int, int] = (8000, 6000), small: tuple[float, ...] = (22, 24, 26, 28, 30, 23),
+    large: tuple[float, ...] = (400, 180),
+) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
+    """A ``size`` (width, height) canvas of textured grey with real faces (astronaut, Grace Hopper, in turn)
+    scaled so that their face boxes are ``small`` and ``large`` px wide, spread over the canvas and one of
+    them across a 1024-px tile border. Returns (image, [(centre x, centre y, face width)])."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    canvas = np.clip(rng.normal(150, 12, (h // 8, w // 8, 3)), 0, 255).astype(np.uint8)
+    canvas = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_LINEAR)
+    faces = []
+    widths = list(small) + list(large)
+    spots = [(0.11, 0.12), (0.128, 0.17), (0.52, 0.4), (0.8, 0.2), (0.3, 0.8), (0.9, 0.85), (0.6, 0.75),
+             (0.25, 0.45)]
+    for k, (fw, (sx, sy)) in enumerate(zip(widths, spots)):
+        src = astronaut() if k % 2 == 0 else grace_hopper()
+        s = fw / _face_width(src)
+        tile = cv2.resize(src, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        th, tw = tile.shape[:2]
+        x0, y0 = int(sx * w) - tw // 2, int(sy * h) - th // 2
+        canvas[y0:y0 + th, x0:x0 + tw] = tile
+        # Face box centre within the source photo: astronaut (224, 117), Grace Hopper (267, 228).
+        cx, cy = (224.0, 117.0) if k % 2 == 0 else (267.0, 228.0)
+        faces.append((x0 + cx * s, y0 + cy * s, fw))
+    canvas.setflags(write=False)
+    return canvas, faces

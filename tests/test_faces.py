@@ -284,3 +284,52 @@ def test_batch_of_images(det):
     res = process_faces_batch([a, g], lambda x: calls.append(len(x)) or x, detector=det, batch_size=8)
     assert calls == [2]  # crops of both images in one batch
     assert [r.faces[0].frame_index for r in res] == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def big_small_faces():
+    from faces_helpers import big_photo_with_small_faces
+
+    return big_photo_with_small_faces()
+
+
+def _matches(found, truth):
+    """For each true face, the detections whose centre is within a third of its width."""
+    out = []
+    for cx, cy, w in truth:
+        near = [f for f in found if abs((f.box[0] + f.box[2]) / 2 - cx) < w / 3
+                and abs((f.box[1] + f.box[3]) / 2 - cy) < w / 3]
+        out.append(near)
+    return out
+
+
+def test_small_faces_in_a_big_photo_are_found_at_full_resolution(det, big_small_faces):
+    """8000x6000 with faces 22-30 px wide (one across a tile border) and two large ones: each found once.
+
+    The downscaled copy alone (the old behaviour) cannot see faces under 12 * 8000 / 2000 = 48 px."""
+    img, truth = big_small_faces
+    found = det.detect(img)
+    matches = _matches(found, truth)
+    assert [len(m) for m in matches] == [1] * len(truth), [(t, [f.box for f in m]) for t, m in zip(truth, matches)]
+    assert len(found) == len(truth)  # no duplicates from overlapping tiles, no false alarms on the background
+    for (cx, cy, w), (f,) in zip(truth, matches):
+        assert 0.7 * w < f.box[2] - f.box[0] < 1.3 * w
+        assert face_frame_ok(f.landmarks5, f.box)
+    coarse = MTCNNDetector(full_resolution=False).detect(img)
+    assert sum(1 for m in _matches(coarse, truth) if not m) >= 4  # what the tiles add
+
+
+def test_full_resolution_pass_changes_nothing_below_max_side(det, collage_faces):
+    img, _, faces = collage_faces
+    again = MTCNNDetector(full_resolution=False).detect(img)
+    assert [f.box for f in faces] == [f.box for f in again]
+
+
+def test_min_face_size_limits_and_near_limit_count():
+    from faceanon_core.faces import DEFAULT_DETECTOR_MIN_FACE, count_near_limit
+
+    assert DEFAULT_DETECTOR_MIN_FACE == 20.0 == MTCNNDetector().min_face_size
+    with pytest.raises(ValueError, match="at least 8 px"):
+        MTCNNDetector(min_face_size=5)
+    faces = [DetectedFace(box=(0, 0, w, w), score=1.0, landmarks5=np.zeros((5, 2))) for w in (20, 29.9, 30, 100)]
+    assert count_near_limit(faces, 20.0) == 2

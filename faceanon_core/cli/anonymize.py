@@ -88,23 +88,38 @@ def handle_small_faces(result, policy: str, name: str) -> np.ndarray:
     return apply_small_face_policy(result, policy, name).image
 
 
-def run_anonymize_photos(args) -> int:
+def precheck_inputs(todo, overwrite: bool) -> dict[str, str]:
+    """Problems found without the model: unreadable photos, outputs that exist. ``{input: message}``."""
+    from ..media.images import ImageReadError, probe_image
 
-    plan = plan_images(args.inputs, args.output, args.suffix, recursive=args.recursive)
+    problems = {}
+    for item, out in todo:
+        try:
+            probe_image(item.path)
+        except ImageReadError as exc:
+            problems[str(item.path)] = str(exc)
+            continue
+        if out.exists() and not overwrite:
+            problems[str(item.path)] = f"{out}: output exists; pass --overwrite to replace it"
+    return problems
+
+
+def run_anonymize_photos(args) -> int:
+    """Plan, check every input, lock the folder -- all before the model loads (minutes on a CPU)."""
+    from .common import folder_run, model_identity, models_dir, plan_run
+
+    run = plan_run(args.inputs, args.output, args.suffix, recursive=args.recursive)
+    plan = run.plan
     detector = detector_from_args(args)
-    manifest_path = args.manifest or (Path(args.output) / MANIFEST_NAME if len(plan) > 1 else None)
-    manifest = Manifest(manifest_path) if manifest_path else None
-    todo = [(item, out) for item, out in plan if not (manifest and manifest.is_done(item.path, out))]
-    if not todo:
-        print(f"anonymize: all {len(plan)} photo(s) already done (manifest {manifest_path})", file=sys.stderr)
-        return 0
-    recognizer = verification(args)
-    pipe = load_pipeline(args)
-    pipe.set_progress_bar_config(disable=True)
-    process_crops = crop_processor(pipe, args)
+    manifest_path = args.manifest or (Path(args.output) / MANIFEST_NAME
+                                      if run.folder is not None and len(plan) > 1 else None)
+    folder = models_dir(args)
     params = {"command": "anonymize", "degree": args.degree, "guidance": args.guidance, "steps": args.steps,
-              "size": args.size, "scheduler": args.scheduler, "min_face_size": args.min_face_size,
-              "threshold": args.threshold}
+              "seed": args.seed, "size": args.size, "scheduler": args.scheduler,
+              "min_face_size": args.min_face_size, "min_model_face": args.min_model_face,
+              "threshold": args.threshold, "small_faces": args.small_faces, "keep_metadata": args.keep_metadata,
+              "model": model_identity(folder) if (folder / "unet").is_dir() else {"folder": str(folder)}}
+    recognizer = verification(args)
     guard_config = None
     if recognizer is not None:
         from ..privacy.guard import GuardConfig
@@ -115,19 +130,53 @@ def run_anonymize_photos(args) -> int:
                             "retries": args.verify_retries, "fallback": args.verify_fallback}
     else:
         params["verify"] = None
+    with folder_run(run, manifest_path, params, overwrite=args.overwrite, wait=args.wait,
+                    command="anonymize") as manifest:
+        return _anonymize_locked(args, run, manifest, manifest_path, params, detector, recognizer, guard_config)
+
+
+def _anonymize_locked(args, run, manifest, manifest_path, params, detector, recognizer, guard_config) -> int:
+    from ..faces.detect import count_near_limit
+    from .common import report_near_limit, report_not_handled
+
+    plan = run.plan
+    todo = [(item, out) for item, out in plan if not (manifest and manifest.is_done(item.path, out, params))]
+    if not todo:
+        print(f"anonymize: all {len(plan)} photo(s) already done (manifest {manifest_path})", file=sys.stderr)
+        report_not_handled(run, "anonymize")
+        return 0
+    problems = precheck_inputs(todo, args.overwrite)
+    for path, message in problems.items():
+        print(f"faceanon anonymize: error: {message}" if path in message
+              else f"faceanon anonymize: error: {path}: {message}", file=sys.stderr)
+    if problems and (args.stop_on_error or len(problems) == len(todo)):
+        if manifest is not None:
+            for item, out in todo:
+                if str(item.path) in problems:
+                    manifest.append({"input": str(item.path), "output": str(out), "status": "error",
+                                     "error": problems[str(item.path)], "params": params})
+        raise CliError(f"{len(problems)} of {len(todo)} input(s) cannot be done (above); nothing was "
+                       "processed and the model was not loaded")
+    pipe = load_pipeline(args)
+    pipe.set_progress_bar_config(disable=True)
+    process_crops = crop_processor(pipe, args)
 
     min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
 
     def process(src: Path, dst: Path) -> dict[str, Any]:
+        if str(src) in problems:
+            raise ValueError(problems[str(src)])
         image = load_image(src)
+        found = detector.detect(image.rgb)
+        near = count_near_limit(found, args.min_face_size)
         if recognizer is None:
-            result = process_faces(image.rgb, process_crops, detector=detector, batch_size=args.batch_size,
+            result = process_faces(image.rgb, process_crops, faces=found, batch_size=args.batch_size,
                                    image_name=str(src), small_faces=args.small_faces, **min_size)
         else:
             from ..privacy.guard import guarded_process_faces
 
             result = guarded_process_faces(image.rgb, crop_anonymizer(pipe, args), recognizer, seed=args.seed,
-                                           degree=args.degree, config=guard_config, detector=detector,
+                                           degree=args.degree, config=guard_config, faces=found,
                                            batch_size=args.batch_size, image_name=str(src),
                                            small_faces=args.small_faces, **min_size)
         anonymized = result.image  # small faces already handled by the library (--small-faces)
@@ -136,7 +185,7 @@ def run_anonymize_photos(args) -> int:
                    exif=image.exif if args.keep_metadata else None)
         logger.info("%s: %d face(s) anonymized -> %s", src, len(result.faces), dst)
         info = {"faces": len(result.faces), "small_faces": len(result.skipped),
-                "small_faces_policy": args.small_faces}
+                "small_faces_policy": args.small_faces, "faces_near_min_size": near}
         if recognizer is not None:
             info["identity"] = [c.to_dict() for c in result.checks]
         return info
@@ -148,7 +197,11 @@ def run_anonymize_photos(args) -> int:
                             stop_on_error=args.stop_on_error, progress=lambda n, total, path: bar.update(1))
     print(f"anonymize: {summary.done} written, {summary.skipped} already done, {summary.failed} failed",
           file=sys.stderr)
+    report_not_handled(run, "anonymize")
+    report_near_limit(summary, args.min_face_size, "anonymize")
     for path, message in summary.errors:
+        if path in problems:
+            continue  # reported before the model loaded
         print(f"faceanon anonymize: error: {path}: {message}", file=sys.stderr)
     return 0 if summary.ok else 1
 
@@ -174,6 +227,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     anon.add_argument("--keep-metadata", action="store_true",
                       help="keep EXIF (GPS, maker notes and thumbnails are always dropped)")
     anon.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
+    anon.add_argument("--wait", action="store_true",
+                      help="if another run is working in the output folder, wait for it (default: refuse)")
     anon.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                       help="check every output face with a face recognizer and retry (new seed, larger degree) "
                            "while it still matches the original (default: on when the 'verify' extra is "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("faceanon")
 
@@ -72,25 +75,130 @@ def pick_device(name: str):
     return torch.device("cpu")
 
 
-def plan_images(inputs: list[str], out: str, suffix: str | None, recursive: bool = False):
-    """(InputItem, output) pairs: ``out`` itself for one input with an image extension, else a folder."""
-    from ..media.images import IMAGE_EXTENSIONS
-    from ..media.plans import InputError, expand_inputs, plan_outputs
+#: Photo extensions that name a file when given to ``-o`` with one input, even those we cannot write
+#: (refused with a clear message instead of becoming a folder named ``out.gif``).
+_FILE_LIKE = frozenset({".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".psd", ".raw", ".dng"})
+
+
+@dataclass
+class RunPlan:
+    """A planned run: ``plan`` pairs inputs with outputs; ``folder`` is the output folder (None when
+    ``-o`` names the output file of a single input); ``scan`` lists what the inputs hold."""
+
+    plan: list
+    folder: Path | None
+    scan: Any
+
+
+def plan_run(inputs: list[str], out: str, suffix: str | None, recursive: bool = False,
+             format_flag: str = "--suffix") -> RunPlan:
+    """Plan a photo run: ``-o`` names the output file for one input with a photo extension, else a folder.
+
+    Everything that can be checked without reading pixels is: inputs exist, the output folder is not
+    an input folder, no two inputs share an output, every output format can be written.
+    """
+    from ..media.images import WRITABLE_EXTENSIONS
+    from ..media.plans import InputError, check_output_formats, plan_outputs, scan_inputs
 
     out_path = Path(out).expanduser()
+    as_file = out_path.suffix.lower() in WRITABLE_EXTENSIONS | _FILE_LIKE and not out_path.is_dir()
     try:
-        items = expand_inputs(inputs, recursive=recursive, exclude=out_path)
+        scan = scan_inputs(inputs, recursive=recursive, exclude=None if as_file else out_path)
+        items = scan.items
         if not items:
-            raise CliError("no images found in the inputs")
-        if len(items) == 1 and out_path.suffix.lower() in IMAGE_EXTENSIONS:
+            extra = "; ".join(scan.not_handled_lines())
+            raise CliError("no photos found in the inputs" + (f" ({extra})" if extra else ""))
+        if as_file:
+            if len(items) > 1:
+                raise CliError(f"{out_path}: {len(items)} inputs need an output folder, not a file name")
             if out_path.resolve() == items[0].path.resolve():
                 raise CliError(f"{out_path}: the output would replace the input; choose another output path")
-            return [(items[0], out_path)]
-        if out_path.suffix.lower() in IMAGE_EXTENSIONS or (out_path.exists() and not out_path.is_dir()):
-            raise CliError(f"{out_path}: several inputs need an output folder, not a file")
-        return plan_outputs(items, out_path, suffix)
+            plan = [(items[0], out_path)]
+            check_output_formats(plan, "a .png or .jpg output name")
+            return RunPlan(plan, None, scan)
+        if out_path.exists() and not out_path.is_dir():
+            raise CliError(f"{out_path}: output exists and is not a folder")
+        return RunPlan(plan_outputs(items, out_path, suffix, format_flag=format_flag), out_path, scan)
     except InputError as exc:
         raise CliError(str(exc)) from exc
+
+
+def plan_images(inputs: list[str], out: str, suffix: str | None, recursive: bool = False):
+    """(InputItem, output) pairs: ``out`` itself for one input with a photo extension, else a folder."""
+    return plan_run(inputs, out, suffix, recursive).plan
+
+
+@contextlib.contextmanager
+def folder_run(run: RunPlan, manifest_path, params: dict, *, overwrite: bool, wait: bool, command: str):
+    """Lock the output folder, clean our stale temporary files, open the manifest, refuse changed
+    parameters (unless ``overwrite``), record the files left out. Yields the manifest (or None)."""
+    from ..media.images import remove_stale_partials
+    from ..media.manifest import Manifest, RunLock
+    from ..media.plans import InputError
+
+    lock = RunLock(run.folder, wait=wait, command=command) if run.folder is not None else None
+    try:
+        if lock is not None:
+            lock.acquire()
+            for stale in remove_stale_partials(run.folder):
+                logger.info("removed %s, left by a run that was killed while writing", stale)
+        manifest = Manifest(manifest_path) if manifest_path else None
+        if manifest is not None:
+            manifest.check_params([item.path for item, _ in run.plan], params, overwrite=overwrite)
+            manifest.note_skipped(run.scan.unsupported, "not a photo format this command reads")
+            manifest.note_skipped(run.scan.videos, "video")
+    except InputError as exc:
+        if lock is not None:
+            lock.release()
+        raise CliError(str(exc)) from exc
+    try:
+        yield manifest
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def report_not_handled(run: RunPlan, command: str) -> None:
+    """Name the files of the input folders that the run left out (summary lines on stderr)."""
+    import sys
+
+    for line in run.scan.not_handled_lines():
+        print(f"{command}: {line}", file=sys.stderr)
+
+
+def report_near_limit(summary, min_face_size: float, command: str) -> None:
+    """Say how many detections were close to ``--min-face-size``: a slightly smaller face was missed."""
+    import sys
+
+    from ..faces.detect import NEAR_LIMIT_FACTOR
+
+    near = summary.totals.get("faces_near_min_size", 0)
+    if near:
+        print(f"{command}: {near} face(s) were less than {NEAR_LIMIT_FACTOR:g}x --min-face-size "
+              f"({min_face_size:g} px) wide; faces a little smaller are not found: lower --min-face-size "
+              "(down to 8) to look for them", file=sys.stderr)
+
+
+def add_run_options(parser) -> None:
+    """Options of every folder run."""
+    parser.add_argument("--wait", action="store_true",
+                        help="if another run is working in the output folder, wait for it (default: refuse)")
+
+
+def model_identity(folder: Path) -> dict:
+    """What identifies the weights a run used: the folder and a digest of its config files and weight sizes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts):
+            rel = f.relative_to(folder).as_posix()
+            h.update(rel.encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+            else:
+                h.update(str(f.stat().st_size).encode())
+    return {"folder": str(folder.resolve()), "digest": h.hexdigest()[:16]}
 
 
 def plan_crops(inputs: list[str], out: str, suffix: str | None, overwrite: bool) -> list[tuple[Path, Path]]:

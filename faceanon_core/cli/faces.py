@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..faces import FaceDetectorError, MTCNNDetector
+from ..faces.detect import DEFAULT_DETECTOR_MIN_FACE, SMALLEST_DETECTABLE_FACE, count_near_limit
 from ..faces.redact import DEFAULT_STRENGTH, METHODS, redact_image
-from ..media.images import ImageReadError, load_image, save_image
-from ..media.manifest import Manifest, run_batch
-from ..media.plans import InputError, expand_inputs, plan_outputs
+from ..media.images import WRITABLE_EXTENSIONS, ImageReadError, load_image, save_image
+from ..media.manifest import run_batch
+from .common import CliError, add_run_options, folder_run, plan_run, report_near_limit, report_not_handled
 from .video import add_video_options, is_video_run, run_redact_video
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,18 @@ def detector_from_args(args: argparse.Namespace) -> MTCNNDetector:
     return MTCNNDetector(min_face_size=args.min_face_size, thresholds=(0.6, 0.7, args.threshold))
 
 
+def _face_px(text: str) -> float:
+    v = _positive(text)
+    if v < SMALLEST_DETECTABLE_FACE:
+        raise argparse.ArgumentTypeError(f"must be at least {SMALLEST_DETECTABLE_FACE:g} px (the detector finds "
+                                         f"no smaller faces), got {text}")
+    return v
+
+
 def add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-face-size", type=_positive, default=20.0, metavar="PX",
-                   help="smallest face to look for, in pixels (default 20)")
+    p.add_argument("--min-face-size", type=_face_px, default=DEFAULT_DETECTOR_MIN_FACE, metavar="PX",
+                   help=f"smallest face to look for: face box width in pixels of the photo, at any photo size "
+                        f"(default {DEFAULT_DETECTOR_MIN_FACE:g}, at least {SMALLEST_DETECTABLE_FACE:g})")
     p.add_argument("--threshold", type=_probability, default=0.95, metavar="P",
                    help="detector confidence threshold, 0-1 (default 0.95; lower finds more, with more false alarms)")
 
@@ -82,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Blur, pixelate or fill every detected face. Writes new files; never touches the inputs.",
     )
     p.add_argument("inputs", nargs="+", metavar="PHOTO_OR_DIR", help="photos and/or folders of photos")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file for one photo (e.g. out.png), else output folder (created if needed)")
     p.add_argument("--method", choices=METHODS, default="blur", help="redaction style (default blur)")
     p.add_argument("--strength", type=_positive, default=None,
                    help=f"blur: sigma as a fraction of the eye distance (default {DEFAULT_STRENGTH['blur']}); "
@@ -97,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ext", default=None, metavar="EXT", help="output format by extension (png, jpg, webp, tiff, bmp); default: as input")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
     add_detector_args(p)
+    add_run_options(p)
     add_video_options(p, anonymize=False)
     p.set_defaults(func=cmd_redact)
 
@@ -116,23 +128,15 @@ def _fail(cmd: str, msg: str) -> int:
 def cmd_redact(args: argparse.Namespace) -> int:
     if is_video_run(args.inputs):  # videos: tracks, see cli/video.py
         return run_redact_video(args, detector_from_args)
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        return _fail("redact", f"{out_dir}: output exists and is not a folder")
-    if args.ext is not None and f".{args.ext.lower().lstrip('.')}" not in {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}:
+    if args.ext is not None and f".{args.ext.lower().lstrip('.')}" not in WRITABLE_EXTENSIONS:
         return _fail("redact", f"--ext {args.ext}: use png, jpg, webp, tiff or bmp")
     try:
-        items = expand_inputs(args.inputs, recursive=args.recursive, exclude=out_dir)
-        plan = plan_outputs(items, out_dir, args.ext)
+        run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, format_flag="--ext")
         detector = detector_from_args(args)
-    except (InputError, FaceDetectorError, ValueError) as exc:
+    except (CliError, FaceDetectorError, ValueError) as exc:
         return _fail("redact", str(exc))
-    if not plan:
-        return _fail("redact", "no photos found in the inputs")
-    try:
-        manifest = Manifest(args.manifest or out_dir / MANIFEST_NAME)
-    except InputError as exc:
-        return _fail("redact", str(exc))
+    out_dir = run.folder
+    manifest_path = args.manifest or (out_dir / MANIFEST_NAME if out_dir is not None else None)
     params = {
         "command": "redact",
         "method": args.method,
@@ -140,21 +144,31 @@ def cmd_redact(args: argparse.Namespace) -> int:
         "color": list(args.color) if args.method == "solid" else None,
         "min_face_size": args.min_face_size,
         "threshold": args.threshold,
+        "keep_metadata": args.keep_metadata,
     }
 
     def process(src: Path, dst: Path) -> dict[str, Any]:
         img = load_image(src)
-        res = redact_image(img.rgb, args.method, args.strength, color=args.color, detector=detector,
-                           image_name=str(src))
+        faces = detector.detect(img.rgb)
+        res = redact_image(img.rgb, args.method, args.strength, color=args.color, faces=faces, image_name=str(src))
         save_image(dst, res.image, img.alpha, overwrite=args.overwrite, strip_metadata=not args.keep_metadata,
                    icc_profile=img.icc_profile, exif=img.exif)
-        return {"faces": len(res.faces)}
+        return {"faces": len(res.faces), "faces_near_min_size": count_near_limit(faces, args.min_face_size)}
 
-    summary = run_batch(plan, process, manifest=manifest, params=params, stop_on_error=args.stop_on_error)
+    try:
+        with folder_run(run, manifest_path, params, overwrite=args.overwrite, wait=args.wait,
+                        command="redact") as manifest:
+            summary = run_batch(run.plan, process, manifest=manifest, params=params,
+                                stop_on_error=args.stop_on_error)
+    except CliError as exc:
+        return _fail("redact", str(exc))
+    target = out_dir if out_dir is not None else run.plan[0][1]
     print(
-        f"redact: {summary.done} written, {summary.skipped} already done, {summary.failed} failed -> {out_dir}",
+        f"redact: {summary.done} written, {summary.skipped} already done, {summary.failed} failed -> {target}",
         file=sys.stderr,
     )
+    report_not_handled(run, "redact")
+    report_near_limit(summary, args.min_face_size, "redact")
     for path, msg in summary.errors:
         print(f"faceanon redact: error: {msg}" if path in msg else f"faceanon redact: error: {path}: {msg}",
               file=sys.stderr)
@@ -165,14 +179,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
     try:
         img = load_image(args.photo)
         faces = detector_from_args(args).detect(img.rgb)
+        near = count_near_limit(faces, args.min_face_size)
     except (ImageReadError, FaceDetectorError, ValueError) as exc:
         return _fail("detect", str(exc))
     if args.json:
         doc = {"path": str(args.photo), "width": img.width, "height": img.height,
+               "min_face_size": args.min_face_size, "faces_near_min_size": near,
                "faces": [f.to_dict() for f in faces]}
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"{args.photo}: {img.width}x{img.height}, {len(faces)} face(s)")
+    print(f"{args.photo}: {img.width}x{img.height}, {len(faces)} face(s)"
+          + (f", {near} near --min-face-size {args.min_face_size:g} px" if near else ""))
     if faces:
         print(f"{'#':>2}  {'score':>6}  {'box (x0,y0,x1,y1)':<26}  landmarks (L eye, R eye, nose, L mouth, R mouth)")
         for i, f in enumerate(faces):

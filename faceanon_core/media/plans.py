@@ -11,14 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS
+
+try:  # video support lives in its own module; without it, videos are simply not photos
+    from .video_read import VIDEO_EXTENSIONS
+except ImportError:  # pragma: no cover
+    VIDEO_EXTENSIONS = frozenset()
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "InputError",
     "InputItem",
+    "Scan",
     "expand_inputs",
+    "scan_inputs",
+    "check_output_formats",
     "output_path",
     "plan_outputs",
 ]
@@ -39,42 +47,74 @@ def _is_image(p: Path, extensions: frozenset[str]) -> bool:
     return p.suffix.lower() in extensions and not p.name.startswith(".")
 
 
-def expand_inputs(
+@dataclass
+class Scan:
+    """What the inputs hold: the photos to do, and the files of the input folders that are not
+    (``unsupported``: a .gif, .heic, .txt ...; ``videos``: for the video commands, not photos)."""
+
+    items: list[InputItem]
+    unsupported: list[Path]
+    videos: list[Path]
+
+    def not_handled_lines(self) -> list[str]:
+        """One line per kind of file left out, naming the files (the first 10 of each kind)."""
+        lines = []
+        for files, what in ((self.unsupported, "not a photo format this command reads (png, jpg, webp, tiff, "
+                                                 "bmp)"), (self.videos, "videos, not photos")):
+            if files:
+                names = ", ".join(str(f) for f in files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10
+                                                                   else "")
+                lines.append(f"{len(files)} file(s) skipped, {what}: {names}")
+        return lines
+
+
+def scan_inputs(
     inputs: Iterable[str | os.PathLike],
     *,
     recursive: bool = False,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     exclude: str | os.PathLike | None = None,
-) -> list[InputItem]:
-    """Files and folders -> sorted, de-duplicated photos.
+) -> Scan:
+    """Files and folders -> sorted, de-duplicated photos, plus the folder files that are not photos.
 
     A file is taken as given (any extension; reading it decides). A folder
     contributes its photos (by extension, hidden files skipped), recursively
-    when asked, with paths relative to it. ``exclude`` (the output folder) is
-    never read from, so an output folder inside an input folder is safe.
-    Raises :class:`InputError` for a missing input or when two inputs would
-    write the same output name.
+    when asked, with paths relative to it; its other files are listed in
+    ``unsupported`` or ``videos``. ``exclude`` (the output folder) is never
+    read from, so an output folder inside an input folder is safe; an output
+    folder that *is* an input folder is refused (outputs would mix with the
+    originals). Raises :class:`InputError` for a missing input.
     """
     exts = frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     excl = Path(exclude).resolve() if exclude is not None else None
     items: list[InputItem] = []
+    unsupported: list[Path] = []
+    videos: list[Path] = []
     seen: set[Path] = set()
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
             raise InputError(f"{p}: no such file or folder")
         if p.is_dir():
+            if excl is not None and p.resolve() == excl:
+                raise InputError(f"{p} is both an input folder and the output folder: the outputs would mix with "
+                                 f"the originals; choose another output folder, e.g. -o {p.resolve().name}-out")
             it = p.rglob("*") if recursive else p.iterdir()
             found = []
             for f in it:
-                if not f.is_file() or not _is_image(f, exts):
+                if not f.is_file() or f.name.startswith("."):
                     continue
                 rel = f.relative_to(p)
                 if any(part.startswith(".") for part in rel.parts[:-1]):
                     continue
                 if excl is not None and (excl == f.resolve().parent or excl in f.resolve().parents):
                     continue
-                found.append(InputItem(f, rel))
+                if _is_image(f, exts):
+                    found.append(InputItem(f, rel))
+                elif f.suffix.lower() in VIDEO_EXTENSIONS:
+                    videos.append(f)
+                else:
+                    unsupported.append(f)
             if not found:
                 logger.warning("%s: no photos found (%s)", p, "recursive" if recursive else "use --recursive for subfolders")
             items.extend(sorted(found, key=lambda i: str(i.rel)))
@@ -87,7 +127,21 @@ def expand_inputs(
             continue
         seen.add(key)
         out.append(item)
-    return out
+    return Scan(out, sorted(unsupported), sorted(videos))
+
+
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike],
+    *,
+    recursive: bool = False,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    exclude: str | os.PathLike | None = None,
+) -> list[InputItem]:
+    """The photos of :func:`scan_inputs` (the files left out are logged, not returned)."""
+    scan = scan_inputs(inputs, recursive=recursive, extensions=extensions, exclude=exclude)
+    for line in scan.not_handled_lines():
+        logger.info("%s", line)
+    return scan.items
 
 
 def output_path(item: InputItem, out_dir: str | os.PathLike, ext: str | None = None) -> Path:
@@ -99,10 +153,22 @@ def output_path(item: InputItem, out_dir: str | os.PathLike, ext: str | None = N
     return Path(out_dir) / rel
 
 
+def check_output_formats(plan: Sequence[tuple[InputItem, Path]], format_flag: str = "--ext") -> None:
+    """Refuse, before any work, outputs whose extension cannot be written (an input .gif, .heic ...)."""
+    bad = [out for _, out in plan if out.suffix.lower() not in WRITABLE_EXTENSIONS]
+    if bad:
+        names = ", ".join(str(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise InputError(
+            f"cannot write {bad[0].suffix or 'extension-less'} outputs ({names}); outputs can be "
+            f"{', '.join(sorted(e.lstrip('.') for e in WRITABLE_EXTENSIONS))}: choose one with {format_flag} png"
+        )
+
+
 def plan_outputs(
-    items: Sequence[InputItem], out_dir: str | os.PathLike, ext: str | None = None
+    items: Sequence[InputItem], out_dir: str | os.PathLike, ext: str | None = None, *, format_flag: str = "--ext"
 ) -> list[tuple[InputItem, Path]]:
-    """Pair inputs with outputs; raise :class:`InputError` on clashes or input == output."""
+    """Pair inputs with outputs; raise :class:`InputError` on clashes, input == output or an output
+    format that cannot be written (checked here, before any work)."""
     plan = []
     by_out: dict[Path, InputItem] = {}
     for item in items:
@@ -117,4 +183,5 @@ def plan_outputs(
             )
         by_out[key] = item
         plan.append((item, out))
+    check_output_formats(plan, format_flag)
     return plan
