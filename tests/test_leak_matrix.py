@@ -349,3 +349,25 @@ def test_threshold_sits_between_untouched_and_the_weakest_redaction():
     changes = [box_change(img, out, f.box) for f in detections(mixed)]
     assert min(changes) > 5 * CHANGED, changes  # the weakest intended change (26 measured) is far above it
     assert box_change(img, img, detections(mixed)[0].box) == 0.0
+
+
+@pytest.mark.parametrize("policy", ["fail", "keep"])
+def test_small_face_policy_is_honoured_by_the_guard_too(policy):
+    """``small_faces`` of guarded_process_faces: "fail" raises before the model runs, "keep" leaves the face."""
+    from faceanon_core.faces import FaceProcessingError
+    from faceanon_core.privacy.guard import guarded_process_faces
+
+    photo, calls = small_astronaut(), []
+
+    def model(crops, seed, degree):
+        calls.append(crops)
+        return crops
+
+    faces = list(detections(small_astronaut))
+    if policy == "fail":
+        with pytest.raises(FaceProcessingError, match="too small for the model"):
+            guarded_process_faces(photo, model, FakeRecognizer(1.0), faces=faces, small_faces="fail")
+    else:
+        out = guarded_process_faces(photo, model, FakeRecognizer(1.0), faces=faces, small_faces="keep")
+        assert np.array_equal(out.image, photo) and len(out.skipped) == 1
+    assert calls == []

@@ -5,6 +5,26 @@ which test went red for each mutation applied by hand. They check the method's o
 (DESIGN.md, "The method, precisely") on what the pipeline actually feeds its networks, recorded
 with forward hooks on the tiny model, not recorded numbers: tests/test_authors_parity.py holds those.
 
+Applied once each by hand (2026-12-01), the mutation -> the tests here that went red (other modules too):
+- CFG halves swapped (pipeline.py ``uncond, cond = chunk``): test_guidance_is_uncond_plus_g_times_cond_minus_uncond
+  (+ test_authors_parity x2)
+- the real source embedding in the unconditional context: test_unconditional_context_has_a_zero_source_embedding,
+  test_guidance_... (+ parity x2)
+- Eq. 2 weights swapped (states.py): test_eq2_and_eq1_weights, test_reference_tokens_are_eq2_states_and_driving_states,
+  test_nodes_eq1_is_applied_before_... (+ parity x2, test_states x2)
+- Eq. 1 after the source ReferenceNet: test_eq1_reaches_the_source_referencenet_before_it_runs,
+  test_reference_tokens_... (+ parity anonymize)
+- per-layer routing as the default of route_states / FaceAnonPipeline.__init__ / from_pretrained / the node loader:
+  test_as_trained_routing_is_the_default_everywhere (each; + test_attention for route_states, parity for
+  from_pretrained; nothing else caught the __init__ and node-loader defaults)
+- driving states dropped (reference_tokens): test_driving_states_change_the_result (+ parity x2)
+- reference K/V kept across calls (ReferenceContext.begin/end): test_reference_keys_values_are_never_reused_across_calls
+  (+ parity swap)
+- nodes: positive/negative source rows swapped -> test_nodes_rows_get_s_prime_...; negative context with the real
+  embedding -> test_nodes_negative_conditioning_...; Eq. 1 after capture -> test_nodes_eq1_...; driving states
+  dropped -> test_nodes_rows_...; a K/V cache shared across patches -> test_nodes_reference_keys_values_...
+  (test_nodes_math also caught all but the loader default).
+
 Exact comparisons (``torch.equal``) where the code must route the very same tensor; ``assert_close``
 at float32 rounding (1e-6 relative) where a value is recomputed with the same operations.
 """

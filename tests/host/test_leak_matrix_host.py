@@ -166,6 +166,17 @@ def test_video_workflow_on_a_clip_without_faces(server, base):
     assert len(saved(base, entry, "7")) == wh.VIDEO_FRAMES
 
 
+def test_face_swap_without_a_source_face_fails_and_writes_nothing(server, base):
+    from host_helpers import error_message
+
+    before = outputs_on_disk(base)
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "face_swap_api.json"))
+    prompt["2"]["inputs"]["image"] = "leak_no_face.png"
+    entry = server.run(prompt)
+    assert "no face" in (error_message(entry) or "")
+    assert outputs_on_disk(base) == before
+
+
 def test_a_model_that_fails_writes_nothing(server, base):
     """The model failing to load (the 'broken' folder has a UNet only) stops the graph before any save."""
     from host_helpers import error_message
