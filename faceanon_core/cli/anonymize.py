@@ -105,8 +105,10 @@ def run_anonymize_photos(args) -> int:
         print(f"anonymize: all {len(plan)} photo(s) already done (manifest {manifest_path})", file=sys.stderr)
         return 0
     recognizer = verification(args)
-    pipe = load_pipeline(args)
-    pipe.set_progress_bar_config(disable=True)
+    runner = getattr(args, "batch_runner", None) or run_batch  # --ray: cli.ray_runs (its actors load the model)
+    pipe = load_pipeline(args) if runner is run_batch else None
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)
     process_crops = crop_processor(pipe, args)
     params = {"command": "anonymize", "degree": args.degree, "guidance": args.guidance, "steps": args.steps,
               "size": args.size, "scheduler": args.scheduler, "min_face_size": args.min_face_size,
@@ -149,7 +151,7 @@ def run_anonymize_photos(args) -> int:
     from tqdm import tqdm
 
     with tqdm(total=len(plan), unit="photo", disable=len(plan) < 2) as bar:
-        summary = run_batch(plan, process, manifest=manifest, params=params, seed=args.seed,
+        summary = runner(plan, process, manifest=manifest, params=params, seed=args.seed,
                             stop_on_error=args.stop_on_error, progress=lambda n, total, path: bar.update(1))
     print(f"anonymize: {summary.done} written, {summary.skipped} already done, {summary.failed} failed",
           file=sys.stderr)
@@ -190,6 +192,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="tries after the first, each with seed+1 and degree+0.25 (default 2)")
     anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
                       help="a face still recognizable after every try: fail the photo (default) or blur it")
+    anon.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                      help="run the folder on Ray Data: a local instance (no value), a cluster (HOST:PORT), "
+                           "or auto ($RAY_ADDRESS); needs the 'ray' extra")
     add_detector_args(anon)
     add_model_options(anon)
     anon.set_defaults(func=run_anonymize)

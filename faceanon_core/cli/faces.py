@@ -95,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
     p.add_argument("--ext", default=None, metavar="EXT", help="output format by extension (png, jpg, webp, tiff, bmp); default: as input")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the folder on Ray Data: a local instance (no value), a cluster (HOST:PORT), "
+                        "or auto ($RAY_ADDRESS); needs the 'ray' extra")
     add_detector_args(p)
     p.set_defaults(func=cmd_redact)
 
@@ -146,7 +149,8 @@ def cmd_redact(args: argparse.Namespace) -> int:
                    icc_profile=img.icc_profile, exif=img.exif)
         return {"faces": len(res.faces)}
 
-    summary = run_batch(plan, process, manifest=manifest, params=params, stop_on_error=args.stop_on_error)
+    runner = getattr(args, "batch_runner", None) or run_batch  # --ray: cli.ray_runs
+    summary = runner(plan, process, manifest=manifest, params=params, stop_on_error=args.stop_on_error)
     print(
         f"redact: {summary.done} written, {summary.skipped} already done, {summary.failed} failed -> {out_dir}",
         file=sys.stderr,
