@@ -137,7 +137,7 @@ def test_fsdp_two_cpu_processes_over_gloo(tiny_model_dir, data_file, tmp_path):
         import accelerate
 
         pytest.skip(f"accelerate {accelerate.__version__} with torch {torch.__version__} does not run FSDP on the "
-                    f"CPU (backend {sorted(backends) or probe.stderr[-300:]}); the gathered-weights path is "
+                    f"CPU (probe exit {probe.returncode}, backends {sorted(backends)}); the gathered-weights path is "
                     "tested with a simulated FSDP accelerator above")
     cfg = tiny_config(tiny_model_dir, data_file, tmp_path / "fsdp",
                       train={"max_steps": 2, "gradient_accumulation_steps": 2, "export_at_end": True},
