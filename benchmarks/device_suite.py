@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     if pipe is not None:
         run("memory", lambda: section_memory(args, pipe, device))
         run("end_to_end", lambda: section_end_to_end(args, pipe, device))
-    del pipe
+    pipe = None  # free the pipeline before the trainer builds its own networks
     if cuda:
         torch.cuda.empty_cache()
     run("comfyui", lambda: section_comfyui(args, step))

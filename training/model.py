@@ -251,17 +251,44 @@ def configure_trainable(model: FaceAnonTrainModel, refnet_mode: str = "transform
     return counts
 
 
+def part_state_dicts(model: FaceAnonTrainModel, state_dict: dict | None = None) -> dict[str, dict]:
+    """Per part (``unet``, ``referencenet``, ``conditioning_referencenet``), its weights.
+
+    ``state_dict``: the whole model's weights gathered by accelerate (keys ``part.name``), as the
+    sharded backends need; else the modules' own. A gathered dict whose keys are not exactly
+    the modules' is refused: exporting or validating wrong weights is worse than stopping.
+    """
+    if state_dict is None:
+        return {part: getattr(model, part).state_dict() for part in UNET_PARTS}
+    parts = {}
+    for part in UNET_PARTS:
+        prefix = part + "."
+        got = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        want = set(getattr(model, part).state_dict())
+        missing, unexpected = sorted(want - set(got)), sorted(set(got) - want)
+        if missing or unexpected:
+            raise ValueError(f"the gathered state dict does not match {part}: {len(missing)} missing "
+                             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+                             "nothing exported")
+        parts[part] = got
+    return parts
+
+
 def export_folder(model: FaceAnonTrainModel, out: str | os.PathLike, *, part_dirs: dict | None = None,
-                  scheduler_config: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+                  scheduler_config: dict | None = None, dtype: torch.dtype | None = None,
+                  state_dict: dict | None = None) -> Path:
     """Write the published layout: ``unet/``, ``referencenet/``, ``conditioning_referencenet/``
     (ReferenceNet configs named ``ReferenceNetModel``, the routing recorded in
     ``unet/config.json`` as ``faceanon_routing``) plus copies of ``vae/``,
     ``image_encoder/``, ``feature_extractor/`` and ``scheduler/`` when known.
 
     Written to a temporary folder first, then moved into place (an existing ``out`` is replaced).
+    ``state_dict``: the full weights gathered by ``accelerator.get_state_dict`` (FSDP shards
+    the modules themselves); see :func:`part_state_dicts`.
     """
     from safetensors.torch import save_file
 
+    weights = part_state_dicts(model, state_dict)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
@@ -270,7 +297,7 @@ def export_folder(model: FaceAnonTrainModel, out: str | os.PathLike, *, part_dir
     for part in UNET_PARTS:
         net = getattr(model, part)
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-                 for k, v in net.state_dict().items()}
+                 for k, v in weights[part].items()}
         (tmp / part).mkdir()
         net.save_config(tmp / part)
         save_file(state, str(tmp / part / WEIGHTS_NAME), metadata={"format": "pt"})

@@ -37,6 +37,27 @@ class ResumeError(RuntimeError):
     pass
 
 
+class UnsupportedBackend(RuntimeError):
+    """A distributed backend whose validation and export this trainer cannot vouch for."""
+
+
+def check_backend(accelerator) -> str:
+    """Refuse DeepSpeed up front; name the backend otherwise.
+
+    Validation and export need the full weights. Under FSDP the trainer gathers them with
+    ``accelerator.get_state_dict`` (the state-dict logic covered by tests/test_training_sharded.py);
+    DeepSpeed ZeRO-3 needs its own gather settings and has not been tested here, so a run is
+    stopped before training rather than exporting shards as a model.
+    """
+    backend = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+    if backend == "DEEPSPEED":
+        raise UnsupportedBackend(
+            "faceanon-train does not support DeepSpeed: its validation and export under ZeRO-3 (sharded "
+            "parameters) are untested, and exporting shards would write wrong weights. Use FSDP "
+            "(`accelerate config`: FSDP, full state dict) or plain multi-GPU DDP (`accelerate launch --multi_gpu`).")
+    return backend
+
+
 def checkpoints_dir(output_dir) -> Path:
     return Path(output_dir) / CHECKPOINTS
 
@@ -126,6 +147,7 @@ class Trainer:
                                                 logging_dir=str(self.output_dir / "logs")),
         )
         acc = self.accelerator
+        self.backend = check_backend(acc)
         self.images_dir = default_images_dir(cfg.data.train, cfg.data.images)
         if check_data and cfg.data.check != "off":
             self._check_data()
@@ -364,11 +386,52 @@ class Trainer:
 
     # -- validation and export ----------------------------------------------------------
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each process's modules hold only shards of the weights."""
+        return self.backend == "FSDP"
+
+    def full_state_dict(self) -> dict | None:
+        """The whole model's weights, gathered as accelerate provides for the backend.
+
+        Call it on every process (under FSDP it is a collective); the result is used on the main
+        process only (None elsewhere).
+        """
+        state = self.accelerator.get_state_dict(self.ddp_model)
+        return state if self.accelerator.is_main_process else None
+
+    def _full_pipeline(self, weights: dict):
+        """A pipeline over full copies of the three networks, loaded from gathered weights."""
+        from diffusers import DDIMScheduler, UNet2DConditionModel
+
+        from faceanon_core.method.pipeline import FaceAnonPipeline
+
+        from .model import part_state_dicts
+
+        nets = {}
+        for part, state in part_state_dicts(self.model, weights).items():
+            net = UNet2DConditionModel.from_config(getattr(self.model, part).config)
+            net.load_state_dict(state, strict=True)
+            nets[part] = net.to(self.accelerator.device).eval()
+        pipe = FaceAnonPipeline(
+            unet=nets["unet"], referencenet=nets["referencenet"],
+            conditioning_referencenet=nets["conditioning_referencenet"], vae=self.vae,
+            image_encoder=self.image_encoder, feature_extractor=self.parts["feature_extractor"],
+            scheduler=DDIMScheduler.from_config(self.scheduler_config), routing=self.model.routing_mode)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     @torch.no_grad()
     def validate(self) -> Path | None:
-        """Anonymize and swap held-out images; a grid per step on disk (and TensorBoard)."""
+        """Anonymize and swap held-out images; a grid per step on disk (and TensorBoard).
+
+        Sharded (FSDP): every process joins the gather, the main process samples from full copies.
+        """
         cfg = self.config.validation
-        if not cfg.data or not self.accelerator.is_main_process:
+        if not cfg.data:
+            return None
+        weights = self.full_state_dict() if self.sharded else None
+        if not self.accelerator.is_main_process:
             return None
         root = default_images_dir(cfg.data, cfg.images)
         triplets = read_triplets(cfg.data)[: cfg.num_images]
@@ -377,16 +440,17 @@ class Trainer:
                       output_type="np")
         rows = []
         self.model.eval()
+        pipe = self._full_pipeline(weights) if weights is not None else self.pipe
         try:
-            with self.model.inference_readers(self.pipe):
+            with (nullcontext() if weights is not None else self.model.inference_readers(pipe)):
                 for t in triplets:
                     paths = t.paths(root)
                     source = load_image(paths["source_image"], size, True)
                     driving = load_image(paths["conditioning_image"], size, True)
                     truth = load_image(paths["ground_truth"], size, True)
-                    anon = self.pipe.anonymize(driving, degree=cfg.degree,
+                    anon = pipe.anonymize(driving, degree=cfg.degree,
                                                generator=torch.Generator().manual_seed(cfg.seed), **kwargs).images[0]
-                    swap = self.pipe.swap(source, driving, generator=torch.Generator().manual_seed(cfg.seed),
+                    swap = pipe.swap(source, driving, generator=torch.Generator().manual_seed(cfg.seed),
                                           **kwargs).images[0]
                     to_np = lambda x: x.permute(1, 2, 0).numpy()  # noqa: E731
                     rows.append(np.concatenate([to_np(driving), anon, to_np(source), swap, to_np(truth)], axis=1))
@@ -409,10 +473,14 @@ class Trainer:
                 logger.debug("validation image not logged: %s", exc)
         return out
 
-    def export(self, out: Path | None = None) -> Path:
+    def export(self, out: Path | None = None) -> Path | None:
+        """The published layout from the gathered full weights: call on every process, the main one writes."""
         out = Path(out) if out is not None else self.output_dir / "final"
+        weights = self.full_state_dict()
+        if not self.accelerator.is_main_process:
+            return None
         return export_folder(self.model, out, part_dirs=self.parts["part_dirs"],
-                             scheduler_config=self.scheduler_config)
+                             scheduler_config=self.scheduler_config, state_dict=weights)
 
     # -- the run ------------------------------------------------------------------------
 
@@ -458,9 +526,10 @@ class Trainer:
         bar.close()
         result.step = self.step
         result.seconds = time.perf_counter() - started
-        if cfg.train.export_at_end and acc.is_main_process and self.step >= max_steps:
-            result.export_dir = self.export()
-            logger.info("exported the model to %s", result.export_dir)
+        if cfg.train.export_at_end and self.step >= max_steps:
+            result.export_dir = self.export()  # every process joins the gather; the main one writes
+            if result.export_dir is not None:
+                logger.info("exported the model to %s", result.export_dir)
         acc.wait_for_everyone()
         acc.end_training()
         return result

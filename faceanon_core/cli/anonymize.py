@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..faces import FaceProcessingError, process_faces
+from ..faces import process_faces
 from ..media.images import load_image, save_image
-from ..media.manifest import Manifest, run_batch
-from .common import CliError, add_model_options, generators, load_pipeline, plan_crops, plan_images, read_rgb, write_rgb
+from ..media.manifest import run_batch
+from .common import CliError, add_model_options, generators, load_pipeline, plan_crops, read_rgb, write_rgb
 from .faces import add_detector_args, detector_from_args
 from .video import add_video_options, is_video_run, run_anonymize_video
 
@@ -157,8 +157,10 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, detector, reco
                                      "error": problems[str(item.path)], "params": params})
         raise CliError(f"{len(problems)} of {len(todo)} input(s) cannot be done (above); nothing was "
                        "processed and the model was not loaded")
-    pipe = load_pipeline(args)
-    pipe.set_progress_bar_config(disable=True)
+    runner = getattr(args, "batch_runner", None) or run_batch  # --ray: cli.ray_runs (its actors load the model)
+    pipe = load_pipeline(args) if runner is run_batch else None
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)
     process_crops = crop_processor(pipe, args)
 
     min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
@@ -193,8 +195,8 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, detector, reco
     from tqdm import tqdm
 
     with tqdm(total=len(plan), unit="photo", disable=len(plan) < 2) as bar:
-        summary = run_batch(plan, process, manifest=manifest, params=params, seed=args.seed,
-                            stop_on_error=args.stop_on_error, progress=lambda n, total, path: bar.update(1))
+        summary = runner(plan, process, manifest=manifest, params=params, seed=args.seed,
+                         stop_on_error=args.stop_on_error, progress=lambda n, total, path: bar.update(1))
     print(f"anonymize: {summary.done} written, {summary.skipped} already done, {summary.failed} failed",
           file=sys.stderr)
     report_not_handled(run, "anonymize")
@@ -240,6 +242,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="tries after the first, each with seed+1 and degree+0.25 (default 2)")
     anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
                       help="a face still recognizable after every try: fail the photo (default) or blur it")
+    anon.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                      help="run the folder on Ray Data: a local instance (no value), a cluster (HOST:PORT), "
+                           "or auto ($RAY_ADDRESS); needs the 'ray' extra")
     add_detector_args(anon)
     add_model_options(anon)
     add_video_options(anon, anonymize=True)

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import anonymize, evaluate, faces, models, queue
+from . import anonymize, evaluate, faces, models, queue, ray_runs
 from .common import CliError
 
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("diffusers", "transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
+        if getattr(args, "ray", None) is not None:  # folders on Ray Data: only the loop over the plan changes
+            args.batch_runner = ray_runs.batch_runner(args, args.command)
         return args.func(args)
     except CliError as exc:
         print(f"faceanon: error: {exc}", file=sys.stderr)

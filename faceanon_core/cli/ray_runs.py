@@ -1,0 +1,401 @@
+"""Folders on Ray Data: ``faceanon anonymize DIR -o OUT --ray [ADDRESS|auto]`` and the same for ``redact``.
+
+Ray Data schedules, retries and streams; nothing here is a scheduler. The plan (one row per
+photo still to do) flows through three stages:
+
+1. CPU tasks: read the photo, detect the faces (and, for the model, align and crop them);
+2. anonymize only: a pool of actors that each hold one pipeline (one GPU each, ``num_gpus=1``,
+   where the cluster has GPUs; CPU actors otherwise) and run the model on the crops of one
+   photo, chunked to ``--batch-size`` exactly as the single-process command does;
+3. CPU tasks: paste back (small faces redacted as asked) and write the photo atomically to a
+   hidden staging file next to its output.
+
+The driver alone commits: it renames each staged file to its output (never over an existing
+file unless ``--overwrite``) and appends the manifest record, once per input. So a worker that
+Ray kills and retries rewrites only its own staging file (the same bytes); no output is written
+twice, and two outputs never race for one path (plans refuse clashes). Results equal the
+single-process command bit for bit: the same functions on the same data, the same seed for
+every face (``--seed``, never a worker's), the same torch thread count in the model actors.
+Workers must see the inputs and the output folder at the same paths (a shared filesystem on a
+real cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..faces import FacesResult
+from ..faces.align import extract_crops
+from ..faces.paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
+from ..faces.process import locate_faces, run_crops
+from ..faces.redact import redact_image
+from ..media.images import load_image, save_image
+from ..media.manifest import RECOVERABLE, BatchSummary, Manifest
+from .common import CliError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RAY_EXTRA_HINT", "batch_runner", "connect", "run_on_ray", "staged_path"]
+
+RAY_EXTRA_HINT = 'pip install "comfyui-faceanon[ray]"'
+#: Ray retries a task (or restarts an actor and retries its call) this often after a worker dies.
+RETRIES = 3
+
+
+def staged_path(dst: Path) -> Path:
+    """Where a worker writes ``dst`` before the driver commits it: hidden, same folder, same extension."""
+    return dst.with_name(f".{dst.stem}.faceanon-staged{dst.suffix}")
+
+
+def connect(address: str | None) -> bool:
+    """Start or join Ray. ``local``: a new instance on this machine; ``auto``: ``$RAY_ADDRESS``.
+
+    Returns True when this call started Ray (the caller shuts it down again). A Ray already
+    initialised in this process (a test, a notebook) is used as it is.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise CliError(f"--ray needs Ray Data: {RAY_EXTRA_HINT}") from exc
+    env = os.environ.get("RAY_ADDRESS")
+    if address == "auto" and not env:
+        raise CliError("--ray auto joins the cluster in $RAY_ADDRESS, which is not set: start one with "
+                       "`ray start --head` and export RAY_ADDRESS, or pass --ray HOST:PORT")
+    if ray.is_initialized():
+        return False
+    if address in (None, "local"):
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    elif address == "auto":
+        ray.init(address=env, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return True
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options as plain data for the workers (no functions)."""
+    return {k: v for k, v in vars(args).items() if not callable(v)}
+
+
+@functools.lru_cache(maxsize=4)
+def _detector(min_face_size: float, threshold: float):
+    """One detector per worker process (Ray reuses workers between tasks)."""
+    from ..faces import MTCNNDetector
+
+    return MTCNNDetector(min_face_size=min_face_size, thresholds=(0.6, 0.7, threshold))
+
+
+def _min_model_face(s: dict) -> dict:
+    return {} if s.get("min_model_face") is None else {"min_face_size": s["min_model_face"]}
+
+
+def _crash_once_for_tests(s: dict, stage: str, src: str) -> None:
+    """Test seam: ``_crash`` = {stage, name, marker} kills this worker once (the marker says it happened)."""
+    crash = s.get("_crash")
+    if crash and crash["stage"] == stage and Path(src).name == crash["name"] and not Path(crash["marker"]).exists():
+        Path(crash["marker"]).write_text(str(os.getpid()))
+        os._exit(1)
+
+
+def _rows(batch) -> list[dict]:
+    return [pickle.loads(blob) for blob in batch["payload"]]
+
+
+def _batch(rows: list[dict]) -> dict:
+    return {"payload": np.array([pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows], dtype=object)}
+
+
+def _guarded(row: dict, fn) -> dict:
+    """Run one stage on a row; a bad photo (RECOVERABLE) becomes the row's error, as in ``run_batch``."""
+    if row.get("error"):
+        return row
+    start = time.monotonic()
+    try:
+        fn(row)
+    except RECOVERABLE as exc:
+        row["error"] = str(exc) or type(exc).__name__
+        row.pop("image", None)
+    row["seconds"] = row.get("seconds", 0.0) + time.monotonic() - start
+    return row
+
+
+def read_detect(batch, settings: dict, mode: str) -> dict:
+    """Stage 1 (CPU): read, detect, and for the model without the guard align and crop."""
+    def one(row):
+        img = load_image(row["src"])
+        detector = _detector(settings["min_face_size"], settings["threshold"])
+        row["image"] = img
+        if mode == "anonymize" and settings.get("_verify") is None:
+            aligned, skipped = locate_faces(img.rgb, detector=detector, image_name=row["src"],
+                                            **_min_model_face(settings))
+            row["aligned"], row["skipped"] = aligned, skipped
+            row["crops"] = extract_crops(img.rgb, aligned) if aligned else None
+        else:
+            row["faces"] = detector.detect(img.rgb)
+    return _batch([_guarded(row, one) for row in _rows(batch)])
+
+
+class ModelStage:
+    """Stage 2 (actor): one pipeline per actor; the model on the crops of one photo at a time."""
+
+    def __init__(self, settings: dict):
+        import torch
+
+        from .anonymize import crop_anonymizer, crop_processor
+        from .common import load_pipeline
+
+        if settings.get("_threads"):
+            torch.set_num_threads(settings["_threads"])  # the driver's count: the same float reductions
+        self.settings = settings
+        self.args = argparse.Namespace(**settings)
+        self.pipe = load_pipeline(self.args)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.process_crops = crop_processor(self.pipe, self.args)
+        self.anonymizer = crop_anonymizer(self.pipe, self.args)
+        self.recognizer = self.guard = None
+        if settings.get("_verify") is not None:
+            from ..privacy.guard import GuardConfig
+            from ..privacy.identity import default_recognizer
+
+            self.recognizer = default_recognizer()
+            self.guard = GuardConfig(**settings["_verify"])
+
+    def __call__(self, batch) -> dict:
+        s = self.settings
+
+        def one(row):
+            _crash_once_for_tests(s, "model", row["src"])
+            if self.recognizer is None:
+                if row["crops"] is not None:
+                    owners = [(row["src"], f.index) for f in row["aligned"]]
+                    row["processed"] = run_crops(row["crops"], self.process_crops, owners, s["batch_size"])
+                row.pop("crops")
+                return
+            from ..privacy.guard import guarded_process_faces
+
+            row["result"] = guarded_process_faces(
+                row["image"].rgb, self.anonymizer, self.recognizer, seed=s["seed"], degree=s["degree"],
+                config=self.guard, faces=row.pop("faces"), batch_size=s["batch_size"], image_name=row["src"],
+                **_min_model_face(s))
+        return _batch([_guarded(row, one) for row in _rows(batch)])
+
+
+def paste_write(batch, settings: dict, mode: str) -> dict:
+    """Stage 3 (CPU): paste back / redact, write the staging file; returns small rows for the driver."""
+    s = settings
+
+    def one(row):
+        img, src = row.pop("image"), row["src"]
+        staged = staged_path(Path(row["dst"]))
+        if mode == "redact":
+            res = redact_image(img.rgb, s["method"], s["strength"], color=s["color"], faces=row.pop("faces"),
+                               image_name=src)
+            save_image(staged, res.image, img.alpha, overwrite=True, strip_metadata=not s["keep_metadata"],
+                       icc_profile=img.icc_profile, exif=img.exif)
+            row["info"] = {"faces": len(res.faces)}
+        else:
+            from .anonymize import handle_small_faces
+
+            result = row.pop("result", None)
+            if result is None:
+                aligned = row.pop("aligned")
+                if aligned:
+                    image, mask = paste_back(img.rgb, aligned, row.pop("processed"), erode=DEFAULT_ERODE,
+                                             feather=DEFAULT_FEATHER, color_match=False)
+                else:
+                    image, mask = img.rgb.copy(), np.zeros(img.rgb.shape[:2], dtype=np.float32)
+                result = FacesResult(image=image, mask=mask, faces=aligned, skipped=row.pop("skipped"))
+            out = handle_small_faces(result, s["small_faces"], src)
+            save_image(staged, out, img.alpha, overwrite=True, strip_metadata=not s["keep_metadata"],
+                       icc_profile=img.icc_profile, exif=img.exif if s["keep_metadata"] else None)
+            row["info"] = {"faces": len(result.faces), "small_faces": len(result.skipped),
+                           "small_faces_policy": s["small_faces"]}
+            if getattr(result, "checks", None) is not None and s.get("_verify") is not None:
+                row["info"]["identity"] = [c.to_dict() for c in result.checks]
+        row["staged"] = str(staged)
+        _crash_once_for_tests(s, "write", src)  # after the staging write, before the driver hears of it
+
+    rows = [_guarded(row, one) for row in _rows(batch)]
+    for row in rows:
+        for key in ("image", "faces", "aligned", "skipped", "crops", "processed", "result"):
+            row.pop(key, None)
+    return _batch(rows)
+
+
+def _commit(staged: Path, dst: Path, overwrite: bool) -> None:
+    """Move a finished staging file to its output: atomic, and never over a file without ``overwrite``."""
+    if overwrite:
+        os.replace(staged, dst)
+        return
+    try:
+        os.link(staged, dst)  # fails if dst exists: no clobbering, no race
+    except FileExistsError:
+        staged.unlink(missing_ok=True)
+        raise
+    except OSError:  # a filesystem without hard links
+        if dst.exists():
+            staged.unlink(missing_ok=True)
+            raise FileExistsError(dst) from None
+        os.replace(staged, dst)
+        return
+    staged.unlink()
+
+
+def _model_actors(settings: dict) -> tuple[int, float]:
+    """(actors, GPUs per actor): one actor per GPU of the cluster; else CPU actors, one per 2 CPUs."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if settings.get("_actors"):
+        return int(settings["_actors"]), 1.0 if gpus else 0.0
+    if gpus:
+        return gpus, 1.0
+    return max(1, int(resources.get("CPU", 1)) // 2), 0.0
+
+
+def run_on_ray(args: argparse.Namespace, mode: str, plan, manifest: Manifest | None, params: dict,
+               seed: int | None = None, *, extra: dict | None = None, progress=None) -> BatchSummary:
+    """Run ``plan`` (``(InputItem, output)`` pairs) on Ray Data with the manifest semantics of ``run_batch``.
+
+    ``mode`` is ``"redact"`` or ``"anonymize"``; ``extra`` adds worker settings (``_verify``: the
+    guard's config; ``_actors``: model actors; ``_workers``: concurrent CPU tasks per stage).
+    """
+    started = connect(getattr(args, "ray", None))
+    try:
+        return _run(args, mode, plan, manifest, params, seed, extra or {}, progress)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run(args, mode, plan, manifest, params, seed, extra, progress) -> BatchSummary:
+    import ray
+    import torch
+
+    summary = BatchSummary()
+    settings = {**_settings(args), **extra, "_threads": torch.get_num_threads()}
+    todo = []
+    for item, out in plan:
+        if manifest is not None and manifest.is_done(item.path, out):
+            summary.skipped += 1
+            if progress:
+                progress()
+        else:
+            todo.append((item, Path(out)))
+    if not todo:
+        return summary
+
+    def record(item, out, **fields):
+        rec = {"input": str(item.path), "output": str(out), "params": params or {}, "seed": seed, **fields,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if manifest is not None:
+            manifest.append(rec)
+
+    def fail(item, out, msg, seconds=0.0):
+        summary.failed += 1
+        summary.errors.append((str(item.path), msg))
+        logger.error("%s: %s", item.path, msg)
+        record(item, out, status="error", error=msg, seconds=round(seconds, 3))
+
+    rows = []
+    for n, (item, out) in enumerate(todo):
+        if out.exists() and not args.overwrite:  # what save_image would refuse, found before any work
+            fail(item, out, f"{out}: output exists; pass --overwrite (overwrite=True) to replace it")
+            if progress:
+                progress()
+            if args.stop_on_error:
+                return summary
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows.append({"index": n, "src": str(item.path), "dst": str(out)})
+    if not rows:
+        return summary
+
+    workers = settings.get("_workers")
+    task_args = {"batch_size": 1, "num_cpus": 1, "max_retries": RETRIES, **({"concurrency": workers} if workers else {})}
+    with warnings.catch_warnings():  # bounded retries are 'ray_remote_args', deprecated in 2.60, kept to <2.64
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ray.data.from_items([{"payload": pickle.dumps(r)} for r in rows], override_num_blocks=len(rows))
+        ds = ds.map_batches(read_detect, fn_kwargs={"settings": settings, "mode": mode}, **task_args)
+        if mode == "anonymize":
+            actors, gpus = _model_actors(settings)
+            ds = ds.map_batches(ModelStage, fn_constructor_kwargs={"settings": settings}, batch_size=1,
+                                concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1,
+                                max_restarts=RETRIES, max_task_retries=RETRIES)
+        ds = ds.map_batches(paste_write, fn_kwargs={"settings": settings, "mode": mode}, **task_args)
+
+    by_index = {n: todo[n] for n in (r["index"] for r in rows)}
+    committed: set[int] = set()
+    try:
+        for batch in ds.iter_batches(batch_size=1, batch_format="numpy"):
+            for row in _rows(batch):
+                n = row["index"]
+                if n in committed:  # a duplicate delivery: never commit twice
+                    continue
+                committed.add(n)
+                item, out = by_index[n]
+                if progress:
+                    progress()
+                if row.get("error"):
+                    fail(item, out, row["error"], row.get("seconds", 0.0))
+                else:
+                    try:
+                        _commit(Path(row["staged"]), out, args.overwrite)
+                    except FileExistsError:
+                        fail(item, out, f"{out}: output exists; pass --overwrite (overwrite=True) to replace it")
+                    else:
+                        summary.done += 1
+                        record(item, out, **row["info"], status="done", error=None,
+                               seconds=round(row.get("seconds", 0.0), 3))
+                if summary.failed and args.stop_on_error:
+                    return summary
+    except Exception as exc:  # a task that failed after every retry: stop, the manifest holds what is done
+        if isinstance(exc, (KeyboardInterrupt, CliError)):
+            raise
+        raise CliError(f"the Ray run stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                       f" ({summary.done} photo(s) written and recorded; rerun to continue)") from exc
+    finally:
+        for n, (_, out) in by_index.items():  # staging files of photos not committed (stopped early)
+            if n not in committed:
+                staged_path(out).unlink(missing_ok=True)
+    return summary
+
+
+def batch_runner(args: argparse.Namespace, mode: str):
+    """A drop-in for :func:`faceanon_core.media.manifest.run_batch` that runs the plan on Ray.
+
+    The commands plan, open the manifest and build the record's params as always; only the loop
+    over the plan changes (``process``, the single-process callable, is not used).
+    """
+    if mode == "anonymize" and getattr(args, "aligned", False):
+        raise CliError("--ray runs photos and folders (faces are found and pasted back); "
+                       "drop --aligned, or run aligned crops without --ray")
+
+    def runner(plan, process=None, *, manifest=None, params=None, seed=None, stop_on_error=False, progress=None):
+        extra = {}
+        if mode == "anonymize" and (params or {}).get("verify"):
+            extra["_verify"] = {"threshold": args.verify_threshold, "retries": args.verify_retries,
+                                "fallback": args.verify_fallback}
+        total, done = len(plan), [0]
+
+        def tick():
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total, None)
+
+        return run_on_ray(args, mode, plan, manifest, params, seed, extra=extra, progress=tick)
+
+    return runner
