@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 import tomllib
@@ -207,5 +208,7 @@ def test_installed_trainer_is_faceanon_training_not_training(tmp_path):
     """Outside the checkout only ``faceanon_training`` exists; ``training`` is not installed."""
     code = ("import importlib.util as u; print(u.find_spec('faceanon_training') is not None, "
             "u.find_spec('training') is not None)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on the path has training/
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env=env)
     assert out.stdout.split() == ["True", "False"]

@@ -24,11 +24,12 @@ for _path in (HOST_DIR, HOST_DIR.parent):
 
 from host_helpers import error_message, test_images  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
+pytest_plugins = ["ci_policy"]  # in CI, only GPU skips count as skips
+pytestmark = [pytest.mark.host, pytest.mark.skipif(
     not os.environ.get("COMFYUI_PATH"),
     reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
            "its environment)",
-)
+)]
 
 STEPS, CFG, SAMPLER, SCHEDULER, DEGREE = 3, 4.0, "euler", "simple", 1.25
 
