@@ -195,6 +195,9 @@ def run_anonymize_video(args, detector_from_args) -> int:
                        "check the result with `faceanon eval`")
     if args.aligned:
         raise CliError("--aligned takes face crops (photos), not videos")
+    if args.verify is None:
+        logger.warning("identity verification (--verify) does not run on videos yet; check the output with "
+                       "`faceanon eval ORIGINAL OUTPUT`")
     try:
         plan = _plan("anonymize", args)
         detector = detector_from_args(args)
