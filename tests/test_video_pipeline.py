@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import noise
-from faceanon_core.faces.tracks import TrackedFace, track_faces
+from faceanon_core.faces.tracks import track_faces
 from faceanon_core.faces.video import TrackAnonymizer, process_frames
 from faceanon_core.method.pipeline import SourceIdentity
 from faceanon_core.testing.tiny_models import TINY_IMAGE_SIZE
