@@ -57,6 +57,15 @@ def staged_path(dst: Path) -> Path:
     return dst.with_name(f".{dst.stem}.faceanon-staged{dst.suffix}")
 
 
+def check_address(address: str | None) -> str | None:
+    """``$RAY_ADDRESS`` for ``--ray auto`` (an error before any work when it is not set)."""
+    env = os.environ.get("RAY_ADDRESS")
+    if address == "auto" and not env:
+        raise CliError("--ray auto joins the cluster in $RAY_ADDRESS, which is not set: start one with "
+                       "`ray start --head` and export RAY_ADDRESS, or pass --ray HOST:PORT")
+    return env
+
+
 def connect(address: str | None) -> bool:
     """Start or join Ray. ``local``: a new instance on this machine; ``auto``: ``$RAY_ADDRESS``.
 
@@ -67,10 +76,7 @@ def connect(address: str | None) -> bool:
         import ray
     except ImportError as exc:
         raise CliError(f"--ray needs Ray Data: {RAY_EXTRA_HINT}") from exc
-    env = os.environ.get("RAY_ADDRESS")
-    if address == "auto" and not env:
-        raise CliError("--ray auto joins the cluster in $RAY_ADDRESS, which is not set: start one with "
-                       "`ray start --head` and export RAY_ADDRESS, or pass --ray HOST:PORT")
+    env = check_address(address)
     if ray.is_initialized():
         return False
     if address in (None, "local"):
@@ -380,6 +386,7 @@ def batch_runner(args: argparse.Namespace, mode: str):
     The commands plan, open the manifest and build the record's params as always; only the loop
     over the plan changes (``process``, the single-process callable, is not used).
     """
+    check_address(args.ray)  # a usage error, before any folder is planned or locked
     if mode == "anonymize" and getattr(args, "aligned", False):
         raise CliError("--ray runs photos and folders (faces are found and pasted back); "
                        "drop --aligned, or run aligned crops without --ray")
