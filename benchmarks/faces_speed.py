@@ -1,10 +1,16 @@
 """Speed of the face pipeline on this CPU: detection, alignment (crop extraction)
 and paste-back, per megapixel and per face. One JSON line per case.
 
-    python -m benchmarks.faces_speed [--repeat 3]
+    python -m benchmarks.faces_speed [--repeat 3] [--no-big]
 
 Photos come from scikit-image and matplotlib (astronaut, Grace Hopper) and a
 4-face collage built from them at several sizes; no downloads.
+
+Big photos (4, 14 and 48 Mpx): detection cost per megapixel with the
+full-resolution pass for small faces against the downscaled copy alone (the
+behaviour before it), measured in the same run and given as a ratio, on two
+kinds of photo: the collage upscaled (real texture everywhere) and a canvas with
+faces 22-30 px and 180-400 px wide (how many of them each mode finds).
 """
 
 from __future__ import annotations
@@ -21,7 +27,36 @@ import cv2
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from faceanon_core.faces import MTCNNDetector, align_faces, extract_crops, paste_back  # noqa: E402
-from faces_helpers import astronaut, collage, grace_hopper  # noqa: E402
+from faces_helpers import astronaut, big_photo_with_small_faces, collage, grace_hopper  # noqa: E402
+
+BIG_SIZES = {"4mp": (2448, 1632), "14mp": (4592, 3056), "48mp": (8000, 6000)}
+
+
+def found(faces, truth) -> int:
+    return sum(1 for cx, cy, w in truth if any(abs((f.box[0] + f.box[2]) / 2 - cx) < w / 3
+                                               and abs((f.box[1] + f.box[3]) / 2 - cy) < w / 3 for f in faces))
+
+
+def big_cases(repeat: int):
+    """One JSON line per (photo, size): seconds per megapixel before/after and faces found."""
+    before, after = MTCNNDetector(full_resolution=False), MTCNNDetector()
+    base = collage()[0]
+    for label, (w, h) in BIG_SIZES.items():
+        mp = w * h / 1e6
+        small, truth = big_photo_with_small_faces((w, h), large=(round(400 * w / 8000), 180))
+        textured = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
+        for kind, img in (("small_faces_canvas", small), ("collage_upscaled", textured)):
+            t0, f0 = best_of(lambda: before.detect(img), repeat)
+            t1, f1 = best_of(lambda: after.detect(img), repeat)
+            row = {"case": f"{kind}_{label}_{w}x{h}", "megapixels": round(mp, 2),
+                   "before_s_per_mp": round(t0 / mp, 4), "after_s_per_mp": round(t1 / mp, 4),
+                   "ratio_after_before": round(t1 / t0, 2), "faces_before": len(f0), "faces_after": len(f1),
+                   "smallest_reachable_before_px": round(12 * max(w, h) / 2000, 1),
+                   "threads": cv2.getNumThreads()}
+            if kind == "small_faces_canvas":
+                row.update(true_faces=len(truth), found_before=found(f0, truth), found_after=found(f1, truth),
+                           true_widths=[w_ for _, _, w_ in truth])
+            print(json.dumps(row), flush=True)
 
 
 def cases():
@@ -45,10 +80,13 @@ def best_of(fn, repeat):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="runs per stage; the best is reported")
+    ap.add_argument("--no-big", action="store_true", help="skip the 4/14/48 Mpx detection cases")
+    ap.add_argument("--only-big", action="store_true", help="only the 4/14/48 Mpx detection cases")
+    ap.add_argument("--big-repeat", type=int, default=1, help="runs per big case (default 1: they take seconds)")
     args = ap.parse_args(argv)
     det = MTCNNDetector()
     det.detect(astronaut())  # warm-up (OpenCV DNN initialisation)
-    for name, img in cases():
+    for name, img in ([] if args.only_big else cases()):
         mp = img.shape[0] * img.shape[1] / 1e6
         t_det, faces = best_of(lambda: det.detect(img), args.repeat)
         t_align, (aligned, crops) = best_of(
@@ -64,6 +102,8 @@ def main(argv=None) -> int:
             "cpu": platform.processor() or platform.machine(), "threads": cv2.getNumThreads(),
             "opencv": cv2.__version__,
         }), flush=True)
+    if not args.no_big:
+        big_cases(args.big_repeat)
     return 0
 
 

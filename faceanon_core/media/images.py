@@ -26,7 +26,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import struct
 import tempfile
 import threading
@@ -37,6 +36,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .partials import PARTIAL_PREFIX, PARTIAL_SUFFIX, is_partial_name, remove_stale_partials  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,6 @@ IMAGE_EXTENSIONS = frozenset(_FORMATS)
 #: Extensions :func:`save_image` can write (checked when a run is planned, before any work).
 WRITABLE_EXTENSIONS = frozenset(_FORMATS)
 
-#: Our temporary files, photos and videos alike: ``PARTIAL_PREFIX + <output name> + "." + <random> +
-#: PARTIAL_SUFFIX`` next to the output (the video writer uses the same prefix and suffix).
-PARTIAL_PREFIX = ".faceanon-"
-PARTIAL_SUFFIX = ".part"
-# Before this naming, photos were written through ``.<output name>.<8 random chars>.part``.
-_LEGACY_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
@@ -376,38 +371,6 @@ def probe_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{name}: image data is corrupt or truncated ({exc}); re-export or re-download it") from exc
     return w, h
-
-
-def is_partial_name(name: str) -> bool:
-    """True for the name of one of our temporary files (this naming or the one before it)."""
-    return (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)) or bool(_LEGACY_PARTIAL.match(name))
-
-
-def remove_stale_partials(folder: str | os.PathLike, *, recursive: bool = True, max_age_s: float = 0.0) -> list[Path]:
-    """Delete our temporary files (:func:`is_partial_name`) under ``folder`` older than ``max_age_s``.
-
-    They are left only by a process killed while writing. Call it while holding the folder's run lock
-    (then no writer of ours is running there, and ``max_age_s=0`` is safe); without the lock, pass an
-    age that a live writer, which keeps touching its file, cannot reach. Returns the removed paths.
-    """
-    import time
-
-    removed: list[Path] = []
-    now = time.time()
-    root = Path(folder)
-    if not root.is_dir():
-        return removed
-    walker = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)])]
-    for dirpath, _dirs, files in walker:
-        for fname in files:
-            if not is_partial_name(fname):
-                continue
-            full = Path(dirpath) / fname
-            with contextlib.suppress(OSError):
-                if full.is_file() and not full.is_symlink() and now - full.stat().st_mtime >= max_age_s:
-                    full.unlink()
-                    removed.append(full)
-    return removed
 
 
 def _check_array(rgb: np.ndarray, alpha: np.ndarray | None, path: str) -> None:

@@ -1,0 +1,53 @@
+"""Our temporary files: one naming for photos and videos, and the cleanup of those a killed run left.
+
+An output is written to ``PARTIAL_PREFIX + <output name> + "." + <random> + PARTIAL_SUFFIX`` next to it
+and renamed into place when complete, so a reader never sees half a file. Only a process killed while
+writing leaves one behind; the next run on the folder removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from pathlib import Path
+
+__all__ = ["PARTIAL_PREFIX", "PARTIAL_SUFFIX", "is_partial_name", "remove_stale_partials"]
+
+#: Our temporary files, photos and videos alike: ``PARTIAL_PREFIX + <output name> + "." + <random> +
+#: PARTIAL_SUFFIX`` next to the output (the video writer uses the same prefix and suffix).
+PARTIAL_PREFIX = ".faceanon-"
+PARTIAL_SUFFIX = ".part"
+# Before this naming, photos were written through ``.<output name>.<8 random chars>.part``.
+_LEGACY_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
+
+
+def is_partial_name(name: str) -> bool:
+    """True for the name of one of our temporary files (this naming or the one before it)."""
+    return (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)) or bool(_LEGACY_PARTIAL.match(name))
+
+
+def remove_stale_partials(folder: str | os.PathLike, *, recursive: bool = True, max_age_s: float = 0.0) -> list[Path]:
+    """Delete our temporary files (:func:`is_partial_name`) under ``folder`` older than ``max_age_s``.
+
+    They are left only by a process killed while writing. Call it while holding the folder's run lock
+    (then no writer of ours is running there, and ``max_age_s=0`` is safe); without the lock, pass an
+    age that a live writer, which keeps touching its file, cannot reach. Returns the removed paths.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    walker = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)])]
+    for dirpath, _dirs, files in walker:
+        for fname in files:
+            if not is_partial_name(fname):
+                continue
+            full = Path(dirpath) / fname
+            with contextlib.suppress(OSError):
+                if full.is_file() and not full.is_symlink() and now - full.stat().st_mtime >= max_age_s:
+                    full.unlink()
+                    removed.append(full)
+    return removed
