@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .partials import PARTIAL_PREFIX, PARTIAL_SUFFIX  # noqa: F401 (the names of our temporary files)
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,9 +35,8 @@ MUXERS = {
     ".avi": "avi",
 }
 
-#: Temporary output files are named ``PARTIAL_PREFIX + <output name> + "." + <random> + PARTIAL_SUFFIX``.
-PARTIAL_PREFIX = ".faceanon-"
-PARTIAL_SUFFIX = ".part"
+#: Temporary output files are named ``PARTIAL_PREFIX + <output name> + "." + <random> + PARTIAL_SUFFIX``
+#: (:mod:`.partials`, shared with photos).
 
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "medium"

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import secrets
-import time
 import weakref
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import partials
 from .video_read import (
     AVCOL_RANGE_MPEG,
     AVCOL_SPC_BT470BG,
@@ -59,23 +59,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def remove_stale_partials(folder: str | os.PathLike, *, max_age_s: float = 3600.0) -> list[Path]:
-    """Delete temporary ``.faceanon-*.part`` files not written to for ``max_age_s`` seconds.
+    """Delete our temporary ``.part`` files in ``folder`` not written to for ``max_age_s`` seconds.
 
-    Left behind only when a process was killed outright; a running writer
-    touches its file continuously, so the age limit spares it. Returns the
-    removed paths.
+    Left behind only when a process was killed outright; a running writer touches its file
+    continuously, so the age limit spares it (outside a folder run's lock). The one cleanup of
+    :mod:`faceanon_core.media.partials`, for this folder only.
     """
-    removed = []
-    now = time.time()
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            if not (entry.name.startswith(PARTIAL_PREFIX) and entry.name.endswith(PARTIAL_SUFFIX)):
-                continue
-            with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= max_age_s:
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
-    return removed
+    return partials.remove_stale_partials(folder, recursive=False, max_age_s=max_age_s)
 
 
 def _pick_codec(ext: str, requested: str | None) -> str:
