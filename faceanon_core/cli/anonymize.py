@@ -19,7 +19,7 @@ import numpy as np
 from ..faces import process_faces
 from ..media.images import load_image, save_image
 from ..media.manifest import run_batch
-from .common import CliError, add_model_options, generators, load_pipeline, plan_crops, read_rgb, write_rgb
+from .common import CliError, add_model_options, add_run_options, generators, load_pipeline, plan_crops, read_rgb, write_rgb
 from .faces import add_detector_args, detector_from_args
 from .video import add_video_options, is_video_run, run_anonymize_video
 
@@ -229,8 +229,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     anon.add_argument("--keep-metadata", action="store_true",
                       help="keep EXIF (GPS, maker notes and thumbnails are always dropped)")
     anon.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
-    anon.add_argument("--wait", action="store_true",
-                      help="if another run is working in the output folder, wait for it (default: refuse)")
     anon.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                       help="check every output face with a face recognizer and retry (new seed, larger degree) "
                            "while it still matches the original (default: on when the 'verify' extra is "
@@ -242,11 +240,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="tries after the first, each with seed+1 and degree+0.25 (default 2)")
     anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
                       help="a face still recognizable after every try: fail the photo (default) or blur it")
-    anon.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                      help="run the folder on Ray Data: a local instance (no value), a cluster (HOST:PORT), "
-                           "or auto ($RAY_ADDRESS); needs the 'ray' extra")
     add_detector_args(anon)
     add_model_options(anon)
+    add_run_options(anon)
     add_video_options(anon, anonymize=True)
     anon.set_defaults(func=run_anonymize)
 

@@ -180,9 +180,12 @@ def report_near_limit(summary, min_face_size: float, command: str) -> None:
 
 
 def add_run_options(parser) -> None:
-    """Options of every folder run."""
+    """Options of every folder run (``redact`` and ``anonymize``)."""
     parser.add_argument("--wait", action="store_true",
                         help="if another run is working in the output folder, wait for it (default: refuse)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run the folder on Ray Data: a local instance (no value), a cluster (HOST:PORT), "
+                             "or auto ($RAY_ADDRESS); needs the 'ray' extra")
 
 
 def model_identity(folder: Path) -> dict:

@@ -107,9 +107,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
     p.add_argument("--ext", default=None, metavar="EXT", help="output format by extension (png, jpg, webp, tiff, bmp); default: as input")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="run the folder on Ray Data: a local instance (no value), a cluster (HOST:PORT), "
-                        "or auto ($RAY_ADDRESS); needs the 'ray' extra")
     add_detector_args(p)
     add_run_options(p)
     add_video_options(p, anonymize=False)
