@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .files import check_input_file
 from .partials import PARTIAL_PREFIX, PARTIAL_SUFFIX, is_partial_name, remove_stale_partials  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -252,16 +253,18 @@ def _clean_exif(im: Image.Image) -> bytes | None:
         return None
 
 
+def _check_pixels(name: str, w: int, h: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageReadError(f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
+                             f"{max_pixels / 1e6:.1f}; downscale it first or raise max_pixels")
+
+
 def _decode(p: Path, name: str, max_pixels: int | None):
     """Open, check size, decode, rotate upright, convert to sRGB; returns arrays + metadata."""
     with Image.open(p) as im:
         fmt = im.format
         w, h = im.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise ImageReadError(
-                f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
-                f"{max_pixels / 1e6:.1f}; downscale it first or raise max_pixels"
-            )
+        _check_pixels(name, w, h, max_pixels)
         if getattr(im, "n_frames", 1) > 1:
             logger.info("%s: has %d frames; using the first", name, im.n_frames)
             im.seek(0)
@@ -300,16 +303,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     """
     p = Path(path)
     name = str(p)
-    if not p.exists():
-        raise ImageReadError(f"{name}: file not found; check the path")
-    if p.is_dir():
-        raise ImageReadError(f"{name}: is a folder, not an image file")
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise ImageReadError(f"{name}: cannot access the file ({exc})") from exc
-    if size == 0:
-        raise ImageReadError(f"{name}: file is empty (0 bytes); the copy or download was probably interrupted")
+    check_input_file(p, ImageReadError, "an image")
 
     try:
         with _pil_pixel_limit(max_pixels):
@@ -351,17 +345,11 @@ def probe_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     Lets a run refuse broken inputs before it loads a model."""
     p = Path(path)
     name = str(p)
-    if not p.is_file():
-        raise ImageReadError(f"{name}: file not found; check the path" if not p.exists()
-                             else f"{name}: is not a file")
-    if p.stat().st_size == 0:
-        raise ImageReadError(f"{name}: file is empty (0 bytes); the copy or download was probably interrupted")
+    check_input_file(p, ImageReadError, "an image")
     try:
         with _pil_pixel_limit(max_pixels), Image.open(p) as im:
             w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageReadError(f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
-                                     f"{max_pixels / 1e6:.1f}; downscale it first or raise max_pixels")
+            _check_pixels(name, w, h, max_pixels)
             im.verify()
     except ImageReadError:
         raise

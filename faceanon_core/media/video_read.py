@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import check_input_file
 from .partials import PARTIAL_PREFIX, PARTIAL_SUFFIX  # noqa: F401 (the names of our temporary files)
 
 logger = logging.getLogger(__name__)
@@ -158,21 +159,6 @@ def open_input(p: Path):
         return av.open(str(p), "r")
 
 
-def _check_file(p: Path) -> int:
-    name = str(p)
-    if not p.exists():
-        raise VideoReadError(f"{name}: file not found; check the path")
-    if p.is_dir():
-        raise VideoReadError(f"{name}: is a folder, not a video file")
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise VideoReadError(f"{name}: cannot access the file ({exc})") from exc
-    if size == 0:
-        raise VideoReadError(f"{name}: file is empty (0 bytes); the copy or download was probably interrupted")
-    return size
-
-
 def _main_video_stream(container):
     av = import_av()
     attached = int(av.stream.Disposition.attached_pic)
@@ -256,7 +242,7 @@ def probe_video(path: str | os.PathLike, *, allow_truncated: bool = False) -> Vi
     av = import_av()
     p = Path(path)
     name = str(p)
-    size = _check_file(p)
+    size = check_input_file(p, VideoReadError, "a video")
     try:
         container = open_input(p)
     except av.error.FFmpegError as exc:
