@@ -38,7 +38,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import check_input_file
-from .partials import PARTIAL_PREFIX, PARTIAL_SUFFIX, is_partial_name, remove_stale_partials  # noqa: F401 (re-exported)
+from .partials import (  # noqa: F401 (OutputExistsError and the partials names are re-exported)
+    PARTIAL_PREFIX,
+    PARTIAL_SUFFIX,
+    OutputExistsError,
+    is_partial_name,
+    publish,
+    remove_stale_partials,
+    set_default_mode,
+    unlink_quiet,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +105,6 @@ class ImageReadError(ValueError):
 
 class ImageWriteError(ValueError):
     """An image could not be written (unknown extension, bad array, I/O error)."""
-
-
-class OutputExistsError(FileExistsError):
-    """The output file exists and overwriting was not requested."""
 
 
 @dataclass
@@ -441,49 +446,18 @@ def save_image(
             im.save(fh, format=fmt, **params)
             fh.flush()
             os.fsync(fh.fileno())
-        _set_default_mode(tmp)
-        if overwrite:
-            os.replace(tmp, p)
-        else:
-            _publish_no_clobber(tmp, p)
+        set_default_mode(tmp)
+        publish(tmp, p, overwrite)
     except OutputExistsError:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise
     except (OSError, ValueError, KeyError) as exc:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise ImageWriteError(f"{name}: could not write the image ({exc})") from exc
     except BaseException:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise
     return p
-
-
-def _publish_no_clobber(tmp: str, p: Path) -> None:
-    """Move ``tmp`` to ``p`` unless ``p`` exists, without a check-then-write race where possible."""
-    try:
-        os.link(tmp, p)  # fails atomically if p exists
-    except FileExistsError as exc:
-        raise OutputExistsError(f"{p}: output exists; pass --overwrite (overwrite=True) to replace it") from exc
-    except OSError:
-        # Filesystems without hard links (FAT, some network shares): best effort.
-        if p.exists():
-            raise OutputExistsError(f"{p}: output exists; pass --overwrite (overwrite=True) to replace it") from None
-        os.replace(tmp, p)
-        return
-    _unlink_quiet(tmp)
-
-
-def _set_default_mode(tmp: str) -> None:
-    """mkstemp creates 0600 files; give the output the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(tmp, 0o666 & ~umask)
-
-
-def _unlink_quiet(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def to_float_batch(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

@@ -13,7 +13,16 @@ import re
 import time
 from pathlib import Path
 
-__all__ = ["PARTIAL_PREFIX", "PARTIAL_SUFFIX", "is_partial_name", "remove_stale_partials"]
+__all__ = [
+    "OutputExistsError",
+    "PARTIAL_PREFIX",
+    "PARTIAL_SUFFIX",
+    "is_partial_name",
+    "publish",
+    "remove_stale_partials",
+    "set_default_mode",
+    "unlink_quiet",
+]
 
 #: Our temporary files, photos and videos alike: ``PARTIAL_PREFIX + <output name> + "." + <random> +
 #: PARTIAL_SUFFIX`` next to the output (the video writer uses the same prefix and suffix).
@@ -51,3 +60,39 @@ def remove_stale_partials(folder: str | os.PathLike, *, recursive: bool = True, 
                     full.unlink()
                     removed.append(full)
     return removed
+
+
+class OutputExistsError(FileExistsError):
+    """The output file exists and overwriting was not requested."""
+
+
+def set_default_mode(tmp: str | os.PathLike) -> None:
+    """mkstemp creates 0600 files; give the output the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o666 & ~umask)
+
+
+def unlink_quiet(path: str | os.PathLike) -> None:
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        os.unlink(path)
+
+
+def publish(tmp: str | os.PathLike, dst: Path, overwrite: bool) -> None:
+    """Move the finished temporary file to ``dst``: replacing it only with ``overwrite``, else without
+    a check-then-write race where the filesystem allows (a hard link fails atomically if ``dst`` exists)."""
+    if overwrite:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"{dst}: output exists; pass --overwrite (overwrite=True) to replace it") from exc
+    except OSError:
+        # Filesystems without hard links (FAT, some network shares): best effort.
+        if dst.exists():
+            raise OutputExistsError(f"{dst}: output exists; pass --overwrite (overwrite=True) to replace it") from None
+        os.replace(tmp, dst)
+        return
+    unlink_quiet(tmp)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .files import check_input_file
-from .partials import PARTIAL_PREFIX, PARTIAL_SUFFIX  # noqa: F401 (the names of our temporary files)
+from .partials import PARTIAL_PREFIX, PARTIAL_SUFFIX, OutputExistsError  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ class VideoReadError(ValueError):
 
 class VideoWriteError(ValueError):
     """A video could not be written (bad extension or frames, codec, I/O error, frame count mismatch)."""
-
-
-class OutputExistsError(FileExistsError):
-    """The output file exists and overwriting was not requested."""
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,6 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- write
 
 
-def _unlink_quiet(path: str | os.PathLike) -> None:
-    with contextlib.suppress(FileNotFoundError, PermissionError):
-        os.unlink(path)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     with contextlib.suppress(OSError):
         if a.exists() and b.exists():
@@ -141,7 +136,7 @@ class VideoWriter:
             os.close(os.open(self._tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except OSError as exc:
             raise VideoWriteError(f"{name}: cannot create a file in the output folder ({exc})") from exc
-        self._finalizer = weakref.finalize(self, _unlink_quiet, str(self._tmp))
+        self._finalizer = weakref.finalize(self, partials.unlink_quiet, str(self._tmp))
         try:
             self._open(av, muxer, ext, codec, crf, preset, copy_audio)
         except BaseException as exc:
@@ -354,7 +349,7 @@ class VideoWriter:
             with open(self._tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             self._verify()
-            _set_default_mode(self._tmp)
+            partials.set_default_mode(self._tmp)
             self._publish()
         except BaseException:
             self.abort()
@@ -375,28 +370,12 @@ class VideoWriter:
             )
 
     def _publish(self) -> None:
-        tmp, p = str(self._tmp), self.path
         try:
-            if self.overwrite:
-                os.replace(tmp, p)
-                return
-            try:
-                os.link(tmp, p)  # fails atomically if p exists
-            except FileExistsError as exc:
-                raise OutputExistsError(f"{p}: output exists; pass --overwrite (overwrite=True) to replace it") from exc
-            except OSError:
-                # Filesystems without hard links (FAT, some network shares): best effort.
-                if p.exists():
-                    raise OutputExistsError(
-                        f"{p}: output exists; pass --overwrite (overwrite=True) to replace it"
-                    ) from None
-                os.replace(tmp, p)
-                return
-            _unlink_quiet(tmp)
+            partials.publish(self._tmp, self.path, self.overwrite)
         except OutputExistsError:
             raise
         except OSError as exc:
-            raise VideoWriteError(f"{p}: could not move the finished video into place ({exc})") from exc
+            raise VideoWriteError(f"{self.path}: could not move the finished video into place ({exc})") from exc
 
     def _close_source(self) -> None:
         if self._src is not None:
@@ -411,7 +390,7 @@ class VideoWriter:
                 self._out.close()
             self._out = None
         self._close_source()
-        _unlink_quiet(self._tmp)
+        partials.unlink_quiet(self._tmp)
         self._closed = True
         self._finalizer.detach()
 
@@ -423,14 +402,6 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
-
-
-def _set_default_mode(tmp: str | os.PathLike) -> None:
-    """Give the output the usual umask-based mode (not the 0600 of a private temporary file)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(tmp, 0o666 & ~umask)
 
 
 def _flatten(frames: Iterable) -> Iterator[DecodedFrame | np.ndarray]:
