@@ -186,8 +186,10 @@ def test_stale_part_files_of_ours_are_removed(two_photos, tmp_path):
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     ours = [out / ".faceanon-astronaut.png.k2j4h5g6.part", out / "sub" / ".faceanon-clip.mp4.0a1b2c3d.part",
-            out / ".grace.jpg.ab_cd123.part"]  # the last: the naming before this one
-    theirs = [out / ".notes.part", out / "draft.part", out / "sub" / "keep.txt"]
+            out / ".grace.jpg.ab_cd123.part",  # the naming before this one
+            out / ".faceanon-grace.staged.jpg"]  # a Ray worker's file whose driver stopped before the commit
+    theirs = [out / ".notes.part", out / "draft.part", out / "sub" / "keep.txt", out / "photo.staged.png",
+              out / ".faceanon-notes.txt"]
     for p in ours + theirs:
         p.write_bytes(b"half")
     assert main(["redact", str(two_photos), "-o", str(out)]) == 0

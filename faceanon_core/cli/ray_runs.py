@@ -8,7 +8,8 @@ photo still to do) flows through three stages:
    where the cluster has GPUs; CPU actors otherwise) and run the model on the crops of one
    photo, chunked to ``--batch-size`` exactly as the single-process command does;
 3. CPU tasks: paste back (small faces redacted as asked) and write the photo atomically to a
-   hidden staging file next to its output.
+   hidden staging file next to its output (``media.partials.staged_path``: a run stopped before the
+   commit leaves it behind, and the next run on the folder removes it under the folder lock).
 
 The driver alone commits: it renames each staged file to its output (never over an existing
 file unless ``--overwrite``) and appends the manifest record, once per input. So a worker that
@@ -41,20 +42,16 @@ from ..faces.process import locate_faces, run_crops
 from ..faces.redact import redact_image
 from ..media.images import load_image, save_image
 from ..media.manifest import RECOVERABLE, BatchSummary, Manifest
+from ..media.partials import staged_path
 from .common import CliError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RAY_EXTRA_HINT", "batch_runner", "connect", "run_on_ray", "staged_path"]
+__all__ = ["RAY_EXTRA_HINT", "batch_runner", "connect", "run_on_ray"]
 
 RAY_EXTRA_HINT = 'pip install "comfyui-faceanon[ray]"'
 #: Ray retries a task (or restarts an actor and retries its call) this often after a worker dies.
 RETRIES = 3
-
-
-def staged_path(dst: Path) -> Path:
-    """Where a worker writes ``dst`` before the driver commits it: hidden, same folder, same extension."""
-    return dst.with_name(f".{dst.stem}.faceanon-staged{dst.suffix}")
 
 
 def check_address(address: str | None) -> str | None:
@@ -278,6 +275,7 @@ def run_on_ray(args: argparse.Namespace, mode: str, plan, manifest: Manifest | N
     guard's config; ``_actors``: model actors; ``_workers``: concurrent CPU tasks per stage).
     """
     started = connect(getattr(args, "ray", None))
+    plan = list(plan)
     try:
         return _run(args, mode, plan, manifest, params, seed, extra or {}, progress)
     finally:
@@ -285,6 +283,10 @@ def run_on_ray(args: argparse.Namespace, mode: str, plan, manifest: Manifest | N
             import ray
 
             ray.shutdown()
+        # Tasks still in flight when the run stopped early (--stop-on-error, a failure) may have written
+        # staging files after _run's own cleanup; the driver commits by renaming, so any left are uncommitted.
+        for _, out in plan:
+            staged_path(out).unlink(missing_ok=True)
 
 
 def _run(args, mode, plan, manifest, params, seed, extra, progress) -> BatchSummary:

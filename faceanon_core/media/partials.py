@@ -1,8 +1,10 @@
 """Our temporary files: one naming for photos and videos, and the cleanup of those a killed run left.
 
 An output is written to ``PARTIAL_PREFIX + <output name> + "." + <random> + PARTIAL_SUFFIX`` next to it
-and renamed into place when complete, so a reader never sees half a file. Only a process killed while
-writing leaves one behind; the next run on the folder removes it.
+and renamed into place when complete, so a reader never sees half a file. A Ray worker writes a finished
+file to :func:`staged_path` instead, which the driver renames when it records the file. Only a process
+killed while writing (or a driver stopped before its commit) leaves one behind; the next run on the
+folder removes both kinds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = [
     "publish",
     "remove_stale_partials",
     "set_default_mode",
+    "staged_path",
     "unlink_quiet",
 ]
 
@@ -28,13 +31,25 @@ __all__ = [
 #: PARTIAL_SUFFIX`` next to the output (the video writer uses the same prefix and suffix).
 PARTIAL_PREFIX = ".faceanon-"
 PARTIAL_SUFFIX = ".part"
+#: A finished file waiting for its commit: ``PARTIAL_PREFIX + <output stem> + STAGED_MARK + <output suffix>``
+#: (it keeps the output's extension, since the image writer picks the format from it).
+STAGED_MARK = ".staged"
 # Before this naming, photos were written through ``.<output name>.<8 random chars>.part``.
 _LEGACY_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
 
 
+def staged_path(dst: str | os.PathLike) -> Path:
+    """Where a distributed worker writes ``dst`` before the driver commits it: hidden, same folder, same extension."""
+    dst = Path(dst)
+    return dst.with_name(f"{PARTIAL_PREFIX}{dst.stem}{STAGED_MARK}{dst.suffix}")
+
+
 def is_partial_name(name: str) -> bool:
-    """True for the name of one of our temporary files (this naming or the one before it)."""
-    return (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)) or bool(_LEGACY_PARTIAL.match(name))
+    """True for the name of one of our temporary files (this naming, a staged file, or the naming before them)."""
+    if not name.startswith(PARTIAL_PREFIX):
+        return bool(_LEGACY_PARTIAL.match(name))
+    stem, dot, _suffix = name.rpartition(".")
+    return name.endswith(PARTIAL_SUFFIX) or bool(dot and stem.endswith(STAGED_MARK))
 
 
 def remove_stale_partials(folder: str | os.PathLike, *, recursive: bool = True, max_age_s: float = 0.0) -> list[Path]:
