@@ -172,7 +172,10 @@ def test_video_workflow_on_a_clip_without_faces(server, base):
     entry = server.run(prompt, timeout=600)
     assert error_message(entry) is None, error_message(entry)
     frames, out = (torch.load(entry["outputs"][k]["text"][0]) for k in ("90", "91"))
-    assert frames.shape[0] == wh.VIDEO_FRAMES and torch.equal(out, frames)  # no face: every frame unchanged
+    assert frames.shape[0] == wh.VIDEO_FRAMES and out.shape == frames.shape
+    # no face: every frame unchanged, up to Paste Faces Back's 8-bit round trip (half a level)
+    gap = float((out - frames).abs().max())
+    assert gap <= 0.5 / 255 + 1e-6, gap
     (video,) = entry["outputs"][node["SaveVideo"]]["images"]
     assert wh.count_video_frames(base / "output" / video["subfolder"] / video["filename"])[0] == wh.VIDEO_FRAMES
 
