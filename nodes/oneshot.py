@@ -10,6 +10,7 @@ import comfy.model_management as mm
 
 from . import reference_patch
 from . import reference
+from . import track_identity
 from .checks import check_face_image_size, check_finite_tensor, check_floats
 from .faces_nodes import is_placeholder, placeholder
 
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed, steps,
-         cfg, sampler_name, scheduler, same_image: bool):
+         cfg, sampler_name, scheduler, same_image: bool, tracks=None):
     """Both images resized to the model's resolution; the result resized back to the driving size.
 
     No driving face (an empty batch, or Detect's black placeholder) gives one black placeholder without
@@ -42,6 +43,9 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
                              "it is all black): there is no identity to swap in")
     if vae is None or clip_vision is None:
         raise ValueError("connect a VAE and a CLIP vision model (the model folder has no vae/ or image_encoder/)")
+    if tracks is not None:  # Face Anonymize on Track Faces' faces: one source per track (track_identity)
+        return track_identity.anonymize_tracks(model, source_refnet, driving_refnet, vae, clip_vision, driving_image,
+                                               tracks, degree, seed, steps, cfg, sampler_name, scheduler)
     size = driving_refnet.resolution
     driving_px = reference_patch.resize_images(driving_image, size, size)
     batch = driving_px.shape[0]
@@ -77,7 +81,8 @@ def _model_inputs() -> dict:
 class FaceAnonAnonymize:
     DESCRIPTION = ("Anonymizes aligned face crops (use Detect & Align Faces first for photos): the same image as "
                    "source and driving with degree d (1 removes the identity, > 1 moves past it). Images are resized "
-                   "to the model's resolution (512) and back.")
+                   "to the model's resolution (512) and back. With the faces of Track Faces (video) and identity "
+                   "per-track, each person's source is its track's keyframe: one anonymous identity per person.")
     CATEGORY = "FaceAnon"
     FUNCTION = "anonymize"
     RETURN_TYPES = ("IMAGE",)
@@ -88,12 +93,13 @@ class FaceAnonAnonymize:
         required["image"] = ("IMAGE",)
         required["degree"] = ("FLOAT", {"default": 1.25, "min": 0.0, "max": 3.0, "step": 0.05})
         required.update(reference.sampling_inputs())
-        return {"required": required}
+        return {"required": required, "optional": track_identity.optional_inputs()}
 
     def anonymize(self, model, source_refnet, driving_refnet, vae, clip_vision, image, degree, seed, steps, cfg,
-                  sampler_name, scheduler):
+                  sampler_name, scheduler, faces=None, identity=track_identity.DEFAULT_IDENTITY):
+        tracks = track_identity.tracks_for(faces, identity, image)
         return (_run(model, source_refnet, driving_refnet, vae, clip_vision, image, image, degree, seed, steps, cfg,
-                     sampler_name, scheduler, same_image=True),)
+                     sampler_name, scheduler, same_image=True, tracks=tracks),)
 
 
 class FaceAnonSwap:

@@ -4,9 +4,9 @@ Like Detect & Align Faces, but the privacy unit is the track: a frame in which t
 tracked face still gets that face (interpolated from its neighbours, or held at a track's ends), and
 landmarks are smoothed along the track, so the aligned crops do not jitter. The ``faces`` output is
 a ``FACEANON_FACES`` that Paste Faces Back and Redact Faces take as it is; it also carries each
-face's track id. ``keyframes`` is, per crop, the crop of its track's best frame: wire it as the
-source image of Face Swap (``driving_image`` = ``crops``, degree 1.25) and every frame of a person
-is anonymized against that one source, giving one stable anonymous identity per person.
+face's track id: wire ``faces`` into Face Anonymize too (identity per-track, nodes/track_identity.py)
+and every frame of a person is anonymized against the crop of the track's best frame, giving one
+stable anonymous identity per person. ``keyframes`` is, per crop, that crop (a source image for Face Swap).
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ class FaceAnonTrackFaces:
     DESCRIPTION = ("Finds the faces of a batch of video frames and links them into tracks (one per person). A frame "
                    "where the detector missed a tracked face still gets it (interpolated or held), landmarks are "
                    "smoothed along each track. Returns the aligned crops of every tracked face (frame order), the "
-                   "faces for Paste Faces Back / Redact Faces, and per crop its track's keyframe crop: use it as the "
-                   "source image of Face Swap (degree 1.25) for one stable anonymous identity per person.")
+                   "faces for Paste Faces Back / Redact Faces (and Face Anonymize: with identity per-track, one stable "
+                   "anonymous identity per person), and per crop its track's keyframe crop.")
     CATEGORY = CATEGORY
     FUNCTION = "track"
     RETURN_TYPES = ("IMAGE", "FACEANON_FACES", "IMAGE")

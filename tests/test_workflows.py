@@ -96,7 +96,16 @@ def test_degree_sweep_and_video_settings():
     assert len({n["inputs"]["seed"] for n in sweep.values() if n["class_type"] == "FaceAnon_Anonymize"}) == 1
     video = load("video_frames", api=True)
     anonymize = [n for n in video.values() if n["class_type"] == "FaceAnon_Anonymize"]
-    assert len(anonymize) == 1  # every frame's faces in one batch, one seed: one anonymous identity
+    assert len(anonymize) == 1  # every frame's faces in one node, one seed
+    (track,) = [k for k, n in video.items() if n["class_type"] == "FaceAnon_TrackFaces"]
+    # one anonymous identity per person: the faces of Track Faces wired in, identity per-track
+    assert anonymize[0]["inputs"]["faces"] == [track, 1] and anonymize[0]["inputs"]["identity"] == "per-track"
+    assert anonymize[0]["inputs"]["image"] == [track, 0]
+    (paste,) = [n for n in video.values() if n["class_type"] == "FaceAnon_PasteFaces"]
+    assert paste["inputs"]["faces"] == [track, 1]
+    (create,) = [n for n in video.values() if n["class_type"] == "CreateVideo"]
+    components = next(k for k, n in video.items() if n["class_type"] == "GetVideoComponents")
+    assert create["inputs"]["fps"] == [components, 2] and create["inputs"]["audio"] == [components, 1]
     redact = load("redact_faces", api=True)
     assert not any(n["class_type"] == "FaceAnon_ModelLoader" for n in redact.values())  # no diffusion weights
 
@@ -124,3 +133,16 @@ def test_the_ui_checks_catch_a_wrong_link_type_and_a_missing_widget_value(info):
     anonymize["widgets_values"] = anonymize["widgets_values"][:-1]
     problems = check_ui(ui, info)
     assert any("LATENT" in p for p in problems) and any("widget values" in p for p in problems), problems
+
+
+def test_a_ui_node_saved_before_an_optional_widget_existed_is_accepted_a_missing_required_one_is_not(info):
+    """Face Anonymize gained the optional ``identity`` widget: UI files saved before it (without that widget)
+    still load, with its default; a node that lacks a required widget is still refused."""
+    ui = load("anonymize_crop", api=False)
+    node = next(n for n in ui["nodes"] if n["type"] == "FaceAnon_Anonymize")
+    widgets = [i["widget"]["name"] for i in node["inputs"] if i.get("widget")]
+    assert "identity" not in widgets  # saved before the widget existed
+    assert check_ui(ui, info) == []
+    node["inputs"] = [i for i in node["inputs"] if (i.get("widget") or {}).get("name") != "scheduler"]
+    node["widgets_values"] = node["widgets_values"][:-1]
+    assert any("widgets" in p and "scheduler" in p for p in check_ui(ui, info)), check_ui(ui, info)

@@ -220,6 +220,14 @@ def check_api(prompt: dict, info: dict) -> list[str]:
     return problems
 
 
+def saved_before_optional_widgets(present: list[str], expected: list[str], node_info: dict) -> bool:
+    """A UI node saved before its node type gained optional widgets: its widgets are the definition's
+    first ones and every missing one is optional (old workflows keep loading; the rest get their defaults)."""
+    optional = set(node_info["input_order"].get("optional", []))
+    missing = expected[len(present):]
+    return expected[:len(present)] == present and bool(missing) and all(name in optional for name in missing)
+
+
 def check_ui(workflow: dict, info: dict) -> list[str]:
     """The UI file on its own: links consistent on both ends and typed like the sockets, one widget
     value per widget (plus the seed's control value)."""
@@ -257,7 +265,11 @@ def check_ui(workflow: dict, info: dict) -> list[str]:
                     info[kind]["input_order"].get("optional", []) if socket_type(specs[name]) in WIDGET_TYPES]
         extra = sum(1 for name in expected if spec_options(specs[name]).get("control_after_generate"))
         uploads = [w for w in widgets if w not in specs]
-        if [w for w in widgets if w in specs] != expected:
+        present = [w for w in widgets if w in specs]
+        if present != expected and saved_before_optional_widgets(present, expected, info[kind]):
+            expected = present  # the frontend gives the widgets added since the file was saved their defaults
+            extra = sum(1 for name in expected if spec_options(specs[name]).get("control_after_generate"))
+        if present != expected:
             problems.append(f"node {node_id} ({kind}): widgets {widgets} vs definition {expected}")
         values = node.get("widgets_values") or []
         if len(values) != len(expected) + extra + len(uploads):

@@ -160,11 +160,24 @@ def test_shipped_workflows(server, base, name, scenario):
 def test_video_workflow_on_a_clip_without_faces(server, base):
     from host_helpers import error_message
 
+    import torch
+
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "video_frames_api.json"))
-    prompt["2"]["inputs"]["file"] = "leak_no_face.mp4"
+    node = {n["class_type"]: k for k, n in prompt.items()}
+    prompt[node["LoadVideo"]]["inputs"]["file"] = "leak_no_face.mp4"
+    prompt["90"] = {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": [node["GetVideoComponents"], 0],
+                                                                       "name": "no_face_frames"}}
+    prompt["91"] = {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": [node["FaceAnon_PasteFaces"], 0],
+                                                                       "name": "no_face_out"}}
     entry = server.run(prompt, timeout=600)
     assert error_message(entry) is None, error_message(entry)
-    assert len(saved(base, entry, "7")) == wh.VIDEO_FRAMES
+    frames, out = (torch.load(entry["outputs"][k]["text"][0]) for k in ("90", "91"))
+    assert frames.shape[0] == wh.VIDEO_FRAMES and out.shape == frames.shape
+    # no face: every frame unchanged, up to Paste Faces Back's 8-bit round trip (half a level)
+    gap = float((out - frames).abs().max())
+    assert gap <= 0.5 / 255 + 1e-6, gap
+    (video,) = entry["outputs"][node["SaveVideo"]]["images"]
+    assert wh.count_video_frames(base / "output" / video["subfolder"] / video["filename"])[0] == wh.VIDEO_FRAMES
 
 
 def test_face_swap_without_a_source_face_fails_and_writes_nothing(server, base):

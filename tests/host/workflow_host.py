@@ -344,3 +344,18 @@ def normalize_prompt(prompt: dict) -> dict:
         out[str(node_id)] = {"class_type": node["class_type"], "inputs": inputs,
                              "title": (node.get("_meta") or {}).get("title")}
     return out
+
+
+def without_defaults(prompt: dict, info: dict) -> dict:
+    """``prompt`` without the optional inputs that are set to their default: an API file saved before a node
+    gained an optional widget (Face Anonymize's ``identity``) is the graph the frontend makes of the matching
+    UI file, whose new widget holds its default."""
+    out = json.loads(json.dumps(prompt))
+    for node in out.values():
+        optional = (info.get(node["class_type"], {}).get("input") or {}).get("optional") or {}
+        for name, spec in optional.items():
+            value = node.get("inputs", {}).get(name)
+            if value is not None and not isinstance(value, list) and len(spec) > 1 and isinstance(spec[1], dict) \
+                    and "default" in spec[1] and spec[1]["default"] == value:
+                del node["inputs"][name]
+    return out
