@@ -143,6 +143,23 @@ def test_group_photo_changes_the_faces_only(server, base):
     assert left.any() and right.any()  # both faces
 
 
+def test_native_workflow_gives_the_granular_image(server):
+    """Stock KSampler on Apply References' MODEL and conditioning is the method: the shipped native workflow
+    gives the pixels of the granular one (Dual-Reference KSampler, same seed, steps, cfg, sampler)."""
+    import numpy as np
+    from PIL import Image
+
+    images = {}
+    for name, node in (("anonymize_crop_native", "11"), ("anonymize_crop_granular", "10")):
+        entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json")))
+        item = entry["outputs"][node]["images"][0]
+        images[name] = np.asarray(Image.open(io.BytesIO(view(server, item))).convert("RGB")).astype(int)
+    native, granular = images["anonymize_crop_native"], images["anonymize_crop_granular"]
+    assert native.std() > 1.0  # an image, not a constant
+    difference = int(np.abs(native - granular).max())
+    assert difference == 0, f"the native workflow's image differs from the granular one by up to {difference} levels"
+
+
 def test_our_node_definitions_match_the_servers(server):
     from workflow_checks import our_object_info
 
