@@ -13,8 +13,8 @@ from workflow_checks import (WORKFLOWS, check_api, check_ui, graph_differences, 
                              our_object_info)
 
 NAMES = sorted(p.name[:-len("_api.json")] for p in WORKFLOWS.glob("*_api.json"))
-EXPECTED = {"anonymize_crop", "anonymize_crop_granular", "anonymize_group_photo", "face_swap", "degree_sweep",
-            "video_frames", "redact_faces"}
+EXPECTED = {"anonymize_crop", "anonymize_crop_granular", "anonymize_crop_native", "anonymize_group_photo", "face_swap",
+            "degree_sweep", "video_frames", "redact_faces"}
 OUR_NODES = {"FaceAnon_ModelLoader", "FaceAnon_CLIPImageEncode", "FaceAnon_CaptureStates", "FaceAnon_MixStates",
              "FaceAnon_DualReferenceSampler", "FaceAnon_Anonymize", "FaceAnon_Swap", "FaceAnon_DetectFaces",
              "FaceAnon_PasteFaces", "FaceAnon_RedactFaces"}
@@ -146,3 +146,16 @@ def test_a_ui_node_saved_before_an_optional_widget_existed_is_accepted_a_missing
     node["inputs"] = [i for i in node["inputs"] if (i.get("widget") or {}).get("name") != "scheduler"]
     node["widgets_values"] = node["widgets_values"][:-1]
     assert any("widgets" in p and "scheduler" in p for p in check_ui(ui, info)), check_ui(ui, info)
+
+
+def test_the_workflows_saved_before_v3_are_unchanged():
+    """tests/data/workflows-0.2 stands for users' saved files: never regenerated (its README), checked here."""
+    import hashlib
+
+    folder = WORKFLOWS.parent / "tests" / "data" / "workflows-0.2"
+    sums = dict(line.split()[::-1] for line in (folder / "SHA256SUMS").read_text().splitlines())
+    assert sorted(sums) == sorted(p.name for p in folder.glob("*.json"))
+    for name, digest in sums.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, (
+            f"{name} in {folder} changed: these files are what the earlier nodes saved; restore them "
+            "(git checkout) and fix the nodes instead")

@@ -93,17 +93,18 @@ class ComfyServer:
     runs also when the start fails, and at interpreter exit as a backstop (fixtures call it on teardown,
     whatever the tests did). Usable as a context manager."""
 
-    def __init__(self, base: Path, extra_args=(), name="server", cpu: bool = True):
+    def __init__(self, base: Path, extra_args=(), name="server", cpu: bool = True, python: str | None = None,
+                 env: dict | None = None):
         self.base = base
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / f"{name}.log"
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        python = python or os.environ.get("COMFYUI_PYTHON", sys.executable)  # python=: another environment
         cmd = [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(base), "--database-url", "sqlite:///:memory:", *extra_args]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=os.environ["COMFYUI_PATH"], stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         atexit.register(self.stop)
         try:
             self._wait_ready(180)

@@ -140,7 +140,7 @@ WORKFLOW_CELLS = [(name, scen) for name in WORKFLOWS for scen in PHOTOS]
 def test_every_photo_workflow_is_in_the_matrix():
     """The shipped workflows on aligned crops (anonymize_crop*, degree_sweep) detect nothing, so have no
     face-loop leak path; the video workflow is run on a clip without faces below."""
-    crops_only = {"anonymize_crop", "anonymize_crop_granular", "degree_sweep"}
+    crops_only = {"anonymize_crop", "anonymize_crop_granular", "anonymize_crop_native", "degree_sweep"}
     assert set(wh.workflow_names()) == set(WORKFLOWS) | crops_only | {"video_frames"}
 
 

@@ -1,6 +1,10 @@
 """The shipped workflows on a real ComfyUI (COMFYUI_PATH): every API file runs with tiny models and gives the
 expected outputs, every UI file loads in ComfyUI's own frontend (headless Chromium) without missing nodes
 and converts to the same prompt, and ``faceanon queue`` runs a workflow end to end.
+
+The same tests run on the workflows saved before the V3 nodes (``tests/data/workflows-0.2``, frozen): their
+API files run unchanged, and their UI files load and convert to a prompt that keeps every saved value
+(inputs the nodes gained since may be added with their defaults) and runs.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ W, H = 512, 600  # the sample photo
 EXPECTED = {
     "anonymize_crop": {"4": ("output", 1, (512, 512))},
     "anonymize_crop_granular": {"10": ("output", 1, (64, 64))},
+    "anonymize_crop_native": {"11": ("output", 1, (64, 64))},
     "anonymize_group_photo": {"6": ("output", 1, (2 * W, H)), "8": ("output", 1, (2 * W, H)),
                               "9": ("temp", 2, (512, 512))},
     "face_swap": {"9": ("output", 1, (W, H))},
@@ -45,6 +50,21 @@ EXPECTED = {
     "video_frames": {"8": ("output", 1, None)},
     "redact_faces": {"3": ("output", 1, (2 * W, H)), "5": ("temp", 1, (2 * W, H))},
 }
+# the workflows saved before the V3 nodes: frozen, as their files are
+EXPECTED_0_2 = {
+    "anonymize_crop": {"4": ("output", 1, (512, 512))},
+    "anonymize_crop_granular": {"10": ("output", 1, (64, 64))},
+    "anonymize_group_photo": {"6": ("output", 1, (2 * W, H)), "8": ("output", 1, (2 * W, H)),
+                              "9": ("temp", 2, (512, 512))},
+    "face_swap": {"9": ("output", 1, (W, H))},
+    "degree_sweep": {"12": ("output", 1, (5 * 512, 512))},
+    "video_frames": {"7": ("output", wh.VIDEO_FRAMES, (320, 320)), "9": ("output", 1, None)},
+    "redact_faces": {"3": ("output", 1, (2 * W, H)), "5": ("temp", 1, (2 * W, H))},
+}
+# (folder key, workflow name) over the shipped workflows and the saved 0.2 ones
+FOLDERS = {"shipped": (wh.WORKFLOWS, EXPECTED), "0.2": (wh.OLD_WORKFLOWS, EXPECTED_0_2)}
+CASES = [(key, name) for key, (folder, _) in FOLDERS.items() for name in wh.workflow_names(folder)]
+CASE_IDS = [f"{key}-{name}" for key, name in CASES]
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +94,22 @@ def view(server, item) -> bytes:
 
 def test_every_workflow_has_expectations():
     assert sorted(EXPECTED) == NAMES
+    # every saved 0.2 workflow in both formats, and nothing else
+    assert sorted(EXPECTED_0_2) == wh.workflow_names(wh.OLD_WORKFLOWS)
+    assert sorted(p.name for p in wh.OLD_WORKFLOWS.glob("*.json")) == sorted(
+        f"{name}{suffix}.json" for name in EXPECTED_0_2 for suffix in ("", "_api"))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_api_workflow_runs_on_comfyui(server, base, name):
+def check_outputs(server, base, entry: dict, expected: dict) -> None:
+    """The prompt succeeded and wrote exactly the expected images (type, count, size) / video."""
     from host_helpers import error_message
     from PIL import Image
 
-    entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json")), timeout=600)
     assert error_message(entry) is None, error_message(entry)
     assert entry["status"]["status_str"] == "success"
     outputs = entry["outputs"]
-    assert set(outputs) == set(EXPECTED[name]), outputs
-    for node, (kind, count, size) in EXPECTED[name].items():
+    assert set(outputs) == set(expected), outputs
+    for node, (kind, count, size) in expected.items():
         items = outputs[node]["images"]
         assert len(items) == count and all(i["type"] == kind for i in items), (node, items)
         for item in items:
@@ -99,6 +122,13 @@ def test_api_workflow_runs_on_comfyui(server, base, name):
                 assert probe_video(path).fps == wh.VIDEO_FPS  # Create Video takes the clip's own rate
             else:
                 assert Image.open(io.BytesIO(data)).size == size, (node, item)
+
+
+@pytest.mark.parametrize("folder_key,name", CASES, ids=CASE_IDS)
+def test_api_workflow_runs_on_comfyui(server, base, folder_key, name):
+    folder, expected = FOLDERS[folder_key]
+    entry = server.run(wh.tiny_settings(wh.load_json(folder / f"{name}_api.json")), timeout=600)
+    check_outputs(server, base, entry, expected[name])
 
 
 def test_group_photo_changes_the_faces_only(server, base):
@@ -114,6 +144,23 @@ def test_group_photo_changes_the_faces_only(server, base):
     assert changed[mask == 0].mean() < 0.01  # the rest is the original (8-bit round trips aside)
     left, right = mask[:, :W] > 0, mask[:, W:] > 0
     assert left.any() and right.any()  # both faces
+
+
+def test_native_workflow_gives_the_granular_image(server):
+    """Stock KSampler on Apply References' MODEL and conditioning is the method: the shipped native workflow
+    gives the pixels of the granular one (Dual-Reference KSampler, same seed, steps, cfg, sampler)."""
+    import numpy as np
+    from PIL import Image
+
+    images = {}
+    for name, node in (("anonymize_crop_native", "11"), ("anonymize_crop_granular", "10")):
+        entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json")))
+        item = entry["outputs"][node]["images"][0]
+        images[name] = np.asarray(Image.open(io.BytesIO(view(server, item))).convert("RGB")).astype(int)
+    native, granular = images["anonymize_crop_native"], images["anonymize_crop_granular"]
+    assert native.std() > 1.0  # an image, not a constant
+    difference = int(np.abs(native - granular).max())
+    assert difference == 0, f"the native workflow's image differs from the granular one by up to {difference} levels"
 
 
 def test_our_node_definitions_match_the_servers(server):
@@ -137,16 +184,41 @@ def frontend(server):
         yield fe
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_ui_workflow_loads_in_comfyuis_frontend(server, frontend, name):
-    ui = wh.load_json(wh.WORKFLOWS / f"{name}.json")
+def saved_values_lost(saved: dict, produced: dict) -> list[str]:
+    """What of a saved API prompt the frontend's prompt does not keep: a node, its type, an input or its value
+    (link or widget). Inputs only in the produced prompt are new ones, filled with their defaults."""
+    a, b = wh.normalize_prompt(saved), wh.normalize_prompt(produced)
+    problems = [f"node {n} ({a[n]['class_type']}) is gone" for n in sorted(set(a) - set(b), key=int)]
+    problems += [f"node {n} ({b[n]['class_type']}) was added" for n in sorted(set(b) - set(a), key=int)]
+    for n in sorted(set(a) & set(b), key=int):
+        if a[n]["class_type"] != b[n]["class_type"]:
+            problems.append(f"node {n}: type {a[n]['class_type']} became {b[n]['class_type']}")
+        for key, value in a[n]["inputs"].items():
+            if key not in b[n]["inputs"]:
+                problems.append(f"node {n} ({a[n]['class_type']}): input {key!r} is gone")
+            elif b[n]["inputs"][key] != value:
+                problems.append(f"node {n} ({a[n]['class_type']}): {key} = {value!r} became {b[n]['inputs'][key]!r}")
+    return problems
+
+
+@pytest.mark.parametrize("folder_key,name", CASES, ids=CASE_IDS)
+def test_ui_workflow_loads_in_comfyuis_frontend(frontend, server, base, folder_key, name):
+    folder, expected = FOLDERS[folder_key]
+    ui = wh.load_json(folder / f"{name}.json")
     result = frontend.load_ui(ui)
     assert result["missing"] == [], f"missing node types in the frontend: {result['missing']}"
     assert result["count"] == len(ui["nodes"])
-    api = wh.load_json(wh.WORKFLOWS / f"{name}_api.json")
-    info = server.get("/object_info")  # optional widgets newer than a file load with their defaults
-    assert wh.normalize_prompt(wh.without_defaults(result["prompt"], info)) == \
-        wh.normalize_prompt(wh.without_defaults(api, info))
+    api = wh.load_json(folder / f"{name}_api.json")
+    if folder_key == "shipped":  # the shipped pair is the frontend's own output: the same prompt (optional
+        info = server.get("/object_info")  # widgets newer than a file load with their defaults)
+        assert wh.normalize_prompt(wh.without_defaults(result["prompt"], info)) == \
+            wh.normalize_prompt(wh.without_defaults(api, info))
+        return
+    # a saved workflow: every saved value survives the conversion (positional widget values included),
+    # and the prompt the frontend makes of it runs
+    assert saved_values_lost(api, result["prompt"]) == []
+    entry = server.run(wh.tiny_settings(result["prompt"]), timeout=600)
+    check_outputs(server, base, entry, expected[name])
 
 
 def test_faceanon_queue_runs_a_workflow_on_comfyui(server, tmp_path, capsys, caplog):

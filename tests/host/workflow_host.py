@@ -22,6 +22,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
+# The shipped workflows as saved before the V3 nodes (never regenerated: tests/data/workflows-0.2/README.md).
+OLD_WORKFLOWS = REPO / "tests" / "data" / "workflows-0.2"
 MODEL_FOLDER = "face-anon-simple"  # the model folder name the shipped workflows use
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
@@ -29,8 +31,8 @@ VIDEO_FRAMES = 4
 VIDEO_FPS = 8
 
 
-def workflow_names() -> list[str]:
-    return sorted(p.name[:-len("_api.json")] for p in WORKFLOWS.glob("*_api.json"))
+def workflow_names(folder: Path = WORKFLOWS) -> list[str]:
+    return sorted(p.name[:-len("_api.json")] for p in Path(folder).glob("*_api.json"))
 
 
 def load_json(path: Path) -> dict:
