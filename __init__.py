@@ -74,8 +74,32 @@ def comfyui_version_decision(text):
     return True, logging.DEBUG, f"ComfyUI-FaceAnon: ComfyUI {text.strip()} is supported ({REQUIRED_COMFYUI_TEXT})"
 
 
+V3_API = ("ComfyExtension", "io.ComfyNode", "io.Schema", "io.Custom", "io.NodeOutput")
+
+
+def missing_v3_api() -> list[str]:
+    """The parts of ComfyUI's V3 node API (``comfy_api.latest``) the nodes use that this ComfyUI lacks."""
+    try:
+        import comfy_api.latest as latest
+    except ImportError:
+        return ["comfy_api.latest"]
+    missing = []
+    for name in V3_API:
+        owner = latest
+        for part in name.split("."):
+            owner = getattr(owner, part, None)
+        if owner is None:
+            missing.append(f"comfy_api.latest.{name}")
+    return missing
+
+
 if "comfy.model_management" in sys.modules:
     _register, _level, _message = comfyui_version_decision(comfyui_version_text())
+    _missing = missing_v3_api() if _register else []
+    if _missing:
+        _register, _level, _message = False, logging.ERROR, (
+            f"ComfyUI-FaceAnon: nodes NOT loaded: this ComfyUI lacks the V3 node API the nodes use "
+            f"({', '.join(_missing)}). Update ComfyUI ({REQUIRED_COMFYUI_TEXT}).")
     logger.log(_level, _message)
     if _register:
         from .nodes.registry import comfy_entrypoint  # noqa: F401

@@ -201,6 +201,14 @@ def test_object_info_lists_apply_references_with_tooltips(server):
     assert all(spec[1].get("tooltip") for spec in required.values())
 
 
+def test_every_input_of_every_node_has_a_tooltip_on_the_server(server):
+    from workflow_checks import missing_tooltips
+
+    ours = {name: entry for name, entry in server.get("/object_info").items() if name.startswith("FaceAnon_")}
+    assert len(ours) == 13
+    assert missing_tooltips(ours) == []
+
+
 # ------------------------------------------------------------------ in-process: stacking, memory, messages
 
 
@@ -345,8 +353,8 @@ def test_loader_message_when_no_weights_are_installed(loaded, monkeypatch, tmp_p
     empty = tmp_path / "models" / "faceanon"
     monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(empty)])
     assert models.list_model_folders() == []
-    message = models.FaceAnonModelLoader.VALIDATE_INPUTS("face-anon-simple")
+    message = models.FaceAnonModelLoader.validate_inputs(model_folder="face-anon-simple")
     assert isinstance(message, str)
     assert "found: none" in message and "models/faceanon/<name>/" in message and "extra_model_paths.yaml" in message
     assert f"faceanon models download --to {empty / 'face-anon-simple'}" in message
-    assert models.FaceAnonModelLoader.VALIDATE_INPUTS("../../etc") != True  # noqa: E712  (a path, not a name)
+    assert models.FaceAnonModelLoader.validate_inputs(model_folder="../../etc") != True  # noqa: E712  (a path)
