@@ -183,6 +183,10 @@ class FaceAnonDetectFaces(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, if_no_face):
+        return sockets.check_choices(cls, if_no_face=if_no_face)
+
+    @classmethod
     def execute(cls, image, threshold, min_face_size, crop_size, if_no_face, detector_min_face=DETECTOR_MIN_FACE):
         return io.NodeOutput(*detect_faces(image, threshold, min_face_size, crop_size, if_no_face,
                                            detector_min_face))
@@ -330,6 +334,10 @@ class FaceAnonRedactFaces(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
         )
+
+    @classmethod
+    def validate_inputs(cls, method):
+        return sockets.check_choices(cls, method=method)
 
     @classmethod
     def execute(cls, image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE):

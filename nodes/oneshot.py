@@ -101,6 +101,10 @@ class FaceAnonAnonymize(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, sampler_name, scheduler):
+        return sockets.check_choices(cls, sampler_name=sampler_name, scheduler=scheduler)
+
+    @classmethod
     def execute(cls, model, source_refnet, driving_refnet, vae, clip_vision, image, degree, seed, steps, cfg,
                 sampler_name, scheduler):
         return io.NodeOutput(_run(model, source_refnet, driving_refnet, vae, clip_vision, image, image, degree, seed,
@@ -124,6 +128,10 @@ class FaceAnonSwap(io.ComfyNode):
             ],
             outputs=[io.Image.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name, scheduler):
+        return sockets.check_choices(cls, sampler_name=sampler_name, scheduler=scheduler)
 
     @classmethod
     def execute(cls, model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree,

@@ -282,6 +282,10 @@ class FaceAnonDualReferenceSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, sampler_name, scheduler, noise):
+        return sockets.check_choices(cls, sampler_name=sampler_name, scheduler=scheduler, noise=noise)
+
+    @classmethod
     def execute(cls, model, source_states, source_embeds, driving_states, driving_embeds, latent_image, seed, steps,
                 cfg, sampler_name, scheduler, denoise, noise):
         return io.NodeOutput(dual_reference_sample(model, source_states, source_embeds, driving_states,

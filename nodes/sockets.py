@@ -46,3 +46,21 @@ def threshold_input() -> io.Float.Input:
 
 def crop_size_input() -> io.Int.Input:
     return io.Int.Input("crop_size", default=512, min=64, max=2048, step=64, tooltip=TOOLTIPS["crop_size"])
+
+
+def check_choices(node: type, **values) -> bool | str:
+    """``validate_inputs`` of a node with choice inputs: each value must be one of the input's options.
+
+    ComfyUI's prompt validation checks only V1 combos (a list as the type); a V3 combo ("COMBO", options in
+    the dict) is let through as it is in 0.3.64, and KSampler then runs an unknown sampler_name as its first
+    sampler without a word. A value that is None is a linked input, checked by the node that makes it.
+    """
+    schema = node.define_schema()
+    for spec in schema.inputs:
+        if not isinstance(spec, io.Combo.Input) or spec.id not in values or values[spec.id] is None:
+            continue
+        options = list(spec.options or [])
+        if values[spec.id] not in options:
+            shown = options if len(options) <= 20 else options[:8] + [f"... ({len(options)} choices)"]
+            return f"Value not in list: {spec.id}: {values[spec.id]!r} not in {shown}"
+    return True

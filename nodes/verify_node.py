@@ -84,5 +84,9 @@ class FaceAnonVerifyFaces(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, on_leak):
+        return sockets.check_choices(cls, on_leak=on_leak)
+
+    @classmethod
     def execute(cls, original, anonymized, faces, threshold, on_leak):
         return io.NodeOutput(*verify_faces(original, anonymized, faces, threshold, on_leak))

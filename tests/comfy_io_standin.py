@@ -26,11 +26,11 @@ class _Input:
         self.id, self.display_name, self.optional, self.tooltip, self.lazy = id, display_name, optional, tooltip, lazy
         self.extra_dict = extra_dict or {}
 
-    def options(self) -> dict:
+    def as_dict(self) -> dict:
         return {**_pruned({"display_name": self.display_name, "tooltip": self.tooltip, "lazy": self.lazy}),
                 **_pruned(self.extra_dict)}
 
-    def io_type(self):
+    def get_io_type(self):
         return self.parent_type
 
 
@@ -40,11 +40,11 @@ class _Widget(_Input):
         super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
         self.default, self.socketless, self.widget_type, self.force_input = default, socketless, widget_type, force_input
 
-    def options(self) -> dict:
-        return {**super().options(), **_pruned({"default": self.default, "socketless": self.socketless,
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), **_pruned({"default": self.default, "socketless": self.socketless,
                                                 "widgetType": self.widget_type, "forceInput": self.force_input})}
 
-    def io_type(self):
+    def get_io_type(self):
         return self.widget_type or self.parent_type
 
 
@@ -70,8 +70,8 @@ class _IntInput(_Widget):
         self.numbers = {"min": min, "max": max, "step": step, "control_after_generate": control_after_generate,
                         "display": getattr(display_mode, "value", display_mode)}
 
-    def options(self) -> dict:
-        return {**super().options(), **_pruned(self.numbers)}
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), **_pruned(self.numbers)}
 
 
 class _FloatInput(_Widget):
@@ -80,8 +80,8 @@ class _FloatInput(_Widget):
         super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
         self.numbers = {"min": min, "max": max, "step": step, "round": round, "display": display_mode}
 
-    def options(self) -> dict:
-        return {**super().options(), **_pruned(self.numbers)}
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), **_pruned(self.numbers)}
 
 
 class _BooleanInput(_Widget):
@@ -90,21 +90,21 @@ class _BooleanInput(_Widget):
         super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
         self.labels = {"label_on": label_on, "label_off": label_off}
 
-    def options(self) -> dict:
-        return {**super().options(), **_pruned(self.labels)}
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), **_pruned(self.labels)}
 
 
 class _ComboInput(_Widget):
     def __init__(self, id, options=None, display_name=None, optional=False, tooltip=None, lazy=None, default=None,
                  control_after_generate=None, upload=None, image_folder=None, remote=None, socketless=None):
         super().__init__(id, display_name, optional, tooltip, lazy, default, socketless)
-        self.choices, self.control_after_generate = options, control_after_generate
+        self.options, self.control_after_generate = options, control_after_generate
         if upload is not None or image_folder is not None or remote is not None:
             raise NotImplementedError("the stand-in has no upload/image_folder/remote combos (the pack uses none)")
 
-    def options(self) -> dict:
+    def as_dict(self) -> dict:
         # ``multiselect`` is False, not None: ComfyUI writes it for every combo
-        return {**super().options(), **_pruned({"multiselect": False, "options": self.choices,
+        return {**super().as_dict(), **_pruned({"multiselect": False, "options": self.options,
                                                 "control_after_generate": self.control_after_generate})}
 
 
@@ -144,7 +144,7 @@ class Schema:
     def v1_inputs(self) -> dict:
         sections: dict = {"required": {}}
         for i in self.inputs:
-            sections.setdefault("optional" if i.optional else "required", {})[i.id] = (i.io_type(), i.options())
+            sections.setdefault("optional" if i.optional else "required", {})[i.id] = (i.get_io_type(), i.as_dict())
         return sections
 
     def v1_info(self, python_module) -> dict:

@@ -7,7 +7,7 @@ import importlib
 import sys
 import types
 
-from workflow_checks import STUBBED, _StubFinder
+from workflow_checks import STUBBED, _StubFinder, load_core
 
 PACK = "faceanon_pack_node_stubs"
 
@@ -24,6 +24,11 @@ def load_node_modules(*names: str) -> dict[str, types.ModuleType]:
     finder = _StubFinder()
     sys.meta_path.insert(0, finder)
     try:
+        import comfy.samplers  # the stand-in: KSampler's lists as the checked-in core data has them
+
+        samplers = load_core()["KSampler"]["input"]["required"]
+        comfy.samplers.KSampler = types.SimpleNamespace(SAMPLERS=list(samplers["sampler_name"][0]),
+                                                        SCHEDULERS=list(samplers["scheduler"][0]))
         load_pack(PACK)
         modules = {name: importlib.import_module(f"{PACK}.nodes.{name}") for name in names}
     finally:

@@ -195,6 +195,29 @@ def test_execute_takes_exactly_the_schema_inputs(cls):
         assert has_default == spec.optional, (schema.node_id, spec.id)
 
 
+@pytest.mark.parametrize("cls", node_classes(), ids=lambda c: c.__name__)
+def test_every_choice_input_is_validated(cls):
+    """ComfyUI (0.3.64) lets any value through a V3 combo: each node's validate_inputs checks its choice inputs."""
+    import inspect
+
+    from comfy_io_standin import Combo
+
+    schema = cls.GET_SCHEMA()
+    combos = [i.id for i in schema.inputs if isinstance(i, Combo.Input)]
+    if not combos:
+        return
+    params = list(inspect.signature(cls.validate_inputs).parameters)
+    assert params == combos, (schema.node_id, params, combos)  # exactly these: ComfyUI skips its checks for them
+    if schema.node_id == "FaceAnon_ModelLoader":
+        return  # validate_model_folder: test_the_loader_says_where_the_weights_go_when_none_are_installed
+    good = {i.id: i.options[0] for i in schema.inputs if i.id in combos}
+    assert cls.validate_inputs(**good) is True
+    assert cls.validate_inputs(**{name: None for name in combos}) is True  # linked: known only when it runs
+    for name in combos:
+        message = cls.validate_inputs(**{**good, name: "no_such_choice"})
+        assert isinstance(message, str) and f"{name}: 'no_such_choice' not in" in message, message
+
+
 def test_the_loader_says_where_the_weights_go_when_none_are_installed():
     loader = NODES["models"].FaceAnonModelLoader
     assert loader.INPUT_TYPES()["required"]["model_folder"][1]["options"] == []  # no folder installed

@@ -209,6 +209,20 @@ def test_every_input_of_every_node_has_a_tooltip_on_the_server(server):
     assert missing_tooltips(ours) == []
 
 
+@pytest.mark.parametrize("node, inputs, bad", [
+    ("FaceAnon_RedactFaces", {"method": "smudge", "strength": 0.0, "threshold": 0.95}, "method: 'smudge' not in"),
+    ("FaceAnon_DetectFaces", {"threshold": 0.95, "min_face_size": 10.0, "crop_size": 512, "if_no_face": "ignore"},
+     "if_no_face: 'ignore' not in"),
+])
+def test_the_server_refuses_a_value_that_is_not_one_of_the_choices(server, node, inputs, bad):
+    """ComfyUI 0.3.64 checks only V1 combos; the nodes' validate_inputs refuse the value before anything runs."""
+    prompt = {"1": {"class_type": "FaceAnonTest_Images", "inputs": {"count": 1, "seed": 0, "size": 64}},
+              "2": {"class_type": node, "inputs": {"image": ["1", 0], **inputs}},
+              "3": {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["2", 0], "name": "never"}}}
+    status, answer = server.post("/prompt", {"prompt": prompt})
+    assert status == 400 and bad in str(answer), answer
+
+
 # ------------------------------------------------------------------ in-process: stacking, memory, messages
 
 
