@@ -3,12 +3,20 @@
 The repo root is a ComfyUI custom node folder. ComfyUI imports this file as a package; the
 nodes live in ``nodes/`` and the standalone library in ``faceanon_core`` (no ComfyUI imports
 there). Imported anywhere else (pytest collects the repo root as a package, tools that walk
-the tree) it defines empty mappings and imports nothing from ComfyUI: the nodes are loaded
+the tree) it defines no entry point and imports nothing from ComfyUI: the nodes are loaded
 only when ComfyUI itself is running (its model management is already imported by then).
 
 Inside ComfyUI the host version is checked first: the sampler passes ``transformer_options=`` to
 ``optimized_attention``, which ComfyUI accepts from 0.3.60 on; an older one would raise
 ``TypeError`` deep in sampling, so the nodes are not registered there (one log line says why).
+
+The nodes are V3 nodes (``comfy_api.latest.io.ComfyNode``), registered the V3 way: this module exports
+``comfy_entrypoint`` (-> a ``ComfyExtension`` listing them) and deliberately no ``NODE_CLASS_MAPPINGS``.
+ComfyUI's loader would take a ``NODE_CLASS_MAPPINGS`` first, and for V3 classes it ignores
+``NODE_DISPLAY_NAME_MAPPINGS`` anyway (``/object_info`` reads the display name from the schema), so a
+second table could only disagree with the schemas; with the entry point, each node's id and display
+name are written once, in its ``define_schema``. When the version gate refuses, neither is exported:
+ComfyUI then lists the pack as not loaded, next to our log line saying why.
 """
 
 import logging
@@ -66,13 +74,34 @@ def comfyui_version_decision(text):
     return True, logging.DEBUG, f"ComfyUI-FaceAnon: ComfyUI {text.strip()} is supported ({REQUIRED_COMFYUI_TEXT})"
 
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+V3_API = ("ComfyExtension", "io.ComfyNode", "io.Schema", "io.Custom", "io.NodeOutput")
+
+
+def missing_v3_api() -> list[str]:
+    """The parts of ComfyUI's V3 node API (``comfy_api.latest``) the nodes use that this ComfyUI lacks."""
+    try:
+        import comfy_api.latest as latest
+    except ImportError:
+        return ["comfy_api.latest"]
+    missing = []
+    for name in V3_API:
+        owner = latest
+        for part in name.split("."):
+            owner = getattr(owner, part, None)
+        if owner is None:
+            missing.append(f"comfy_api.latest.{name}")
+    return missing
+
 
 if "comfy.model_management" in sys.modules:
     _register, _level, _message = comfyui_version_decision(comfyui_version_text())
+    _missing = missing_v3_api() if _register else []
+    if _missing:
+        _register, _level, _message = False, logging.ERROR, (
+            f"ComfyUI-FaceAnon: nodes NOT loaded: this ComfyUI lacks the V3 node API the nodes use "
+            f"({', '.join(_missing)}). Update ComfyUI ({REQUIRED_COMFYUI_TEXT}).")
     logger.log(_level, _message)
     if _register:
-        from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+        from .nodes.registry import comfy_entrypoint  # noqa: F401
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["comfy_entrypoint"] if "comfy_entrypoint" in globals() else []

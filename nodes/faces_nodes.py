@@ -14,12 +14,40 @@ import torch
 
 import comfy.model_management as mm
 import comfy.utils
+from comfy_api.latest import io
 
+from . import sockets
 from .checks import check_floats, near_limit_count
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "FaceAnon"
+CATEGORY = sockets.CATEGORY
+
+DETECT_TOOLTIPS = {
+    "image": "The photos or video frames (an IMAGE batch); the faces of all frames come out as one crop batch, in "
+             "frame order.",
+    "min_face_size": "Faces with fewer pixels between the eyes are too small for the model: they get no crop and "
+                     "are blurred by Paste Faces Back (and by Redact Faces given these faces).",
+    "if_no_face": "continue: a frame without a face is logged and gives no crop (no face in any frame: one black "
+                  "placeholder crop, and Paste Faces Back returns the frames unchanged); error: stop the graph.",
+}
+PASTE_TOOLTIPS = {
+    "image": "The original frames: the same batch Detect & Align Faces was given.",
+    "crops": "The processed crops (Face Anonymize, Face Swap or any crop-to-crop node), one per face, in the order "
+             "of the faces.",
+    "feather": "Softness of the face mask's edge: Gaussian sigma as a fraction of the crop side (0.025 = 10% of "
+               "the eye distance).",
+    "erode": "How far the face mask ellipse is shrunk, as a fraction of the crop side, before feathering.",
+    "color_match": "Match each crop's colours (mean and spread in Lab) to the original face before blending.",
+}
+REDACT_TOOLTIPS = {
+    "image": "The photos or video frames to redact; no diffusion weights needed.",
+    "method": "blur, pixelate or solid fill, done in aligned-crop space and pasted back with an opaque mask.",
+    "strength": "0 = the method's default (blur: sigma 0.35 eye distances; pixelate: 8 blocks across the face); "
+                "else the blur sigma in eye distances or the number of pixel blocks across the face.",
+    "faces": "Optional: faces of Detect & Align Faces or Track Faces, redacted as they are (those too small for the "
+             "model included) instead of detecting again.",
+}
 
 #: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``.
 DETECTOR_MIN_FACE = 20.0
@@ -28,10 +56,11 @@ NEAR_LIMIT_FACTOR = 1.5
 
 
 def detector_min_face_input():
-    return ("FLOAT", {"default": DETECTOR_MIN_FACE, "min": 12.0, "max": 4096.0, "step": 1.0,
-                      "tooltip": "smallest face the detector looks for (box side in pixels; the CLI's "
-                                 "--min-face-size). Faces smaller than this are never found, so never changed: "
-                                 "lower it for crowds and distant faces (12 is the detector's own limit)"})
+    return io.Float.Input("detector_min_face", default=DETECTOR_MIN_FACE, min=12.0, max=4096.0, step=1.0,
+                          optional=True,
+                          tooltip="smallest face the detector looks for (box side in pixels; the CLI's "
+                                  "--min-face-size). Faces smaller than this are never found, so never changed: "
+                                  "lower it for crowds and distant faces (12 is the detector's own limit)")
 
 
 def log_near_limit(node: str, found_per_frame, limit: float) -> int:
@@ -94,118 +123,139 @@ def _detected(face):
     return DetectedFace(box=face.box, score=face.score, landmarks5=face.landmarks)
 
 
-class FaceAnonDetectFaces:
-    DESCRIPTION = ("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square crop. "
-                   "Returns all crops of all frames as one IMAGE batch (in frame order) and the face list for "
-                   "Paste Faces Back. Frames without a face are logged and contribute no crop; with no face in any "
-                   "frame, crops is one black placeholder (Face Anonymize passes it on without running the model, "
-                   "Paste Faces Back returns the frames unchanged).")
-    CATEGORY = CATEGORY
-    FUNCTION = "detect"
-    RETURN_TYPES = ("IMAGE", "FACEANON_FACES")
-    RETURN_NAMES = ("crops", "faces")
+def detect_faces(image, threshold, min_face_size, crop_size, if_no_face, detector_min_face=DETECTOR_MIN_FACE):
+    """Detect & Align Faces: (crops IMAGE, FaceSet); never an empty crop batch (one black placeholder)."""
+    from ..faceanon_core.faces import align_faces, extract_crops
+
+    check_floats("Detect & Align Faces", threshold=threshold, min_face_size=min_face_size,
+                 detector_min_face=detector_min_face)
+    frames = to_uint8_frames(image)
+    detector = _detector(float(threshold), float(detector_min_face))
+    faces, crops, small, all_found = [], [], [], []
+    pbar = comfy.utils.ProgressBar(len(frames))
+    for index, frame in enumerate(frames):
+        found = detector.detect(frame)
+        all_found.append(found)
+        aligned, skipped = align_faces(found, frame_index=index, crop_size=crop_size,
+                                       min_face_size=min_face_size, image_name=f"frame {index}")
+        small.extend((index, face) for face in skipped)
+        if not found:
+            if if_no_face == "error":
+                raise ValueError(f"frame {index}: no face found")
+            logger.warning("FaceAnon: frame %d: no face found", index)
+        if aligned:
+            faces.extend(aligned)
+            crops.append(extract_crops(frame, aligned))
+        pbar.update(1)
+    log_near_limit("Detect & Align Faces", all_found, float(detector_min_face))
+    if small:
+        logger.warning("FaceAnon: %d face(s) too small for the model (below %.0f px between the eyes): Paste "
+                       "Faces Back and Redact Faces blur them", len(small), min_face_size)
+    result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size, small=small)
+    if crops:
+        batch = to_image(np.concatenate(crops))
+    else:  # never an empty batch: a Preview/Save of the crops would fail on it
+        batch = placeholder(torch.zeros((0, crop_size, crop_size, 3)))
+    return batch.to(mm.intermediate_device()), result
+
+
+class FaceAnonDetectFaces(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_DetectFaces", display_name="Detect & Align Faces", category=CATEGORY,
+            description=("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square "
+                         "crop. Returns all crops of all frames as one IMAGE batch (in frame order) and the face "
+                         "list for Paste Faces Back. Frames without a face are logged and contribute no crop; with "
+                         "no face in any frame, crops is one black placeholder (Face Anonymize passes it on without "
+                         "running the model, Paste Faces Back returns the frames unchanged)."),
+            inputs=[
+                io.Image.Input("image", tooltip=DETECT_TOOLTIPS["image"]),
+                sockets.threshold_input(),
+                io.Float.Input("min_face_size", default=10.0, min=0.0, max=1000.0, step=1.0,
+                               tooltip=DETECT_TOOLTIPS["min_face_size"]),
+                sockets.crop_size_input(),
+                io.Combo.Input("if_no_face", options=["continue", "error"], default="continue",
+                               tooltip=DETECT_TOOLTIPS["if_no_face"]),
+                detector_min_face_input(),
+            ],
+            outputs=[io.Image.Output(display_name="crops"), sockets.Faces.Output(display_name="faces")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE",),
-            "threshold": ("FLOAT", {"default": 0.95, "min": 0.5, "max": 0.999, "step": 0.005}),
-            "min_face_size": ("FLOAT", {"default": 10.0, "min": 0.0, "max": 1000.0, "step": 1.0,
-                                        "tooltip": "skip faces with fewer pixels between the eyes"}),
-            "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
-            "if_no_face": (["continue", "error"], {"default": "continue"}),
-        }, "optional": {"detector_min_face": detector_min_face_input()}}
-
-    def detect(self, image, threshold, min_face_size, crop_size, if_no_face, detector_min_face=DETECTOR_MIN_FACE):
-        from ..faceanon_core.faces import align_faces, extract_crops
-
-        check_floats("Detect & Align Faces", threshold=threshold, min_face_size=min_face_size,
-                     detector_min_face=detector_min_face)
-        frames = to_uint8_frames(image)
-        detector = _detector(float(threshold), float(detector_min_face))
-        faces, crops, small, all_found = [], [], [], []
-        pbar = comfy.utils.ProgressBar(len(frames))
-        for index, frame in enumerate(frames):
-            found = detector.detect(frame)
-            all_found.append(found)
-            aligned, skipped = align_faces(found, frame_index=index, crop_size=crop_size,
-                                           min_face_size=min_face_size, image_name=f"frame {index}")
-            small.extend((index, face) for face in skipped)
-            if not found:
-                if if_no_face == "error":
-                    raise ValueError(f"frame {index}: no face found")
-                logger.warning("FaceAnon: frame %d: no face found", index)
-            if aligned:
-                faces.extend(aligned)
-                crops.append(extract_crops(frame, aligned))
-            pbar.update(1)
-        log_near_limit("Detect & Align Faces", all_found, float(detector_min_face))
-        if small:
-            logger.warning("FaceAnon: %d face(s) too small for the model (below %.0f px between the eyes): Paste "
-                           "Faces Back and Redact Faces blur them", len(small), min_face_size)
-        result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size, small=small)
-        if crops:
-            batch = to_image(np.concatenate(crops))
-        else:  # never an empty batch: a Preview/Save of the crops would fail on it
-            batch = placeholder(torch.zeros((0, crop_size, crop_size, 3)))
-        return batch.to(mm.intermediate_device()), result
-
-
-class FaceAnonPasteFaces:
-    DESCRIPTION = ("Warps processed crops back into the original frames and blends them with a feathered face mask; "
-                   "pixels outside the mask stay exactly as they were. Returns the frames and the blend mask.")
-    CATEGORY = CATEGORY
-    FUNCTION = "paste"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("image", "mask")
+    def validate_inputs(cls, if_no_face):
+        return sockets.check_choices(cls, if_no_face=if_no_face)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE",), "crops": ("IMAGE",), "faces": ("FACEANON_FACES",),
-            "feather": ("FLOAT", {"default": 0.025, "min": 0.0, "max": 0.2, "step": 0.005}),
-            "erode": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 0.2, "step": 0.005}),
-            "color_match": ("BOOLEAN", {"default": False}),
-        }}
+    def execute(cls, image, threshold, min_face_size, crop_size, if_no_face, detector_min_face=DETECTOR_MIN_FACE):
+        return io.NodeOutput(*detect_faces(image, threshold, min_face_size, crop_size, if_no_face,
+                                           detector_min_face))
 
-    def paste(self, image, crops, faces, feather, erode, color_match):
-        from ..faceanon_core.faces import paste_back
 
-        check_floats("Paste Faces Back", feather=feather, erode=erode)
-        if not isinstance(faces, FaceSet):
-            raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
-        frames = to_uint8_frames(image)
-        if len(frames) != len(faces.frame_sizes):
-            raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
-                             f"{len(faces.frame_sizes)} frames")
-        for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
-            if tuple(frame.shape[:2]) != tuple(size):
-                raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
-                                 f"on a {size[1]}x{size[0]} frame")
-        if not len(faces) and is_placeholder(crops):
-            crops = crops[:0]  # no face in any frame: the frames come back as they are (small faces blurred)
-        if crops.shape[0] != len(faces):
-            raise ValueError(f"got {crops.shape[0]} processed crops for {len(faces)} detected faces")
-        if len(faces) and not torch.isfinite(crops).all():
-            raise ValueError("the processed crops hold NaN or infinite values; nothing was pasted")
-        if len(faces) and tuple(crops.shape[1:3]) != (faces.crop_size, faces.crop_size):
-            from .reference_patch import resize_images
+def paste_faces(image, crops, faces, feather, erode, color_match):
+    """Paste Faces Back: (frames IMAGE, mask MASK); faces too small for the model are blurred."""
+    from ..faceanon_core.faces import paste_back
 
-            logger.info("FaceAnon: resizing crops from %dx%d to %d", crops.shape[2], crops.shape[1], faces.crop_size)
-            crops = resize_images(crops, faces.crop_size, faces.crop_size)
-        crops_np = crops[..., :3].detach().float().clamp(0, 1).cpu().numpy() if len(faces) else None
-        out, masks = [], []
-        for index, frame in enumerate(frames):
-            picks = [i for i, f in enumerate(faces.faces) if f.frame_index == index]
-            if picks:
-                frame, mask = paste_back(frame, [faces.faces[i] for i in picks], crops_np[picks], erode=erode,
-                                         feather=feather, color_match=color_match)
-            else:
-                mask = np.zeros(frame.shape[:2], np.float32)
-            frame, mask = _blur_small_faces(frame, mask, [f for i, f in faces.small if i == index], index)
-            out.append(frame)
-            masks.append(mask)
-        return to_image(out), torch.from_numpy(np.stack(masks))
+    check_floats("Paste Faces Back", feather=feather, erode=erode)
+    if not isinstance(faces, FaceSet):
+        raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
+    frames = to_uint8_frames(image)
+    if len(frames) != len(faces.frame_sizes):
+        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
+                         f"{len(faces.frame_sizes)} frames")
+    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
+        if tuple(frame.shape[:2]) != tuple(size):
+            raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
+                             f"on a {size[1]}x{size[0]} frame")
+    if not len(faces) and is_placeholder(crops):
+        crops = crops[:0]  # no face in any frame: the frames come back as they are (small faces blurred)
+    if crops.shape[0] != len(faces):
+        raise ValueError(f"got {crops.shape[0]} processed crops for {len(faces)} detected faces")
+    if len(faces) and not torch.isfinite(crops).all():
+        raise ValueError("the processed crops hold NaN or infinite values; nothing was pasted")
+    if len(faces) and tuple(crops.shape[1:3]) != (faces.crop_size, faces.crop_size):
+        from .reference_patch import resize_images
+
+        logger.info("FaceAnon: resizing crops from %dx%d to %d", crops.shape[2], crops.shape[1], faces.crop_size)
+        crops = resize_images(crops, faces.crop_size, faces.crop_size)
+    crops_np = crops[..., :3].detach().float().clamp(0, 1).cpu().numpy() if len(faces) else None
+    out, masks = [], []
+    for index, frame in enumerate(frames):
+        picks = [i for i, f in enumerate(faces.faces) if f.frame_index == index]
+        if picks:
+            frame, mask = paste_back(frame, [faces.faces[i] for i in picks], crops_np[picks], erode=erode,
+                                     feather=feather, color_match=color_match)
+        else:
+            mask = np.zeros(frame.shape[:2], np.float32)
+        frame, mask = _blur_small_faces(frame, mask, [f for i, f in faces.small if i == index], index)
+        out.append(frame)
+        masks.append(mask)
+    return to_image(out), torch.from_numpy(np.stack(masks))
+
+
+class FaceAnonPasteFaces(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_PasteFaces", display_name="Paste Faces Back", category=CATEGORY,
+            description=("Warps processed crops back into the original frames and blends them with a feathered "
+                         "face mask; pixels outside the mask stay exactly as they were. Returns the frames and the "
+                         "blend mask."),
+            inputs=[
+                io.Image.Input("image", tooltip=PASTE_TOOLTIPS["image"]),
+                io.Image.Input("crops", tooltip=PASTE_TOOLTIPS["crops"]),
+                sockets.Faces.Input("faces", tooltip=sockets.TOOLTIPS["faces_from_detect"]),
+                io.Float.Input("feather", default=0.025, min=0.0, max=0.2, step=0.005,
+                               tooltip=PASTE_TOOLTIPS["feather"]),
+                io.Float.Input("erode", default=0.02, min=0.0, max=0.2, step=0.005, tooltip=PASTE_TOOLTIPS["erode"]),
+                io.Boolean.Input("color_match", default=False, tooltip=PASTE_TOOLTIPS["color_match"]),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, image, crops, faces, feather, erode, color_match):
+        return io.NodeOutput(*paste_faces(image, crops, faces, feather, erode, color_match))
 
 
 def placeholder(crops: torch.Tensor) -> torch.Tensor:
@@ -230,54 +280,65 @@ def _blur_small_faces(frame, mask, small, index):
     return redacted.image, np.maximum(mask, redacted.mask)
 
 
-class FaceAnonRedactFaces:
-    DESCRIPTION = ("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid fill in "
-                   "aligned-crop space, pasted back with an opaque mask. strength 0 = the method's default (blur: "
-                   "sigma 0.35 eye distances; pixelate: 8 blocks across the face). Optionally reuse detected faces.")
-    CATEGORY = CATEGORY
-    FUNCTION = "redact"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("image", "mask")
+def redact_faces(image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE):
+    """Redact Faces: (frames IMAGE, mask MASK); with ``faces``, those (the small ones included), else detected."""
+    from ..faceanon_core.faces.redact import redact_image
+
+    check_floats("Redact Faces", strength=strength, threshold=threshold, detector_min_face=detector_min_face)
+    frames = to_uint8_frames(image)
+    if faces is not None and not isinstance(faces, FaceSet):
+        raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
+    if faces is not None and len(faces.frame_sizes) != len(frames):
+        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
+                         f"{len(faces.frame_sizes)} frames")
+    detector = None if faces is not None else _detector(float(threshold), float(detector_min_face))
+    out, masks, found = [], [], []
+    pbar = comfy.utils.ProgressBar(len(frames))
+    for index, frame in enumerate(frames):
+        given = None
+        if faces is not None:
+            # every face Detect found, those it set aside as too small for the model included
+            given = [_detected(f) for f in faces.faces if f.frame_index == index]
+            given += [f for i, f in faces.small if i == index]
+        else:
+            given = detector.detect(frame)
+            found.append(given)
+        result = redact_image(frame, method, strength if strength > 0 else None, faces=given,
+                              image_name=f"frame {index}")
+        out.append(result.image)
+        masks.append(result.mask)
+        pbar.update(1)
+    if faces is None:
+        log_near_limit("Redact Faces", found, float(detector_min_face))
+    return to_image(out), torch.from_numpy(np.stack(masks))
+
+
+class FaceAnonRedactFaces(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_RedactFaces", display_name="Redact Faces", category=CATEGORY,
+            description=("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid "
+                         "fill in aligned-crop space, pasted back with an opaque mask. strength 0 = the method's "
+                         "default (blur: sigma 0.35 eye distances; pixelate: 8 blocks across the face). Optionally "
+                         "reuse detected faces."),
+            inputs=[
+                io.Image.Input("image", tooltip=REDACT_TOOLTIPS["image"]),
+                io.Combo.Input("method", options=["blur", "pixelate", "solid"], default="blur",
+                               tooltip=REDACT_TOOLTIPS["method"]),
+                io.Float.Input("strength", default=0.0, min=0.0, max=100.0, step=0.05,
+                               tooltip=REDACT_TOOLTIPS["strength"]),
+                sockets.threshold_input(),
+                sockets.Faces.Input("faces", optional=True, tooltip=REDACT_TOOLTIPS["faces"]),
+                detector_min_face_input(),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": ("IMAGE",),
-                "method": (["blur", "pixelate", "solid"], {"default": "blur"}),
-                "strength": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05}),
-                "threshold": ("FLOAT", {"default": 0.95, "min": 0.5, "max": 0.999, "step": 0.005}),
-            },
-            "optional": {"faces": ("FACEANON_FACES",), "detector_min_face": detector_min_face_input()},
-        }
+    def validate_inputs(cls, method):
+        return sockets.check_choices(cls, method=method)
 
-    def redact(self, image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE):
-        from ..faceanon_core.faces.redact import redact_image
-
-        check_floats("Redact Faces", strength=strength, threshold=threshold, detector_min_face=detector_min_face)
-        frames = to_uint8_frames(image)
-        if faces is not None and not isinstance(faces, FaceSet):
-            raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
-        if faces is not None and len(faces.frame_sizes) != len(frames):
-            raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
-                             f"{len(faces.frame_sizes)} frames")
-        detector = None if faces is not None else _detector(float(threshold), float(detector_min_face))
-        out, masks, found = [], [], []
-        pbar = comfy.utils.ProgressBar(len(frames))
-        for index, frame in enumerate(frames):
-            given = None
-            if faces is not None:
-                # every face Detect found, those it set aside as too small for the model included
-                given = [_detected(f) for f in faces.faces if f.frame_index == index]
-                given += [f for i, f in faces.small if i == index]
-            else:
-                given = detector.detect(frame)
-                found.append(given)
-            result = redact_image(frame, method, strength if strength > 0 else None, faces=given,
-                                  image_name=f"frame {index}")
-            out.append(result.image)
-            masks.append(result.mask)
-            pbar.update(1)
-        if faces is None:
-            log_near_limit("Redact Faces", found, float(detector_min_face))
-        return to_image(out), torch.from_numpy(np.stack(masks))
+    @classmethod
+    def execute(cls, image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE):
+        return io.NodeOutput(*redact_faces(image, method, strength, threshold, faces, detector_min_face))

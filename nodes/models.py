@@ -25,8 +25,9 @@ import comfy.sd
 import comfy.supported_models
 import comfy.utils
 import folder_paths
+from comfy_api.latest import io
 
-from . import comfy_layout
+from . import comfy_layout, sockets
 
 logger = logging.getLogger(__name__)
 
@@ -247,34 +248,43 @@ def load_model_folder(name: str):
     return unet, refnets[0], refnets[1], vae, clip
 
 
+def validate_model_folder(model_folder) -> bool | str:
+    """True, or the message that says where the folder goes and which command fetches it."""
+    if not isinstance(model_folder, str) or not model_folder:
+        return missing_folder_message(None)
+    try:
+        resolve_model_folder(model_folder)
+    except (FileNotFoundError, ValueError) as exc:
+        return str(exc)
+    return True
+
+
 MODEL_FOLDER_TOOLTIP = ("A model folder under models/faceanon/ (or a 'faceanon:' path of extra_model_paths.yaml) "
                         "with unet/, referencenet/, conditioning_referencenet/. Empty list: no weights installed; "
                         f"fetch them with `faceanon models download --to ComfyUI/models/faceanon/{DOWNLOAD_NAME}`.")
 
 
-class FaceAnonModelLoader:
-    DESCRIPTION = ("Loads a FaceAnon model folder from models/faceanon/ (unet/, referencenet/, "
-                   "conditioning_referencenet/; optional vae/ and image_encoder/). MODEL is the UNet (v-prediction); "
-                   "VAE and CLIP_VISION are empty when the folder lacks them: connect ComfyUI's own loaders then.")
-    CATEGORY = "FaceAnon"
-    FUNCTION = "load"
-    RETURN_TYPES = ("MODEL", "FACEANON_REFNET", "FACEANON_REFNET", "VAE", "CLIP_VISION")
-    RETURN_NAMES = ("model", "source_refnet", "driving_refnet", "vae", "clip_vision")
+class FaceAnonModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_ModelLoader", display_name="FaceAnon Model Loader", category=sockets.CATEGORY,
+            description=("Loads a FaceAnon model folder from models/faceanon/ (unet/, referencenet/, "
+                         "conditioning_referencenet/; optional vae/ and image_encoder/). MODEL is the UNet "
+                         "(v-prediction); VAE and CLIP_VISION are empty when the folder lacks them: connect "
+                         "ComfyUI's own loaders then."),
+            inputs=[io.Combo.Input("model_folder", options=list_model_folders(), tooltip=MODEL_FOLDER_TOOLTIP)],
+            outputs=[io.Model.Output(display_name="model"),
+                     sockets.RefNet.Output(display_name="source_refnet"),
+                     sockets.RefNet.Output(display_name="driving_refnet"),
+                     io.Vae.Output(display_name="vae"), io.ClipVision.Output(display_name="clip_vision")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model_folder": (list_model_folders(), {"tooltip": MODEL_FOLDER_TOOLTIP})}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, model_folder):
+    def validate_inputs(cls, model_folder):
         """Replaces ComfyUI's generic "Value not in list" (an empty list when no weights are installed)."""
-        if not isinstance(model_folder, str) or not model_folder:
-            return missing_folder_message(None)
-        try:
-            resolve_model_folder(model_folder)
-        except (FileNotFoundError, ValueError) as exc:
-            return str(exc)
-        return True
+        return validate_model_folder(model_folder)
 
-    def load(self, model_folder):
-        return load_model_folder(model_folder)
+    @classmethod
+    def execute(cls, model_folder):
+        return io.NodeOutput(*load_model_folder(model_folder))

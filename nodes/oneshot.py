@@ -7,10 +7,10 @@ import logging
 import torch
 
 import comfy.model_management as mm
+from comfy_api.latest import io
 
 from . import reference_patch
-from . import reference
-from . import track_identity
+from . import reference, sockets, track_identity
 from .checks import check_face_image_size, check_finite_tensor, check_floats
 from .faces_nodes import is_placeholder, placeholder
 
@@ -71,55 +71,77 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
     return images
 
 
-def _model_inputs() -> dict:
-    return {
-        "model": ("MODEL",), "source_refnet": ("FACEANON_REFNET",), "driving_refnet": ("FACEANON_REFNET",),
-        "vae": ("VAE",), "clip_vision": ("CLIP_VISION",),
-    }
+ANONYMIZE_TOOLTIPS = {
+    "image": "Aligned face crops (the crops of Detect & Align Faces; use it first for photos): each is source and "
+             "driving image at once. Resized to the model's resolution (512) and back.",
+    "degree": "Anonymization degree d: 1 removes the identity, > 1 moves past it (paper 1.25), 0 keeps the person.",
+}
+SWAP_TOOLTIPS = {
+    "source_image": "Aligned face crop(s) that give the identity; a batch of 1 is used for every driving image "
+                    "(Track Faces' keyframes: one per driving crop).",
+    "driving_image": "Aligned face crops that keep their pose, expression and background.",
+    "degree": "Anonymization degree on the source: 0 for a face swap (the source identity as it is); 1.25 with "
+              "Track Faces' keyframes as source for one stable anonymous identity per person.",
+}
 
 
-class FaceAnonAnonymize:
-    DESCRIPTION = ("Anonymizes aligned face crops (use Detect & Align Faces first for photos): the same image as "
-                   "source and driving with degree d (1 removes the identity, > 1 moves past it). Images are resized "
-                   "to the model's resolution (512) and back. With the faces of Track Faces (video) and identity "
-                   "per-track, each person's source is its track's keyframe: one anonymous identity per person.")
-    CATEGORY = "FaceAnon"
-    FUNCTION = "anonymize"
-    RETURN_TYPES = ("IMAGE",)
+class FaceAnonAnonymize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_Anonymize", display_name="Face Anonymize", category=sockets.CATEGORY,
+            description=("Anonymizes aligned face crops (use Detect & Align Faces first for photos): the same image "
+                         "as source and driving with degree d (1 removes the identity, > 1 moves past it). Images "
+                         "are resized to the model's resolution (512) and back. With the faces of Track Faces "
+                         "(video) and identity per-track, each person's source is its track's keyframe: one "
+                         "anonymous identity per person."),
+            inputs=[
+                *sockets.model_inputs(),
+                io.Image.Input("image", tooltip=ANONYMIZE_TOOLTIPS["image"]),
+                io.Float.Input("degree", default=1.25, min=0.0, max=3.0, step=0.05,
+                               tooltip=ANONYMIZE_TOOLTIPS["degree"]),
+                *reference.sampling_inputs(),
+                *track_identity.optional_inputs(),
+            ],
+            outputs=[io.Image.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        required = _model_inputs()
-        required["image"] = ("IMAGE",)
-        required["degree"] = ("FLOAT", {"default": 1.25, "min": 0.0, "max": 3.0, "step": 0.05})
-        required.update(reference.sampling_inputs())
-        return {"required": required, "optional": track_identity.optional_inputs()}
+    def validate_inputs(cls, sampler_name, scheduler, identity=track_identity.DEFAULT_IDENTITY):
+        return sockets.check_choices(cls, sampler_name=sampler_name, scheduler=scheduler, identity=identity)
 
-    def anonymize(self, model, source_refnet, driving_refnet, vae, clip_vision, image, degree, seed, steps, cfg,
-                  sampler_name, scheduler, faces=None, identity=track_identity.DEFAULT_IDENTITY):
+    @classmethod
+    def execute(cls, model, source_refnet, driving_refnet, vae, clip_vision, image, degree, seed, steps, cfg,
+                sampler_name, scheduler, faces=None, identity=track_identity.DEFAULT_IDENTITY):
         tracks = track_identity.tracks_for(faces, identity, image)
-        return (_run(model, source_refnet, driving_refnet, vae, clip_vision, image, image, degree, seed, steps, cfg,
-                     sampler_name, scheduler, same_image=True, tracks=tracks),)
+        return io.NodeOutput(_run(model, source_refnet, driving_refnet, vae, clip_vision, image, image, degree, seed,
+                                  steps, cfg, sampler_name, scheduler, same_image=True, tracks=tracks))
 
 
-class FaceAnonSwap:
-    DESCRIPTION = ("Face swap on aligned crops: the identity of source_image with the pose, expression and "
-                   "background of driving_image (degree 0). A source batch of 1 is used for every driving image. "
-                   "Swapping the faces of real people needs their consent.")
-    CATEGORY = "FaceAnon"
-    FUNCTION = "swap"
-    RETURN_TYPES = ("IMAGE",)
+class FaceAnonSwap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_Swap", display_name="Face Swap", category=sockets.CATEGORY,
+            description=("Face swap on aligned crops: the identity of source_image with the pose, expression and "
+                         "background of driving_image (degree 0). A source batch of 1 is used for every driving "
+                         "image. Swapping the faces of real people needs their consent."),
+            inputs=[
+                *sockets.model_inputs(),
+                io.Image.Input("source_image", tooltip=SWAP_TOOLTIPS["source_image"]),
+                io.Image.Input("driving_image", tooltip=SWAP_TOOLTIPS["driving_image"]),
+                io.Float.Input("degree", default=0.0, min=0.0, max=3.0, step=0.05, tooltip=SWAP_TOOLTIPS["degree"]),
+                *reference.sampling_inputs(),
+            ],
+            outputs=[io.Image.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        required = _model_inputs()
-        required["source_image"] = ("IMAGE",)
-        required["driving_image"] = ("IMAGE",)
-        required["degree"] = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.05})
-        required.update(reference.sampling_inputs())
-        return {"required": required}
+    def validate_inputs(cls, sampler_name, scheduler):
+        return sockets.check_choices(cls, sampler_name=sampler_name, scheduler=scheduler)
 
-    def swap(self, model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed,
-             steps, cfg, sampler_name, scheduler):
-        return (_run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed,
-                     steps, cfg, sampler_name, scheduler, same_image=False),)
+    @classmethod
+    def execute(cls, model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree,
+                seed, steps, cfg, sampler_name, scheduler):
+        return io.NodeOutput(_run(model, source_refnet, driving_refnet, vae, clip_vision, source_image,
+                                  driving_image, degree, seed, steps, cfg, sampler_name, scheduler, same_image=False))

@@ -20,13 +20,14 @@ import torch
 import comfy.ldm.modules.attention
 import comfy.model_management as mm
 import comfy.patcher_extension
+from comfy_api.latest import io
 
-from . import comfy_layout, reference_patch
+from . import comfy_layout, reference_patch, sockets
 from ..faceanon_core.method.states import ReferenceStates
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "FaceAnon"
+CATEGORY = sockets.CATEGORY
 WRAPPER_KEY = "faceanon_references"
 
 TOOLTIPS = {
@@ -213,34 +214,35 @@ def apply_references(model, source_states, source_embeds, driving_states, drivin
     return patched, positive, negative, batch, patch
 
 
-class FaceAnonApplyReferences:
-    DESCRIPTION = ("The method as a model patch, for ComfyUI's own samplers: returns the MODEL with the "
-                   "dual-reference self-attention (keys/values [own, source, driving] states of each block) and "
-                   "the positive [Z'_src, Z_drv] and negative [0, Z_drv] conditioning. Connect them to KSampler, "
-                   "KSamplerAdvanced or SamplerCustomAdvanced + CFGGuider (cfg 4 as in the paper); use a latent "
-                   "with one image per driving image. Other model patches may come before or after it.")
-    CATEGORY = CATEGORY
-    FUNCTION = "apply"
-    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("model", "positive", "negative")
+class FaceAnonApplyReferences(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        t = TOOLTIPS
+        return io.Schema(
+            node_id="FaceAnon_ApplyReferences", display_name="FaceAnon Apply References", category=CATEGORY,
+            description=("The method as a model patch, for ComfyUI's own samplers: returns the MODEL with the "
+                         "dual-reference self-attention (keys/values [own, source, driving] states of each block) "
+                         "and the positive [Z'_src, Z_drv] and negative [0, Z_drv] conditioning. Connect them to "
+                         "KSampler, KSamplerAdvanced or SamplerCustomAdvanced + CFGGuider (cfg 4 as in the paper); "
+                         "use a latent with one image per driving image. Other model patches may come before or "
+                         "after it."),
+            inputs=[
+                io.Model.Input("model", tooltip=t["model"]),
+                sockets.States.Input("source_states", tooltip=t["source_states"]),
+                sockets.Embeds.Input("source_embeds", tooltip=t["source_embeds"]),
+                sockets.States.Input("driving_states", tooltip=t["driving_states"]),
+                sockets.Embeds.Input("driving_embeds", tooltip=t["driving_embeds"]),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip=t["start_percent"]),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, tooltip=t["end_percent"]),
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive"),
+                     io.Conditioning.Output(display_name="negative")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        t = TOOLTIPS
-        return {"required": {
-            "model": ("MODEL", {"tooltip": t["model"]}),
-            "source_states": ("FACEANON_STATES", {"tooltip": t["source_states"]}),
-            "source_embeds": ("FACEANON_EMBEDS", {"tooltip": t["source_embeds"]}),
-            "driving_states": ("FACEANON_STATES", {"tooltip": t["driving_states"]}),
-            "driving_embeds": ("FACEANON_EMBEDS", {"tooltip": t["driving_embeds"]}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                        "tooltip": t["start_percent"]}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                      "tooltip": t["end_percent"]}),
-        }}
-
-    def apply(self, model, source_states, source_embeds, driving_states, driving_embeds, start_percent=0.0,
-              end_percent=1.0):
+    def execute(cls, model, source_states, source_embeds, driving_states, driving_embeds, start_percent,
+                end_percent):
         patched, positive, negative, _batch, _patch = apply_references(
             model, source_states, source_embeds, driving_states, driving_embeds, start_percent, end_percent)
-        return patched, positive, negative
+        return io.NodeOutput(patched, positive, negative)

@@ -15,14 +15,15 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+from comfy_api.latest import io
 
-from . import comfy_layout, patch_node, reference_patch
+from . import comfy_layout, patch_node, reference_patch, sockets
 from .checks import check_finite_tensor, check_floats
 from ..faceanon_core.method.states import ReferenceStates, expand_batch
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "FaceAnon"
+CATEGORY = sockets.CATEGORY
 CHUNK = 8  # images per ReferenceNet / CLIP forward (bounds activation memory for long clips)
 NOISE_MODES = ("same for every image", "per image")
 
@@ -150,129 +151,143 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
 # ------------------------------------------------------------------------ nodes
 
 
-class FaceAnonCLIPImageEncode:
-    DESCRIPTION = ("CLIP vision pooled output (post-layernorm CLS token, before the projection) of each image, "
-                   "one token per image: what the FaceAnon UNet and ReferenceNets were trained with.")
-    CATEGORY = CATEGORY
-    FUNCTION = "encode"
-    RETURN_TYPES = ("FACEANON_EMBEDS",)
-    RETURN_NAMES = ("embeds",)
+def capture_states(refnet, vae, image, embeds, degree: float) -> ReferenceStates:
+    """ReferenceNet Capture: VAE latents of the images, then :func:`capture_from_latents` (degree 0 on the driving
+    side)."""
+    if getattr(refnet, "role", None) == "driving" and float(degree) != 0.0:
+        raise ValueError(f"degree {degree:g} on the driving ReferenceNet: the driving side keeps the real "
+                         "image, use degree 0 here and the degree on the source capture")
+    latents = encode_latents(refnet, vae, image)
+    return capture_from_latents(refnet, latents, embeds, degree)
+
+
+class FaceAnonCLIPImageEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_CLIPImageEncode", display_name="FaceAnon CLIP Image Encode", category=CATEGORY,
+            description=("CLIP vision pooled output (post-layernorm CLS token, before the projection) of each image, "
+                         "one token per image: what the FaceAnon UNet and ReferenceNets were trained with."),
+            inputs=[
+                io.ClipVision.Input("clip_vision", tooltip=(
+                    "CLIP ViT-L/14 vision (the loader's clip_vision, or ComfyUI's Load CLIP Vision when the folder "
+                    "has no image_encoder/).")),
+                io.Image.Input("image", tooltip="Aligned face crops (Detect & Align Faces), one embedding per image."),
+            ],
+            outputs=[sockets.Embeds.Output(display_name="embeds")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 vision (the loader's clip_vision, or ComfyUI's "
-                                                       "Load CLIP Vision when the folder has no image_encoder/)."}),
-            "image": ("IMAGE", {"tooltip": "Aligned face crops (Detect & Align Faces), one embedding per image."}),
-        }}
-
-    def encode(self, clip_vision, image):
-        return (encode_embeds(clip_vision, image),)
+    def execute(cls, clip_vision, image):
+        return io.NodeOutput(encode_embeds(clip_vision, image))
 
 
-class FaceAnonCaptureStates:
-    DESCRIPTION = ("Runs a FaceAnon ReferenceNet once at t = 0 on each image (VAE latents + its embedding) and "
-                   "records its self-attention inputs, plus the unconditional branch (zero image, zero embedding). "
-                   "degree: Eq. 1 applied to the embedding the ReferenceNet sees; use the anonymization degree on "
-                   "the source side and 0 on the driving side.")
-    CATEGORY = CATEGORY
-    FUNCTION = "capture"
-    RETURN_TYPES = ("FACEANON_STATES",)
-    RETURN_NAMES = ("states",)
+class FaceAnonCaptureStates(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_CaptureStates", display_name="FaceAnon ReferenceNet Capture", category=CATEGORY,
+            description=("Runs a FaceAnon ReferenceNet once at t = 0 on each image (VAE latents + its embedding) and "
+                         "records its self-attention inputs, plus the unconditional branch (zero image, zero "
+                         "embedding). degree: Eq. 1 applied to the embedding the ReferenceNet sees; use the "
+                         "anonymization degree on the source side and 0 on the driving side."),
+            inputs=[
+                sockets.RefNet.Input("refnet", tooltip=("source_refnet (identity side) or driving_refnet (pose, "
+                                                        "expression, background) of the FaceAnon Model Loader.")),
+                io.Vae.Input("vae", tooltip="The SD 2.x VAE (the loader's vae, or ComfyUI's Load VAE)."),
+                io.Image.Input("image", tooltip="The face crops; resized to the model's resolution (512)."),
+                sockets.Embeds.Input("embeds", tooltip="Their CLIP embeddings (FaceAnon CLIP Image Encode)."),
+                io.Float.Input("degree", default=0.0, min=0.0, max=3.0, step=0.05, tooltip=(
+                    "Anonymization degree d, entered once, here: Eq. 1 before the source ReferenceNet runs; the "
+                    "states carry it to Mix States (1 removes the identity, > 1 moves past it, paper 1.25). 0 on "
+                    "the driving side and for a face swap.")),
+            ],
+            outputs=[sockets.States.Output(display_name="states")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "refnet": ("FACEANON_REFNET", {"tooltip": "source_refnet (identity side) or driving_refnet (pose, "
-                                                      "expression, background) of the FaceAnon Model Loader."}),
-            "vae": ("VAE", {"tooltip": "The SD 2.x VAE (the loader's vae, or ComfyUI's Load VAE)."}),
-            "image": ("IMAGE", {"tooltip": "The face crops; resized to the model's resolution (512)."}),
-            "embeds": ("FACEANON_EMBEDS", {"tooltip": "Their CLIP embeddings (FaceAnon CLIP Image Encode)."}),
-            "degree": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": (
-                "Anonymization degree d, entered once, here: Eq. 1 before the source ReferenceNet runs; the states "
-                "carry it to Mix States (1 removes the identity, > 1 moves past it, paper 1.25). 0 on the driving "
-                "side and for a face swap.")}),
-        }}
-
-    def capture(self, refnet, vae, image, embeds, degree):
-        if getattr(refnet, "role", None) == "driving" and float(degree) != 0.0:
-            raise ValueError(f"degree {degree:g} on the driving ReferenceNet: the driving side keeps the real "
-                             "image, use degree 0 here and the degree on the source capture")
-        latents = encode_latents(refnet, vae, image)
-        return (capture_from_latents(refnet, latents, embeds, degree),)
+    def execute(cls, refnet, vae, image, embeds, degree):
+        return io.NodeOutput(capture_states(refnet, vae, image, embeds, degree))
 
 
-class FaceAnonMixStates:
-    DESCRIPTION = ("Anonymization degree d: S' = (1-d)·S + d·S_uncond (Eq. 2) on the source states and "
-                   "Z' = (1-d)·Z (Eq. 1) on the source embedding. d = 1 removes the identity, d > 1 moves past it "
-                   "(paper default 1.25). The degree is the one the source capture node was given; this node's "
-                   "degree input is kept for saved workflows (-1 = the capture's; another value must match it).")
-    CATEGORY = CATEGORY
-    FUNCTION = "mix"
-    RETURN_TYPES = ("FACEANON_STATES", "FACEANON_EMBEDS")
-    RETURN_NAMES = ("states", "embeds")
+class FaceAnonMixStates(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_MixStates", display_name="FaceAnon Mix States (degree)", category=CATEGORY,
+            description=("Anonymization degree d: S' = (1-d)·S + d·S_uncond (Eq. 2) on the source states and "
+                         "Z' = (1-d)·Z (Eq. 1) on the source embedding. d = 1 removes the identity, d > 1 moves past "
+                         "it (paper default 1.25). The degree is the one the source capture node was given; this "
+                         "node's degree input is kept for saved workflows (-1 = the capture's; another value must "
+                         "match it)."),
+            inputs=[
+                sockets.States.Input("states", tooltip="Source states from ReferenceNet Capture (with its degree)."),
+                sockets.Embeds.Input("embeds", tooltip="The source CLIP embeddings given to that capture."),
+                io.Float.Input("degree", default=reference_patch.FROM_CAPTURE, min=reference_patch.FROM_CAPTURE,
+                               max=3.0, step=0.05, tooltip=(
+                                   "-1: use the degree of the source capture (set it there, once). Kept for "
+                                   "workflows saved with a degree here: it must equal the capture's.")),
+            ],
+            outputs=[sockets.States.Output(display_name="states"), sockets.Embeds.Output(display_name="embeds")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "states": ("FACEANON_STATES", {"tooltip": "Source states from ReferenceNet Capture (with its degree)."}),
-            "embeds": ("FACEANON_EMBEDS", {"tooltip": "The source CLIP embeddings given to that capture."}),
-            "degree": ("FLOAT", {"default": reference_patch.FROM_CAPTURE, "min": reference_patch.FROM_CAPTURE,
-                                 "max": 3.0, "step": 0.05, "tooltip": (
-                                     "-1: use the degree of the source capture (set it there, once). Kept for "
-                                     "workflows saved with a degree here: it must equal the capture's.")}),
-        }}
-
-    def mix(self, states, embeds, degree):
-        return mix(states, embeds, degree)
+    def execute(cls, states, embeds, degree):
+        return io.NodeOutput(*mix(states, embeds, degree))
 
 
-def sampling_inputs() -> dict:
-    return {
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                         "tooltip": "Seed of the initial noise: with the degree it picks the anonymous identity."}),
-        "steps": ("INT", {"default": 30, "min": 1, "max": 1000,
-                          "tooltip": "Sampling steps; 25-50 are enough for photos."}),
-        "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                          "tooltip": "Guidance scale g between the positive (S', Z') and negative (S_uncond, 0) "
-                                     "rows; paper 4."}),
-        "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": (
-            "Any ComfyUI sampler; deterministic ones (euler, dpmpp_2m, ddim) keep video frames consistent.")}),
-        "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal",
-                                                           "tooltip": "Any ComfyUI scheduler."}),
-    }
+def sampling_inputs() -> list:
+    """seed, steps, cfg, sampler_name, scheduler: KSampler's inputs, in its order."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Seed of the initial noise: with the degree it picks the anonymous identity."),
+        io.Int.Input("steps", default=30, min=1, max=1000, tooltip="Sampling steps; 25-50 are enough for photos."),
+        io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="Guidance scale g between the positive (S', Z') and negative (S_uncond, 0) rows; "
+                               "paper 4."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip=(
+            "Any ComfyUI sampler; deterministic ones (euler, dpmpp_2m, ddim) keep video frames consistent.")),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                       tooltip="Any ComfyUI scheduler."),
+    ]
 
 
-class FaceAnonDualReferenceSampler:
-    DESCRIPTION = ("KSampler for the FaceAnon UNet: every self-attention also attends to the source and driving "
-                   "ReferenceNet states of its block (source states per row: S' for the positive, S_uncond for the "
-                   "negative batch); context [Z'_src, Z_drv] vs [0, Z_drv]. noise 'same for every image' keeps the "
-                   "anonymous identity stable over the frames of a clip.")
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
-
+class FaceAnonDualReferenceSampler(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         tips = patch_node.TOOLTIPS
-        required = {
-            "model": ("MODEL", {"tooltip": tips["model"]}),
-            "source_states": ("FACEANON_STATES", {"tooltip": tips["source_states"]}),
-            "source_embeds": ("FACEANON_EMBEDS", {"tooltip": tips["source_embeds"]}),
-            "driving_states": ("FACEANON_STATES", {"tooltip": tips["driving_states"]}),
-            "driving_embeds": ("FACEANON_EMBEDS", {"tooltip": tips["driving_embeds"]}),
-            "latent_image": ("LATENT", {"tooltip": "An empty latent of the model's size; batch 1 is used for every "
-                                                   "image."}),
-        }
-        required.update(sampling_inputs())
-        required["denoise"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                         "tooltip": "1 for anonymization (the result is sampled from noise)."})
-        required["noise"] = (list(NOISE_MODES), {"default": NOISE_MODES[0], "tooltip": (
-            "same for every image: one noise image from the seed for the whole batch, one anonymous identity "
-            "across the frames of a clip; per image: ComfyUI's usual per-index noise.")})
-        return {"required": required}
+        return io.Schema(
+            node_id="FaceAnon_DualReferenceSampler", display_name="FaceAnon Dual-Reference KSampler",
+            category=CATEGORY,
+            description=("KSampler for the FaceAnon UNet: every self-attention also attends to the source and "
+                         "driving ReferenceNet states of its block (source states per row: S' for the positive, "
+                         "S_uncond for the negative batch); context [Z'_src, Z_drv] vs [0, Z_drv]. noise 'same for "
+                         "every image' keeps the anonymous identity stable over the frames of a clip."),
+            inputs=[
+                io.Model.Input("model", tooltip=tips["model"]),
+                sockets.States.Input("source_states", tooltip=tips["source_states"]),
+                sockets.Embeds.Input("source_embeds", tooltip=tips["source_embeds"]),
+                sockets.States.Input("driving_states", tooltip=tips["driving_states"]),
+                sockets.Embeds.Input("driving_embeds", tooltip=tips["driving_embeds"]),
+                io.Latent.Input("latent_image", tooltip="An empty latent of the model's size; batch 1 is used for "
+                                                        "every image."),
+                *sampling_inputs(),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="1 for anonymization (the result is sampled from noise)."),
+                io.Combo.Input("noise", options=list(NOISE_MODES), default=NOISE_MODES[0], tooltip=(
+                    "same for every image: one noise image from the seed for the whole batch, one anonymous "
+                    "identity across the frames of a clip; per image: ComfyUI's usual per-index noise.")),
+            ],
+            outputs=[io.Latent.Output()],
+        )
 
-    def sample(self, model, source_states, source_embeds, driving_states, driving_embeds, latent_image, seed, steps,
-               cfg, sampler_name, scheduler, denoise, noise):
-        return (dual_reference_sample(model, source_states, source_embeds, driving_states, driving_embeds,
-                                      latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, noise),)
+    @classmethod
+    def validate_inputs(cls, sampler_name, scheduler, noise):
+        return sockets.check_choices(cls, sampler_name=sampler_name, scheduler=scheduler, noise=noise)
+
+    @classmethod
+    def execute(cls, model, source_states, source_embeds, driving_states, driving_embeds, latent_image, seed, steps,
+                cfg, sampler_name, scheduler, denoise, noise):
+        return io.NodeOutput(dual_reference_sample(model, source_states, source_embeds, driving_states,
+                                                   driving_embeds, latent_image, seed, steps, cfg, sampler_name,
+                                                   scheduler, denoise, noise))

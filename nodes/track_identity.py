@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 
 import comfy.model_management as mm
+from comfy_api.latest import io
 
-from . import reference, reference_patch
+from . import reference, reference_patch, sockets
 from .checks import check_finite_tensor
 
 logger = logging.getLogger(__name__)
@@ -36,17 +37,17 @@ DEFAULT_IDENTITY = IDENTITY_MODES[0]
 NODE = "Face Anonymize"
 
 
-def optional_inputs() -> dict:
-    """Face Anonymize's optional inputs (optional, so workflows saved without them keep loading)."""
-    return {
-        "faces": ("FACEANON_FACES", {"tooltip": (
+def optional_inputs() -> list:
+    """Face Anonymize's optional inputs (optional, so workflows saved without them keep loading), after its others."""
+    return [
+        sockets.Faces.Input("faces", optional=True, tooltip=(
             "The faces of Track Faces (or Detect & Align Faces) that the crops belong to. With Track Faces' "
-            "faces and identity per-track, every person gets one anonymous identity across the clip.")}),
-        "identity": (list(IDENTITY_MODES), {"default": DEFAULT_IDENTITY, "tooltip": (
+            "faces and identity per-track, every person gets one anonymous identity across the clip.")),
+        io.Combo.Input("identity", options=list(IDENTITY_MODES), default=DEFAULT_IDENTITY, optional=True, tooltip=(
             "per-track: the source side runs once per face track, on its keyframe crop, and every frame of the "
             "track is anonymized against it (one identity per person). per-frame: every crop is its own source. "
-            "Only matters when faces come from Track Faces.")}),
-    }
+            "Only matters when faces come from Track Faces.")),
+    ]
 
 
 @dataclass(frozen=True)

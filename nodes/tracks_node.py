@@ -19,7 +19,10 @@ import torch
 
 import comfy.model_management as mm
 import comfy.utils
+from comfy_api.latest import io
 
+from . import sockets
+from .checks import check_floats
 from .faces_nodes import CATEGORY, FaceSet, _detector, to_image, to_uint8_frames
 
 logger = logging.getLogger(__name__)
@@ -79,40 +82,54 @@ def track_frames(frames, threshold: float, max_gap: int, smoothing: bool, crop_s
     return crops_np, key_np, result
 
 
-class FaceAnonTrackFaces:
-    DESCRIPTION = ("Finds the faces of a batch of video frames and links them into tracks (one per person). A frame "
-                   "where the detector missed a tracked face still gets it (interpolated or held), landmarks are "
-                   "smoothed along each track. Returns the aligned crops of every tracked face (frame order), the "
-                   "faces for Paste Faces Back / Redact Faces (and Face Anonymize: with identity per-track, one stable "
-                   "anonymous identity per person), and per crop its track's keyframe crop.")
-    CATEGORY = CATEGORY
-    FUNCTION = "track"
-    RETURN_TYPES = ("IMAGE", "FACEANON_FACES", "IMAGE")
-    RETURN_NAMES = ("crops", "faces", "keyframes")
+def track_faces_node(frames, threshold, max_gap, smoothing, min_face_size, crop_size):
+    """Track Faces: (crops IMAGE, TrackedFaceSet, keyframe crops IMAGE) for an IMAGE batch of frames."""
+    check_floats("Track Faces", threshold=threshold, min_face_size=min_face_size)  # a NaN threshold finds no face
+    images = to_uint8_frames(frames, "frames")
+    pbar = comfy.utils.ProgressBar(len(images))
+    crops, keys, result = track_frames(images, threshold, max_gap, smoothing, crop_size, min_face_size,
+                                       progress=lambda: pbar.update(1))
+    logger.info("FaceAnon: %d track(s), %d tracked faces (%d filled in) in %d frames",
+                len(result.keyframes), len(result.faces), sum(result.filled), len(images))
+    device = mm.intermediate_device()
+    if len(crops):
+        return to_image(crops).to(device), result, to_image(keys).to(device)
+    empty = torch.zeros((0, crop_size, crop_size, 3), device=device)
+    return empty, result, empty.clone()
+
+
+TOOLTIPS = {
+    "frames": "The frames of a clip, in order (Get Video Components, or any frame batch).",
+    "smoothing": "Smooth the landmarks along each track (zero-phase Savitzky-Golay, 9 frames) so that the aligned "
+                 "crops do not jitter.",
+}
+
+
+class FaceAnonTrackFaces(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FaceAnon_TrackFaces", display_name="Track Faces (video)", category=CATEGORY,
+            description=("Finds the faces of a batch of video frames and links them into tracks (one per person). "
+                         "A frame where the detector missed a tracked face still gets it (interpolated or held), "
+                         "landmarks are smoothed along each track. Returns the aligned crops of every tracked face "
+                         "(frame order), the faces for Paste Faces Back / Redact Faces (and Face Anonymize: with "
+                         "identity per-track, one stable anonymous identity per person), and per crop its track's "
+                         "keyframe crop."),
+            inputs=[
+                io.Image.Input("frames", tooltip=TOOLTIPS["frames"]),
+                sockets.threshold_input(),
+                io.Int.Input("max_gap", default=8, min=0, max=120, tooltip="frames a face may go undetected and keep "
+                             "its track; as many are held at a track's ends"),
+                io.Boolean.Input("smoothing", default=True, tooltip=TOOLTIPS["smoothing"]),
+                io.Float.Input("min_face_size", default=10.0, min=0.0, max=1000.0, step=1.0,
+                               tooltip="faces with fewer pixels between the eyes are blurred at paste-back instead"),
+                sockets.crop_size_input(),
+            ],
+            outputs=[io.Image.Output(display_name="crops"), sockets.Faces.Output(display_name="faces"),
+                     io.Image.Output(display_name="keyframes")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "frames": ("IMAGE",),
-            "threshold": ("FLOAT", {"default": 0.95, "min": 0.5, "max": 0.999, "step": 0.005}),
-            "max_gap": ("INT", {"default": 8, "min": 0, "max": 120, "tooltip": "frames a face may go undetected "
-                                "and keep its track; as many are held at a track's ends"}),
-            "smoothing": ("BOOLEAN", {"default": True}),
-            "min_face_size": ("FLOAT", {"default": 10.0, "min": 0.0, "max": 1000.0, "step": 1.0,
-                                        "tooltip": "faces with fewer pixels between the eyes are blurred at "
-                                                   "paste-back instead"}),
-            "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
-        }}
-
-    def track(self, frames, threshold, max_gap, smoothing, min_face_size, crop_size):
-        images = to_uint8_frames(frames, "frames")
-        pbar = comfy.utils.ProgressBar(len(images))
-        crops, keys, result = track_frames(images, threshold, max_gap, smoothing, crop_size, min_face_size,
-                                           progress=lambda: pbar.update(1))
-        logger.info("FaceAnon: %d track(s), %d tracked faces (%d filled in) in %d frames",
-                    len(result.keyframes), len(result.faces), sum(result.filled), len(images))
-        device = mm.intermediate_device()
-        if len(crops):
-            return to_image(crops).to(device), result, to_image(keys).to(device)
-        empty = torch.zeros((0, crop_size, crop_size, 3), device=device)
-        return empty, result, empty.clone()
+    def execute(cls, frames, threshold, max_gap, smoothing, min_face_size, crop_size):
+        return io.NodeOutput(*track_faces_node(frames, threshold, max_gap, smoothing, min_face_size, crop_size))

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from faces_helpers import astronaut
-from node_stubs import load_node_modules
+from node_stubs import load_node_modules, run_node
 from test_leak_matrix import CHANGED, box_change, detections, mixed, sky
 
-NODES = load_node_modules("faces_nodes", "oneshot", "reference", "verify_node", "checks")
+NODES = load_node_modules("faces_nodes", "oneshot", "reference", "verify_node", "checks", "tracks_node",
+                          "patch_node", "models")
 fn, oneshot, reference, checks = NODES["faces_nodes"], NODES["oneshot"], NODES["reference"], NODES["checks"]
 
 
@@ -32,14 +33,37 @@ def as_uint8(image: torch.Tensor) -> list[np.ndarray]:
 
 
 def detect(image, min_face_size=10.0, **kw):
-    return fn.FaceAnonDetectFaces().detect(image, 0.95, min_face_size, 512, kw.pop("if_no_face", "continue"), **kw)
+    return run_node(fn.FaceAnonDetectFaces, image=image, threshold=0.95, min_face_size=min_face_size, crop_size=512,
+                    if_no_face=kw.pop("if_no_face", "continue"), **kw)
+
+
+MODELS = dict(model=None, source_refnet=None, driving_refnet=None, vae=None, clip_vision=None)
+
+
+def anonymize(image, degree=1.25, cfg=4.0):
+    return run_node(oneshot.FaceAnonAnonymize, **MODELS, image=image, degree=degree, seed=0, steps=2, cfg=cfg,
+                    sampler_name="euler", scheduler="normal")[0]
+
+
+def swap(source_image, driving_image, degree=0.0, cfg=4.0):
+    return run_node(oneshot.FaceAnonSwap, **MODELS, source_image=source_image, driving_image=driving_image,
+                    degree=degree, seed=0, steps=2, cfg=cfg, sampler_name="euler", scheduler="normal")[0]
+
+
+def paste(image, crops, faces, feather=0.025, erode=0.02):
+    return run_node(fn.FaceAnonPasteFaces, image=image, crops=crops, faces=faces, feather=feather, erode=erode,
+                    color_match=False)
+
+
+def redact(image, strength=0.0, threshold=0.95, **kw):
+    return run_node(fn.FaceAnonRedactFaces, image=image, method="blur", strength=strength, threshold=threshold, **kw)
 
 
 def test_redact_with_detected_faces_redacts_the_small_ones_too():
     photo = mixed()
     crops, faces = detect(as_image(photo))
     assert len(faces) == 4 and len(faces.small) == 1  # the 6 px face is too small for the model
-    out, mask = fn.FaceAnonRedactFaces().redact(as_image(photo), "blur", 0.0, 0.95, faces=faces)
+    out, mask = redact(as_image(photo), faces=faces)
     result = as_uint8(out)[0]
     for face in detections(mixed):
         assert box_change(photo, result, face.box) > CHANGED, face.box
@@ -50,11 +74,10 @@ def test_no_face_photo_comes_back_unchanged_through_detect_anonymize_paste(caplo
     crops, faces = detect(as_image(photo))
     assert crops.shape == (1, 512, 512, 3) and not crops.any() and len(faces) == 0  # never an empty batch
     with caplog.at_level(logging.WARNING):
-        anonymized = oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, crops, 1.25, 0, 2, 4.0,
-                                                           "euler", "normal")[0]
+        anonymized = anonymize(crops)
     assert "no face" in caplog.text
     assert anonymized.shape[0] >= 1  # PreviewImage / SaveImage of the crops get an image, never an empty batch
-    out, mask = fn.FaceAnonPasteFaces().paste(as_image(photo), anonymized, faces, 0.025, 0.02, False)
+    out, mask = paste(as_image(photo), anonymized, faces)
     np.testing.assert_array_equal(as_uint8(out)[0], photo)
     assert float(mask.max()) == 0.0
     with pytest.raises(ValueError, match="no face found"):
@@ -65,7 +88,7 @@ def test_paste_still_refuses_crops_that_do_not_belong_to_the_faces():
     photo = sky()
     crops, faces = detect(as_image(photo))
     with pytest.raises(ValueError, match="2 processed crops for 0 detected faces"):
-        fn.FaceAnonPasteFaces().paste(as_image(photo), torch.rand(2, 64, 64, 3), faces, 0.025, 0.02, False)
+        paste(as_image(photo), torch.rand(2, 64, 64, 3), faces)
 
 
 BAD = [math.nan, math.inf, -math.inf]
@@ -77,17 +100,15 @@ def test_face_anonymize_refuses_non_finite_floats_naming_the_input(name, value):
     kw = dict(degree=1.25, cfg=4.0)
     kw[name] = value
     with pytest.raises(ValueError, match=f"input '{name}'"):
-        oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, torch.rand(1, 64, 64, 3), kw["degree"],
-                                              0, 2, kw["cfg"], "euler", "normal")
+        anonymize(torch.rand(1, 64, 64, 3), kw["degree"], kw["cfg"])
     with pytest.raises(ValueError, match=f"input '{name}'"):
-        oneshot.FaceAnonSwap().swap(None, None, None, None, None, torch.rand(1, 64, 64, 3), torch.rand(1, 64, 64, 3),
-                                    kw["degree"], 0, 2, kw["cfg"], "euler", "normal")
+        swap(torch.rand(1, 64, 64, 3), torch.rand(1, 64, 64, 3), kw["degree"], kw["cfg"])
 
 
 @pytest.mark.parametrize("value", BAD)
 def test_granular_nodes_refuse_non_finite_floats(value):
     with pytest.raises(ValueError, match="input 'degree'"):
-        reference.FaceAnonMixStates().mix(None, torch.zeros(1, 1, 8), value)
+        run_node(reference.FaceAnonMixStates, states=None, embeds=torch.zeros(1, 1, 8), degree=value)
     with pytest.raises(ValueError, match="input 'degree'"):
         reference.capture_from_latents(None, torch.zeros(1, 4, 8, 8), torch.zeros(1, 1, 8), value)
     for name in ("cfg", "denoise"):
@@ -105,21 +126,33 @@ def test_face_nodes_refuse_non_finite_floats(value):
         kw = dict(threshold=0.95, min_face_size=10.0, detector_min_face=20.0)
         kw[name] = value
         with pytest.raises(ValueError, match=f"input '{name}'"):
-            fn.FaceAnonDetectFaces().detect(img, kw["threshold"], kw["min_face_size"], 512, "continue",
-                                            detector_min_face=kw["detector_min_face"])
+            run_node(fn.FaceAnonDetectFaces, image=img, threshold=kw["threshold"], min_face_size=kw["min_face_size"],
+                     crop_size=512, if_no_face="continue", detector_min_face=kw["detector_min_face"])
     crops, faces = detect(img)
     for name in ("feather", "erode"):
         kw = dict(feather=0.025, erode=0.02)
         kw[name] = value
         with pytest.raises(ValueError, match=f"input '{name}'"):
-            fn.FaceAnonPasteFaces().paste(img, crops, faces, kw["feather"], kw["erode"], False)
+            paste(img, crops, faces, kw["feather"], kw["erode"])
     for name in ("strength", "threshold"):
         kw = dict(strength=0.0, threshold=0.95)
         kw[name] = value
         with pytest.raises(ValueError, match=f"input '{name}'"):
-            fn.FaceAnonRedactFaces().redact(img, "blur", kw["strength"], kw["threshold"])
+            redact(img, kw["strength"], kw["threshold"])
     with pytest.raises(ValueError, match="input 'threshold'"):
-        NODES["verify_node"].FaceAnonVerifyFaces().verify(img, img, faces, value, "fail")
+        run_node(NODES["verify_node"].FaceAnonVerifyFaces, original=img, anonymized=img, faces=faces,
+                 threshold=value, on_leak="fail")
+    for name in ("threshold", "min_face_size"):
+        kw = dict(threshold=0.95, min_face_size=10.0)
+        kw[name] = value
+        with pytest.raises(ValueError, match=f"input '{name}'"):
+            run_node(NODES["tracks_node"].FaceAnonTrackFaces, frames=img, max_gap=8, smoothing=True, crop_size=512,
+                     **kw)
+    for name in ("start_percent", "end_percent"):
+        kw = dict(start_percent=0.0, end_percent=1.0)
+        kw[name] = value
+        with pytest.raises(ValueError, match=f"{name} must be between 0 and 1"):
+            NODES["patch_node"].sigma_range_of(None, kw["start_percent"], kw["end_percent"])
 
 
 def test_every_float_input_of_every_node_is_checked():
@@ -127,7 +160,7 @@ def test_every_float_input_of_every_node_is_checked():
     without a check fails here)."""
     import inspect
 
-    for module in (fn, oneshot, reference, NODES["verify_node"]):
+    for module in (fn, oneshot, reference, NODES["verify_node"], NODES["tracks_node"]):
         source = inspect.getsource(module)
         for cls in [c for c in vars(module).values() if isinstance(c, type) and hasattr(c, "INPUT_TYPES")]:
             types = cls.INPUT_TYPES()
@@ -137,18 +170,79 @@ def test_every_float_input_of_every_node_is_checked():
                         assert f"{name}={name}" in source, (cls.__name__, name)
 
 
+def node_classes() -> list:
+    from comfy_io_standin import ComfyNode
+
+    return [cls for module in NODES.values() for cls in vars(module).values()
+            if isinstance(cls, type) and issubclass(cls, ComfyNode) and cls.__module__ == module.__name__]
+
+
+def test_every_node_class_is_found():
+    assert len(node_classes()) == 13
+    assert len(with_choices()) == 7  # loader, sampler, anonymize, swap, detect, redact, verify
+
+
+@pytest.mark.parametrize("cls", node_classes(), ids=lambda c: c.__name__)
+def test_execute_takes_exactly_the_schema_inputs(cls):
+    """ComfyUI calls ``execute`` with the inputs by name (optional ones only when connected): its parameters are
+    the schema's inputs, and every optional input has a default."""
+    import inspect
+
+    schema = cls.GET_SCHEMA()
+    params = inspect.signature(cls.execute).parameters
+    assert list(params) == [i.id for i in schema.inputs], schema.node_id
+    for spec in schema.inputs:
+        has_default = params[spec.id].default is not inspect.Parameter.empty
+        assert has_default == spec.optional, (schema.node_id, spec.id)
+
+
+def with_choices() -> list:
+    from comfy_io_standin import Combo
+
+    return [cls for cls in node_classes() if any(isinstance(i, Combo.Input) for i in cls.GET_SCHEMA().inputs)]
+
+
+@pytest.mark.parametrize("cls", with_choices(), ids=lambda c: c.__name__)
+def test_every_choice_input_is_validated(cls):
+    """ComfyUI (0.3.64) lets any value through a V3 combo: each node's validate_inputs checks its choice inputs."""
+    import inspect
+
+    from comfy_io_standin import Combo
+
+    schema = cls.GET_SCHEMA()
+    combos = [i.id for i in schema.inputs if isinstance(i, Combo.Input)]
+    params = list(inspect.signature(cls.validate_inputs).parameters)
+    assert params == combos, (schema.node_id, params, combos)  # exactly these: ComfyUI skips its checks for them
+    if schema.node_id == "FaceAnon_ModelLoader":
+        return  # validate_model_folder: test_the_loader_says_where_the_weights_go_when_none_are_installed
+    good = {i.id: i.options[0] for i in schema.inputs if i.id in combos}
+    assert cls.validate_inputs(**good) is True
+    assert cls.validate_inputs(**{name: None for name in combos}) is True  # linked: known only when it runs
+    for name in combos:
+        message = cls.validate_inputs(**{**good, name: "no_such_choice"})
+        assert isinstance(message, str) and f"{name}: 'no_such_choice' not in" in message, message
+
+
+def test_the_loader_says_where_the_weights_go_when_none_are_installed():
+    loader = NODES["models"].FaceAnonModelLoader
+    assert loader.INPUT_TYPES()["required"]["model_folder"][1]["options"] == []  # no folder installed
+    message = loader.validate_inputs(model_folder="face-anon-simple")
+    assert isinstance(message, str) and "found: none" in message and "models/faceanon/<name>/" in message
+    assert "faceanon models download --to" in message and "extra_model_paths.yaml" in message
+    assert "must be a folder name" in loader.validate_inputs(model_folder="../../etc")
+
+
 @pytest.mark.parametrize("side", [1, 8, 15])
 def test_images_too_small_for_a_face_are_refused(side):
     with pytest.raises(ValueError, match=f"{side}x{side}: too small to hold a face"):
-        oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, torch.rand(1, side, side, 3), 1.25, 0,
-                                              2, 4.0, "euler", "normal")
+        anonymize(torch.rand(1, side, side, 3))
 
 
 def test_a_1x1_photo_takes_the_no_face_path_through_detect_and_redact():
     tiny = np.full((1, 1, 3), 120, np.uint8)
     crops, faces = detect(as_image(tiny))
     assert len(faces) == 0
-    out, _ = fn.FaceAnonRedactFaces().redact(as_image(tiny), "blur", 0.0, 0.95)
+    out, _ = redact(as_image(tiny))
     np.testing.assert_array_equal(as_uint8(out)[0], tiny)
 
 
@@ -182,7 +276,7 @@ def test_a_nan_pixel_is_blamed_on_the_image_not_on_a_setting():
     image = torch.rand(1, 64, 64, 3)
     image[0, 3, 3, 0] = math.nan
     with pytest.raises(ValueError, match="Face Anonymize: the image holds 1 NaN"):
-        oneshot.FaceAnonAnonymize().anonymize(None, None, None, None, None, image, 1.25, 0, 2, 4.0, "euler", "normal")
+        anonymize(image)
 
 
 def test_face_swap_without_a_source_face_fails_and_without_a_driving_face_passes_through():
@@ -190,8 +284,8 @@ def test_face_swap_without_a_source_face_fails_and_without_a_driving_face_passes
     crops, faces = detect(as_image(photo))
     face = torch.rand(1, 64, 64, 3)
     with pytest.raises(ValueError, match="source image holds no face"):
-        oneshot.FaceAnonSwap().swap(None, None, None, None, None, crops, face, 0.0, 0, 2, 4.0, "euler", "normal")
-    out = oneshot.FaceAnonSwap().swap(None, None, None, None, None, face, crops, 0.0, 0, 2, 4.0, "euler", "normal")[0]
+        swap(crops, face)
+    out = swap(face, crops)
     assert out.shape[0] == 1 and not out.any()
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from node_stubs import load_node_modules
+from node_stubs import load_node_modules, run_node
 
 NODES = load_node_modules("oneshot", "reference", "reference_patch", "track_identity", "tracks_node", "faces_nodes")
 oneshot, reference, rp, ti, tn = (NODES[k] for k in ("oneshot", "reference", "reference_patch", "track_identity",
@@ -73,8 +73,9 @@ class Fakes:
         return samples.permute(0, 2, 3, 1).repeat_interleave(4, 1).repeat_interleave(4, 2)
 
     def anonymize(self, image, **kw):
-        return oneshot.FaceAnonAnonymize().anonymize(None, SOURCE, DRIVING, self.vae, object(), image, DEGREE, SEED,
-                                                     2, 4.0, "euler", "normal", **kw)[0]
+        return run_node(oneshot.FaceAnonAnonymize, model=None, source_refnet=SOURCE, driving_refnet=DRIVING,
+                        vae=self.vae, clip_vision=object(), image=image, degree=DEGREE, seed=SEED, steps=2, cfg=4.0,
+                        sampler_name="euler", scheduler="normal", **kw)[0]
 
     @property
     def source_captures(self):
@@ -184,8 +185,8 @@ def test_a_track_whose_keyframe_is_a_filled_face_still_works(monkeypatch):
     torch.testing.assert_close(source["latents"], latents_of(image[3:4]), rtol=0, atol=0)
     assert out.shape == image.shape and torch.isfinite(out).all()
     video = torch.from_numpy(np.stack(frames).astype(np.float32) / 255)
-    pasted, mask = NODES["faces_nodes"].FaceAnonPasteFaces().paste(video, out.clamp(0, 1), faces, 0.025, 0.02,
-                                                                   False)
+    pasted, mask = run_node(NODES["faces_nodes"].FaceAnonPasteFaces, image=video, crops=out.clamp(0, 1), faces=faces,
+                            feather=0.025, erode=0.02, color_match=False)
     for i in range(6):
         region = mask[i] > 0.5
         assert region.any(), f"frame {i}: no face pasted"
@@ -208,11 +209,12 @@ def test_identity_modes_are_the_librarys_and_the_inputs_are_optional():
     from faceanon_core.faces.video import IDENTITY_MODES
 
     assert ti.IDENTITY_MODES == IDENTITY_MODES and ti.DEFAULT_IDENTITY == "per-track"
-    types_ = oneshot.FaceAnonAnonymize.INPUT_TYPES()
-    assert types_["optional"]["faces"][0] == "FACEANON_FACES"
-    assert types_["optional"]["identity"][0] == list(IDENTITY_MODES)
-    assert "faces" not in types_["required"] and "identity" not in types_["required"]
-    assert "faces" not in oneshot.FaceAnonSwap.INPUT_TYPES().get("optional", {})  # Face Swap unchanged
+    inputs = {i.id: i for i in oneshot.FaceAnonAnonymize.GET_SCHEMA().inputs}
+    assert inputs["faces"].get_io_type() == "FACEANON_FACES"
+    assert list(inputs["identity"].options) == list(IDENTITY_MODES) and inputs["identity"].default == "per-track"
+    assert inputs["faces"].optional and inputs["identity"].optional
+    assert list(inputs)[-2:] == ["faces", "identity"]  # after every input saved workflows have
+    assert "faces" not in {i.id for i in oneshot.FaceAnonSwap.GET_SCHEMA().inputs}  # Face Swap unchanged
 
 
 def test_a_workflow_saved_without_the_new_inputs_still_validates():

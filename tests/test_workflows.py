@@ -9,15 +9,29 @@ import json
 import pytest
 
 from faceanon_core.client.workflows import ui_to_api
-from workflow_checks import (WORKFLOWS, check_api, check_ui, graph_differences, input_specs, load_core,
-                             our_object_info)
+from workflow_checks import (PUBLIC_API, WORKFLOWS, api_breaks, check_api, check_ui, graph_differences,
+                             input_specs, load_core, missing_tooltips, our_object_info, public_api, sampler_lists)
 
 NAMES = sorted(p.name[:-len("_api.json")] for p in WORKFLOWS.glob("*_api.json"))
 EXPECTED = {"anonymize_crop", "anonymize_crop_granular", "anonymize_crop_native", "anonymize_group_photo", "face_swap",
             "degree_sweep", "video_frames", "redact_faces"}
-OUR_NODES = {"FaceAnon_ModelLoader", "FaceAnon_CLIPImageEncode", "FaceAnon_CaptureStates", "FaceAnon_MixStates",
-             "FaceAnon_DualReferenceSampler", "FaceAnon_Anonymize", "FaceAnon_Swap", "FaceAnon_DetectFaces",
-             "FaceAnon_PasteFaces", "FaceAnon_RedactFaces"}
+#: Node ids and display names: a public API (saved workflows name the ids; users know the names).
+DISPLAY_NAMES = {
+    "FaceAnon_ModelLoader": "FaceAnon Model Loader",
+    "FaceAnon_CLIPImageEncode": "FaceAnon CLIP Image Encode",
+    "FaceAnon_CaptureStates": "FaceAnon ReferenceNet Capture",
+    "FaceAnon_MixStates": "FaceAnon Mix States (degree)",
+    "FaceAnon_DualReferenceSampler": "FaceAnon Dual-Reference KSampler",
+    "FaceAnon_ApplyReferences": "FaceAnon Apply References",
+    "FaceAnon_Anonymize": "Face Anonymize",
+    "FaceAnon_Swap": "Face Swap",
+    "FaceAnon_DetectFaces": "Detect & Align Faces",
+    "FaceAnon_PasteFaces": "Paste Faces Back",
+    "FaceAnon_RedactFaces": "Redact Faces",
+    "FaceAnon_VerifyFaces": "Verify Faces (identity-leak guard)",
+    "FaceAnon_TrackFaces": "Track Faces (video)",
+}
+OUR_NODES = set(DISPLAY_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +60,50 @@ def test_our_definitions_are_read_from_the_node_code(info):
     assert OUR_NODES <= set(info)
     sampler = info["FaceAnon_DualReferenceSampler"]
     assert sampler["output"] == ["LATENT"]
-    assert "euler" in sampler["input"]["required"]["sampler_name"][0]
+    assert sampler["input"]["required"]["sampler_name"][0] == "COMBO"  # the V3 form of a combo
+    assert "euler" in sampler["input"]["required"]["sampler_name"][1]["options"]
     assert info["FaceAnon_MixStates"]["input"]["required"]["degree"][1]["max"] == 3.0
-    assert info["FaceAnon_RedactFaces"]["input"]["optional"]["faces"] == ["FACEANON_FACES"]
+    assert info["FaceAnon_RedactFaces"]["input"]["optional"]["faces"][0] == "FACEANON_FACES"
     assert info["FaceAnon_RedactFaces"]["input"]["optional"]["detector_min_face"][1]["default"] == 20.0
     import sys
 
     assert "comfy" not in sys.modules and "folder_paths" not in sys.modules  # the stand-ins are gone
+
+
+def test_node_ids_and_display_names_are_the_published_ones(info):
+    assert {name: entry["display_name"] for name, entry in info.items() if name in OUR_NODES} == DISPLAY_NAMES
+    assert {name for name in info if name.startswith("FaceAnon_")} == OUR_NODES  # every node of the extension
+
+
+def test_the_nodes_public_api_is_the_saved_one(info):
+    """Inputs (names, order, types, choices, defaults, ranges, required or optional) and outputs as saved in
+    tests/data/node_public_api.json, from a real ComfyUI's /object_info of the nodes before the V3 move
+    (tests/host/dump_object_info.py --public-api); only new optional inputs may come after them."""
+    saved = json.loads(PUBLIC_API.read_text())
+    ours = {name: entry for name, entry in info.items() if name in OUR_NODES}
+    assert set(saved) == OUR_NODES
+    assert api_breaks(public_api(ours, sampler_lists()), saved) == []
+
+
+def test_the_public_api_check_catches_a_breaking_change(info):
+    saved = json.loads(PUBLIC_API.read_text())
+    ours = public_api({name: entry for name, entry in info.items() if name in OUR_NODES}, sampler_lists())
+    changed = json.loads(json.dumps(ours))
+    detect = changed["FaceAnon_DetectFaces"]["inputs"]
+    detect[1]["name"] = "confidence"  # a renamed input
+    detect[3]["default"] = 256  # another default
+    changed["FaceAnon_RedactFaces"]["inputs"].append({"name": "new", "section": "required", "position": 9,
+                                                      "type": "INT"})
+    del changed["FaceAnon_TrackFaces"]
+    problems = api_breaks(changed, saved)
+    assert len(problems) == 4 and any("confidence" in p for p in problems), problems
+    ours["FaceAnon_RedactFaces"]["inputs"].append({"name": "new", "section": "optional", "position": 2,
+                                                   "type": "INT"})
+    assert api_breaks(ours, saved) == []  # a new optional input after the saved ones is compatible
+
+
+def test_every_input_of_every_node_has_a_tooltip(info):
+    assert missing_tooltips({name: entry for name, entry in info.items() if name in OUR_NODES}) == []
 
 
 @pytest.mark.parametrize("name", NAMES)

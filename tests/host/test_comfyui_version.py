@@ -19,7 +19,24 @@ if str(TESTS) not in sys.path:
 
 from pack import load_pack  # noqa: E402
 
-gate = load_pack()  # outside ComfyUI: empty mappings, nothing imported from ComfyUI
+gate = load_pack()  # outside ComfyUI: no entry point, nothing imported from ComfyUI
+
+
+def registers_nothing(pack) -> bool:
+    """Neither registration ComfyUI's loader looks for (comfy_entrypoint, NODE_CLASS_MAPPINGS) is there."""
+    return not hasattr(pack, "comfy_entrypoint") and getattr(pack, "NODE_CLASS_MAPPINGS", None) is None
+
+
+def test_outside_comfyui_the_pack_registers_nothing_and_imports_no_comfyui():
+    import subprocess
+
+    assert registers_nothing(gate)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pack import load_pack; pack = load_pack(); "
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', "
+            "'nodes')), hasattr(pack, 'comfy_entrypoint'))")
+    done = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "False"], done.stdout
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -85,7 +102,7 @@ def test_too_old_comfyui_registers_nothing_with_one_log_line(monkeypatch, tmp_pa
     _fake_host(monkeypatch, tmp_path, version_module="0.3.59")
     with caplog.at_level(logging.DEBUG, logger="ComfyUI-FaceAnon"):
         pack = _import_as_comfyui_would("faceanon_gate_old")
-    assert pack.NODE_CLASS_MAPPINGS == {} and pack.NODE_DISPLAY_NAME_MAPPINGS == {}
+    assert registers_nothing(pack)
     records = [r for r in caplog.records if r.name == "ComfyUI-FaceAnon"]
     assert len(records) == 1 and records[0].levelno == logging.ERROR
     assert "0.3.59" in records[0].getMessage() and ">=0.3.60" in records[0].getMessage()
@@ -97,7 +114,7 @@ def test_version_is_read_from_the_file_beside_comfy_when_not_imported(monkeypatc
     _fake_host(monkeypatch, tmp_path, version_file="0.3.41")
     assert gate.comfyui_version_text() == "0.3.41"
     pack = _import_as_comfyui_would("faceanon_gate_file")
-    assert pack.NODE_CLASS_MAPPINGS == {}
+    assert registers_nothing(pack)
 
 
 def test_imported_version_module_wins(monkeypatch, tmp_path):
@@ -108,3 +125,26 @@ def test_imported_version_module_wins(monkeypatch, tmp_path):
 def test_no_version_anywhere_is_unknown(monkeypatch, tmp_path):
     _fake_host(monkeypatch, tmp_path)
     assert gate.comfyui_version_text() is None
+
+
+@pytest.mark.parametrize("latest_io, missing", [
+    (None, "comfy_api.latest)"),  # no V3 API at all
+    (types.SimpleNamespace(ComfyNode=object, Schema=object, NodeOutput=object), "comfy_api.latest.io.Custom"),
+])
+def test_a_comfyui_without_the_v3_api_registers_nothing_with_one_log_line(monkeypatch, tmp_path, caplog, latest_io,
+                                                                           missing):
+    _fake_host(monkeypatch, tmp_path, version_module="0.3.64")
+    if latest_io is None:
+        monkeypatch.setitem(sys.modules, "comfy_api.latest", None)  # import fails
+    else:
+        latest = types.ModuleType("comfy_api.latest")
+        latest.io, latest.ComfyExtension = latest_io, object
+        monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+        monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
+    with caplog.at_level(logging.DEBUG, logger="ComfyUI-FaceAnon"):
+        pack = _import_as_comfyui_would("faceanon_gate_v3")
+    assert registers_nothing(pack)
+    records = [r for r in caplog.records if r.name == "ComfyUI-FaceAnon"]
+    assert len(records) == 1 and records[0].levelno == logging.ERROR, records
+    assert missing in records[0].getMessage() and "Update ComfyUI" in records[0].getMessage()
+    assert not any(k.startswith("faceanon_gate_v3.nodes") for k in sys.modules)

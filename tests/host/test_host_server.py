@@ -182,11 +182,11 @@ def test_object_info_lists_every_node_with_its_types(server):
         assert node in info, f"{node} missing; log:\n{server.log()[-3000:]}"
         assert info[node]["output"] == outputs
         assert info[node]["category"] == "FaceAnon"
-    loader = info["FaceAnon_ModelLoader"]["input"]["required"]["model_folder"][0]
-    assert loader == ["broken", "tiny"]
+    loader = info["FaceAnon_ModelLoader"]["input"]["required"]["model_folder"]
+    assert loader[0] == "COMBO" and loader[1]["options"] == ["broken", "tiny"]  # V3 combos: the choices in the dict
     sampler = info["FaceAnon_DualReferenceSampler"]["input"]["required"]
     assert sampler["source_states"][0] == "FACEANON_STATES" and sampler["model"][0] == "MODEL"
-    assert "euler" in sampler["sampler_name"][0]
+    assert "euler" in sampler["sampler_name"][1]["options"]
     assert "Cannot import" not in server.log()
     assert "nodes NOT loaded" not in server.log() and "could not read the ComfyUI version" not in server.log()
 

@@ -201,6 +201,28 @@ def test_object_info_lists_apply_references_with_tooltips(server):
     assert all(spec[1].get("tooltip") for spec in required.values())
 
 
+def test_every_input_of_every_node_has_a_tooltip_on_the_server(server):
+    from workflow_checks import missing_tooltips
+
+    ours = {name: entry for name, entry in server.get("/object_info").items() if name.startswith("FaceAnon_")}
+    assert len(ours) == 13
+    assert missing_tooltips(ours) == []
+
+
+@pytest.mark.parametrize("node, inputs, bad", [
+    ("FaceAnon_RedactFaces", {"method": "smudge", "strength": 0.0, "threshold": 0.95}, "method: 'smudge' not in"),
+    ("FaceAnon_DetectFaces", {"threshold": 0.95, "min_face_size": 10.0, "crop_size": 512, "if_no_face": "ignore"},
+     "if_no_face: 'ignore' not in"),
+])
+def test_the_server_refuses_a_value_that_is_not_one_of_the_choices(server, node, inputs, bad):
+    """ComfyUI 0.3.64 checks only V1 combos; the nodes' validate_inputs refuse the value before anything runs."""
+    prompt = {"1": {"class_type": "FaceAnonTest_Images", "inputs": {"count": 1, "seed": 0, "size": 64}},
+              "2": {"class_type": node, "inputs": {"image": ["1", 0], **inputs}},
+              "3": {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": ["2", 0], "name": "never"}}}
+    status, answer = server.post("/prompt", {"prompt": prompt})
+    assert status == 400 and bad in str(answer), answer
+
+
 # ------------------------------------------------------------------ in-process: stacking, memory, messages
 
 
@@ -345,8 +367,8 @@ def test_loader_message_when_no_weights_are_installed(loaded, monkeypatch, tmp_p
     empty = tmp_path / "models" / "faceanon"
     monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(empty)])
     assert models.list_model_folders() == []
-    message = models.FaceAnonModelLoader.VALIDATE_INPUTS("face-anon-simple")
+    message = models.FaceAnonModelLoader.validate_inputs(model_folder="face-anon-simple")
     assert isinstance(message, str)
     assert "found: none" in message and "models/faceanon/<name>/" in message and "extra_model_paths.yaml" in message
     assert f"faceanon models download --to {empty / 'face-anon-simple'}" in message
-    assert models.FaceAnonModelLoader.VALIDATE_INPUTS("../../etc") != True  # noqa: E712  (a path, not a name)
+    assert models.FaceAnonModelLoader.validate_inputs(model_folder="../../etc") != True  # noqa: E712  (a path)

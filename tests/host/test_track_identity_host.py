@@ -63,8 +63,8 @@ def faces(pack):
 
 
 def anonymize(pack, image, **kw):
-    return pack["oneshot"].FaceAnonAnonymize().anonymize(*pack["models"], image, DEGREE, SEED, STEPS, 4.0, "euler",
-                                                         "normal", **kw)[0]
+    return pack["oneshot"].FaceAnonAnonymize.execute(*pack["models"], image, DEGREE, SEED, STEPS, 4.0, "euler",
+                                                     "normal", **kw).args[0]
 
 
 def test_every_crop_of_a_track_is_face_swapped_from_its_keyframe(pack):

@@ -164,15 +164,32 @@ def test_native_workflow_gives_the_granular_image(server):
 
 
 def test_our_node_definitions_match_the_servers(server):
+    """The main suite reads our nodes through a stand-in of ComfyUI's V3 API (tests/comfy_io_standin.py): what it
+    builds must be exactly what this ComfyUI serves, every field of every node (the model folder list aside: it
+    is the server's folders), and the same nodes."""
     from workflow_checks import our_object_info
 
     real = server.get("/object_info")
     ours = our_object_info()
+    assert sorted(ours) == sorted(name for name in real if name.startswith("FaceAnon_"))
     for name, entry in ours.items():
         served = json.loads(json.dumps(real[name]))
-        served["input"]["required"].get("model_folder", [[]])[0][:] = []
-        for key in ("input", "input_order", "output", "output_name", "category", "output_node"):
-            assert entry[key] == served[key], (name, key)
+        served["input"]["required"].get("model_folder", [None, {}])[1].get("options", [])[:] = []
+        assert set(entry) == set(served), (name, set(entry) ^ set(served))
+        for key in served:
+            assert entry[key] == served[key], (name, key, entry[key], served[key])
+
+
+def test_the_servers_node_api_is_the_saved_one(server):
+    """What saved workflows depend on (tests/data/node_public_api.json, the nodes before the V3 move) is what the
+    real server lists now: no input, output, default, range or choice changed (new optional inputs aside)."""
+    from workflow_checks import PUBLIC_API, api_breaks, public_api
+
+    real = server.get("/object_info")
+    required = real["KSampler"]["input"]["required"]
+    samplers = {"<KSampler.SAMPLERS>": required["sampler_name"][0], "<KSampler.SCHEDULERS>": required["scheduler"][0]}
+    ours = public_api({name: entry for name, entry in real.items() if name.startswith("FaceAnon_")}, samplers)
+    assert api_breaks(ours, json.loads(PUBLIC_API.read_text())) == []
 
 
 @pytest.fixture(scope="module")
