@@ -116,3 +116,43 @@ def test_anonymize_holds_one_chunk_of_frames_at_a_time(clip, tmp_path, census, t
     assert census.most["decoded"] <= CHUNK, census.most
     assert census.most["encoded"] <= CHUNK, census.most
     assert census.most["masks"] <= CHUNK, census.most
+
+
+def _reachable(root) -> int:
+    """Number of distinct objects reachable from ``root`` (an ndarray counts as one object)."""
+    import gc
+
+    seen, todo = {id(root)}, [root]
+    while todo:
+        for ref in gc.get_referents(todo.pop()):
+            if id(ref) not in seen and not isinstance(ref, type):
+                seen.add(id(ref))
+                todo.append(ref)
+    return len(seen)
+
+
+def test_tracks_store_a_fixed_number_of_objects_whatever_the_length():
+    """Face tracks are arrays: twice the frames, the same objects (a list of faces would double)."""
+    import numpy as np
+
+    from faceanon_core.faces.records import DetectedFace
+    from faceanon_core.faces.tracks import track_faces
+
+    def det(t, k):
+        cx, cy, e = 200 + 300 * k + 2 * t, 300, 40
+        lm = np.array([[cx - e / 2, cy], [cx + e / 2, cy], [cx, cy + 0.45 * e], [cx - 0.35 * e, cy + 0.85 * e],
+                       [cx + 0.35 * e, cy + 0.85 * e]])
+        return DetectedFace((cx - e, cy - e, cx + e, cy + 1.5 * e), 0.99, lm)
+
+    def tracks(n):
+        # two faces, face 1 missed every 5th frame (interpolated), both held at the ends
+        return track_faces([[det(t, 0)] + ([det(t, 1)] if t % 5 else []) for t in range(n)])
+
+    short, long = tracks(40), tracks(80)
+    assert len(short) == len(long) == 2 and long.num_faces() == 2 * short.num_faces()
+    assert long.num_faces(filled_only=True) == 2 * short.num_faces(filled_only=True) > 0
+    assert _reachable(long) == _reachable(short)
+    # The faces handed out are built on request: changing one changes nothing stored.
+    f = long.faces_in_frame(3)[0]
+    f.landmarks5[:] = 0.0
+    assert long.faces_in_frame(3)[0].landmarks5.any()

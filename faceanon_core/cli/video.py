@@ -167,10 +167,9 @@ def _write(info: VideoInfo, dst: Path, overwrite: bool, process_chunk, desc: str
 
 
 def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args) -> None:
-    faces = [f for tid in tracks.track_ids for f in tracks.track(tid)]
-    filled = sum(not f.detected for f in faces)
+    filled = tracks.num_faces(filled_only=True)  # counted on the arrays: no face objects for a long video
     print(f"{cmd}: {info.path} -> {dst}: {info.frames} frames, {len(tracks)} face track(s), "
-          f"{len(faces)} face-frames processed ({filled} filled in where the detector missed the face)",
+          f"{tracks.num_faces()} face-frames processed ({filled} filled in where the detector missed the face)",
           file=sys.stderr)
     if args.tracks_json:
         path = Path(args.tracks_json)
