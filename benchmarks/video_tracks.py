@@ -359,7 +359,8 @@ def write_memory_clip(path: Path, n: int, base: list[np.ndarray], fps: int = 30)
 
 def _peak_mib(argv: list[str], check: bool = True) -> float:
     """Peak RSS in MiB of ``faceanon ARGV`` in a child process (its own, not this process's)."""
-    r = subprocess.run([sys.executable, "-c", _MEM_CHILD, *argv], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", _MEM_CHILD, *argv], cwd=REPO, capture_output=True, text=True,
+                       check=False)
     if check and r.returncode:
         raise RuntimeError(r.stderr[-2000:])
     return int(r.stdout.strip().splitlines()[-1]) / 1024.0  # kB -> MiB

@@ -255,7 +255,7 @@ class _TrackArrays:
     :meth:`face` builds the :class:`TrackedFace` of a row, with the same values, when asked.
     """
 
-    __slots__ = ("frames", "boxes", "scores", "landmarks", "raw", "has_raw", "detection_index", "kind")
+    __slots__ = ("boxes", "detection_index", "frames", "has_raw", "kind", "landmarks", "raw", "scores")
 
     def __init__(self, frames, boxes, scores, landmarks, raw, has_raw, detection_index, kind):
         self.frames = np.asarray(frames, dtype=np.int64)
