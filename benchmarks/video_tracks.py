@@ -19,10 +19,13 @@ Reported (one JSON line, and a table with ``--table``):
 * throughput: video redaction (detect + track + redact, frames in memory, and the whole
   ``faceanon redact`` CLI with decoding and encoding) against per-frame photo redaction of the same
   frames in the same run, frames per second at 1280x720;
-* ``--memory``: peak RSS of ``faceanon redact`` on 1080p clips of two lengths, extrapolated linearly
-  to 10 minutes at 30 fps.
+* ``--memory``: peak RSS (the child's own VmHWM) of ``faceanon redact`` on 1080p clips of two
+  lengths (``--memory-lengths 96,192``), as the ratio long/short (target 1.0) and extrapolated
+  linearly to 10 minutes at 25 and 30 fps; ``--memory-command anonymize`` measures the anonymize
+  path with the tiny test model.
 
     python -m benchmarks.video_tracks [--frames 60] [--memory] [--table]
+    python -m benchmarks.video_tracks --memory-only [--memory-lengths 96,384] [--memory-command anonymize]
 """
 
 from __future__ import annotations
@@ -315,37 +318,81 @@ def _cli_fps(clip: Clip, folder: Path) -> float:
     return len(clip.frames) / dt
 
 
+# The child reports its own high-water mark, VmHWM. Not ru_maxrss: on Linux a process started from
+# another one inherits the parent's peak RSS in ru_maxrss (exec records the old address space's
+# high-water mark; with vfork that is the parent's), so a child started by a benchmark that had
+# built a 144-frame 1080p clip in memory "peaked" at the benchmark's 1.4 GB, whatever it did itself.
 _MEM_CHILD = (
-    "import resource, sys\n"
+    "import sys\n"
     "from faceanon_core.cli.main import main\n"
-    "code = main(['-q', 'redact', sys.argv[1], '-o', sys.argv[2]])\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    "try:\n"
+    "    code = main(['-q'] + sys.argv[1:])\n"
+    "except SystemExit as exc:\n"
+    "    code = exc.code\n"
+    "status = open('/proc/self/status').read()\n"
+    "print(int(status.split('VmHWM:')[1].split()[0]))\n"
     "sys.exit(code)\n"
 )
 
+#: The memory clip: 48 frames of :func:`build_clip` at 1080p, played forwards and backwards (the faces
+#: move continuously, so they stay 3 tracks), for as long as asked: every length shows the same faces
+#: at the same sizes, so two lengths differ only in length.
+MEMORY_BASE_FRAMES = 48
 
-def _memory(folder: Path, lengths=(72, 144)) -> dict:
-    """Peak RSS of ``faceanon redact`` on 1080p clips of two lengths, extrapolated to 10 min at 30 fps.
 
-    Both lengths must be past the encoder's warm-up: libx264 buffers its lookahead and threads'
-    frames (about 50 frames at 1080p), so the peak grows over the first ~60 frames and is flat
-    after that (measured with a stub detector: 622 MiB at 24 frames, 863 at 72, 861 at 144, 870 at
-    288). A line through 24 and 72 frames would extrapolate that warm-up, not a leak."""
-    peaks = {}
-    for n in lengths:
-        clip = build_clip(n, 1920, 1080, seed=1)
-        src = _write_clip(clip, folder / f"clip1080_{n}.mp4")
-        del clip
-        r = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(src), str(folder / f"out1080_{n}.mp4")],
-                           cwd=REPO, capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(r.stderr)
-        peaks[n] = int(r.stdout.strip().splitlines()[-1]) / 1024.0  # MiB (Linux reports KiB)
+def write_memory_clip(path: Path, n: int, base: list[np.ndarray], fps: int = 30) -> Path:
+    """``n`` frames of the ping-pong clip, encoded one at a time (the clip is never held whole)."""
+    import av
+
+    seq = base + base[::-1]
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        v.height, v.width = base[0].shape[:2]
+        v.pix_fmt = "yuv420p"
+        for i in range(n):
+            for p in v.encode(av.VideoFrame.from_ndarray(seq[i % len(seq)], format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    return path
+
+
+def _peak_mib(argv: list[str], check: bool = True) -> float:
+    """Peak RSS in MiB of ``faceanon ARGV`` in a child process (its own, not this process's)."""
+    r = subprocess.run([sys.executable, "-c", _MEM_CHILD, *argv], cwd=REPO, capture_output=True, text=True,
+                       check=False)
+    if check and r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    return int(r.stdout.strip().splitlines()[-1]) / 1024.0  # kB -> MiB
+
+
+def _memory(folder: Path, lengths=(96, 192), command: str = "redact") -> dict:
+    """Peak RSS of ``faceanon redact`` (or ``anonymize`` with the tiny test model) on 1080p clips of two
+    lengths in the same run: the ratio long/short (bounded memory: about 1.0), and the peak extrapolated
+    linearly to 10 minutes at 25 and 30 fps (the slope clipped at 0).
+
+    Both lengths should be past the encoder's warm-up: libx264 fills its lookahead and frame threads over
+    the first ~70 frames at 1080p (the peak grows until then and is flat after), so a line through a
+    shorter clip would extrapolate that warm-up, not a growth with length."""
+    base = build_clip(MEMORY_BASE_FRAMES, 1920, 1080, seed=1).frames
+    extra: list[str] = []
+    if command == "anonymize":
+        from faceanon_core.testing.tiny_models import write_tiny_model_folder
+
+        models = write_tiny_model_folder(folder / "tiny_model", seed=0)
+        extra = ["--models", str(models), "--no-verify", "--size", "64", "--steps", "2", "--scheduler", "ddim"]
+    elif command != "redact":
+        raise ValueError(f"command must be redact or anonymize, got {command!r}")
+    clips = {n: write_memory_clip(folder / f"clip1080_{n}.mp4", n, base) for n in lengths}
+    del base
+    peaks = {n: _peak_mib([command, str(src), "-o", str(folder / f"out1080_{command}_{n}.mp4"), *extra])
+             for n, src in clips.items()}
     (a, pa), (b, pb) = sorted(peaks.items())
     slope = max(0.0, (pb - pa) / (b - a))
-    ten_min = 10 * 60 * 30
-    return {"peak_mib": {str(k): round(v, 1) for k, v in peaks.items()}, "mib_per_frame": round(slope, 4),
-            "extrapolated_10min_1080p30_mib": round(pb + slope * (ten_min - b), 1)}
+    return {"command": command, "peak_mib": {str(k): round(v, 1) for k, v in peaks.items()},
+            "ratio_long_over_short": round(pb / pa, 3), "mib_per_frame": round(slope, 4),
+            "extrapolated_10min_1080p25_mib": round(pb + slope * (10 * 60 * 25 - b), 1),
+            "extrapolated_10min_1080p30_mib": round(pb + slope * (10 * 60 * 30 - b), 1)}
 
 
 def main() -> None:
@@ -354,10 +401,17 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on 1080p clips")
     parser.add_argument("--table", action="store_true", help="also print a Markdown table")
     parser.add_argument("--memory-only", action="store_true", help="only the 1080p memory measurement")
+    parser.add_argument("--memory-lengths", default="96,192", metavar="SHORT,LONG",
+                        help="the two clip lengths of the memory measurement, in frames (default 96,192)")
+    parser.add_argument("--memory-command", choices=("redact", "anonymize"), default="redact",
+                        help="what the memory measurement runs (anonymize: the tiny test model)")
     args = parser.parse_args()
+    lengths = tuple(int(v) for v in args.memory_lengths.split(","))
+    if len(lengths) != 2 or lengths[0] >= lengths[1]:
+        parser.error("--memory-lengths takes two lengths, shorter first: SHORT,LONG")
     if args.memory_only:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps({"memory": _memory(Path(tmp))}))
+            print(json.dumps({"memory": _memory(Path(tmp), lengths, args.memory_command)}))
         return
 
     clip = build_clip(args.frames)
@@ -373,7 +427,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rep["throughput_720p"]["cli_fps_with_decode_encode"] = round(_cli_fps(clip, Path(tmp)), 3)
         if args.memory:
-            rep["memory"] = _memory(Path(tmp))
+            rep["memory"] = _memory(Path(tmp), lengths, args.memory_command)
     rep["uncovered_with_tracks_list"] = [list(p) for p in rep["uncovered_with_tracks_list"]]
     print(json.dumps(rep))
     if args.table:

@@ -29,3 +29,16 @@ def test_one_track_per_face_and_no_identity_switch(report):
     assert report["identity_switches"] == 0
     assert report["tracks"] == 3
     assert sorted(len(ids) for ids in report["track_ids_per_face"].values()) == [1, 1, 1]
+
+
+def test_memory_benchmark_measures_the_child_not_the_benchmark(tmp_path):
+    """The peak is the child's own (VmHWM): ru_maxrss would report this process's 768 MiB instead."""
+    import numpy as np
+
+    from benchmarks.video_tracks import _peak_mib
+
+    big = np.ones(768 * 2**20, np.uint8)  # touched: 768 MiB resident in this process
+    peak = _peak_mib(["redact", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "out.mp4")], check=False)
+    del big
+    # The child only imports the CLI and fails on the missing file (70 MiB measured).
+    assert 0 < peak < 512, peak

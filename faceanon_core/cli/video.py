@@ -111,9 +111,9 @@ def video_tracks(info: VideoInfo, detector, *, max_gap: int = DEFAULT_MAX_GAP, s
     detections = []
     with _bar(info, "detect") as bar:
         for chunk in iter_frames(info, CHUNK):
-            for frame in chunk:
-                detections.append(detector.detect(to_upright(frame.rgb, info.rotation)))
+            detections.extend(_detect_chunk(detector, chunk, info.rotation))
             bar.update(len(chunk))
+            del chunk  # released before the next chunk is decoded: one chunk of frames alive
     window = LandmarkSmoothing() if smoothing else None
     return track_faces(detections, max_gap=max_gap, smoothing=window)
 
@@ -128,13 +128,32 @@ def _keyframe_crops(info: VideoInfo, tracks: FaceTracks, crop_size: int) -> dict
     if not wanted:
         return crops
     last = max(wanted)
-    for chunk in iter_frames(info, CHUNK):
-        for frame in chunk:
-            for key in wanted.get(frame.index, ()):
-                crops[key.track_id] = keyframe_crop(to_upright(frame.rgb, info.rotation), key, crop_size)
-        if chunk[-1].index >= last:
-            break
+    frames = iter_frames(info, CHUNK)
+    try:
+        for chunk in frames:
+            for frame in chunk:
+                for key in wanted.get(frame.index, ()):
+                    crops[key.track_id] = keyframe_crop(to_upright(frame.rgb, info.rotation), key, crop_size)
+            done = chunk[-1].index >= last
+            del chunk, frame
+            if done:
+                break
+    finally:
+        frames.close()  # closes the file now, not when the generator is collected
     return crops
+
+
+def _detect_chunk(detector, chunk, rotation: int) -> list:
+    """The detections of a chunk of frames (a function, so no frame outlives the call)."""
+    return [detector.detect(to_upright(frame.rgb, rotation)) for frame in chunk]
+
+
+def _encode_chunk(writer: VideoWriter, chunk, process_chunk, rotation: int) -> int:
+    """Process one decoded chunk and encode it; the frames and results die with the call."""
+    done = process_chunk([to_upright(f.rgb, rotation) for f in chunk], [f.index for f in chunk])
+    for frame, rgb in zip(chunk, done, strict=True):
+        writer.write(frame.with_rgb(from_upright(rgb, rotation)))
+    return len(chunk)
 
 
 def _write(info: VideoInfo, dst: Path, overwrite: bool, process_chunk, desc: str) -> Path:
@@ -142,19 +161,15 @@ def _write(info: VideoInfo, dst: Path, overwrite: bool, process_chunk, desc: str
     remove_stale_partials(dst.parent if dst.parent.exists() else Path("."))
     with VideoWriter(dst, info, overwrite=overwrite) as writer, _bar(info, desc) as bar:
         for chunk in iter_frames(info, CHUNK):
-            ups = [to_upright(f.rgb, info.rotation) for f in chunk]
-            done = process_chunk(ups, [f.index for f in chunk])
-            for frame, rgb in zip(chunk, done, strict=True):
-                writer.write(frame.with_rgb(from_upright(rgb, info.rotation)))
-            bar.update(len(chunk))
+            bar.update(_encode_chunk(writer, chunk, process_chunk, info.rotation))
+            del chunk  # released before the next chunk is decoded: one chunk of frames alive
     return dst
 
 
 def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args) -> None:
-    faces = [f for tid in tracks.track_ids for f in tracks.track(tid)]
-    filled = sum(not f.detected for f in faces)
+    filled = tracks.num_faces(filled_only=True)  # counted on the arrays: no face objects for a long video
     print(f"{cmd}: {info.path} -> {dst}: {info.frames} frames, {len(tracks)} face track(s), "
-          f"{len(faces)} face-frames processed ({filled} filled in where the detector missed the face)",
+          f"{tracks.num_faces()} face-frames processed ({filled} filled in where the detector missed the face)",
           file=sys.stderr)
     if args.tracks_json:
         path = Path(args.tracks_json)
@@ -174,9 +189,9 @@ def run_redact_video(args, detector_from_args) -> int:
             tracks = video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
 
             def chunk_fn(frames, indices, tracks=tracks, info=info):
-                res = redact_frames(frames, indices, tracks, args.method, args.strength, color=args.color,
-                                    name=info.path)
-                return [r.image for r in res]
+                # Frame by frame, so only one full-size float mask is alive at a time (not a chunk's).
+                return [redact_frames([rgb], [t], tracks, args.method, args.strength, color=args.color,
+                                      name=info.path)[0].image for rgb, t in zip(frames, indices, strict=True)]
 
             _write(info, dst, args.overwrite, chunk_fn, "redact")
             _report("redact", info, dst, tracks, args)

@@ -244,25 +244,110 @@ class LandmarkSmoothing:
         return savgol_filter(flat, w, self.polyorder, axis=0, mode="interp").reshape(values.shape)
 
 
+_DETECTED, _INTERPOLATED, _HELD = 0, 1, 2
+
+
+class _TrackArrays:
+    """One track stored compactly: per face-frame a row of small arrays (about 220 bytes), no objects.
+
+    A long video has tens of thousands of face-frames; as :class:`TrackedFace` objects (a dataclass,
+    two small arrays, a tuple each) they took about 6 KB apiece, as rows here they take 1/25 of that.
+    :meth:`face` builds the :class:`TrackedFace` of a row, with the same values, when asked.
+    """
+
+    __slots__ = ("boxes", "detection_index", "frames", "has_raw", "kind", "landmarks", "raw", "scores")
+
+    def __init__(self, frames, boxes, scores, landmarks, raw, has_raw, detection_index, kind):
+        self.frames = np.asarray(frames, dtype=np.int64)
+        self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        self.scores = np.asarray(scores, dtype=np.float64)
+        self.landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+        self.raw = np.asarray(raw, dtype=np.float64).reshape(-1, 5, 2)
+        self.has_raw = np.asarray(has_raw, dtype=bool)
+        self.detection_index = np.asarray(detection_index, dtype=np.int64)
+        self.kind = np.asarray(kind, dtype=np.int8)
+
+    @classmethod
+    def of_faces(cls, faces: Sequence[TrackedFace]) -> _TrackArrays:
+        m = len(faces)
+        raw = np.zeros((m, 5, 2))
+        for i, f in enumerate(faces):
+            if f.raw_landmarks5 is not None:
+                raw[i] = f.raw_landmarks5
+        return cls(
+            [f.frame_index for f in faces],
+            np.array([f.box for f in faces], dtype=np.float64).reshape(m, 4),
+            [f.score for f in faces],
+            np.array([f.landmarks5 for f in faces], dtype=np.float64).reshape(m, 5, 2),
+            raw,
+            [f.raw_landmarks5 is not None for f in faces],
+            [-1 if f.detection_index is None else f.detection_index for f in faces],
+            [_HELD if f.held else _INTERPOLATED if f.interpolated else _DETECTED for f in faces],
+        )
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def face(self, i: int, track_id: int) -> TrackedFace:
+        k = int(self.kind[i])
+        d = int(self.detection_index[i])
+        return TrackedFace(
+            int(self.frames[i]), track_id, tuple(self.boxes[i].tolist()), float(self.scores[i]),
+            self.landmarks[i].copy(), interpolated=k == _INTERPOLATED, held=k == _HELD,
+            raw_landmarks5=self.raw[i].copy() if self.has_raw[i] else None,
+            detection_index=None if d < 0 else d,
+        )
+
+
 class FaceTracks:
-    """Tracked faces of a video: per frame, per track, and each track's keyframe."""
+    """Tracked faces of a video: per frame, per track, and each track's keyframe.
+
+    Stored as arrays (:class:`_TrackArrays` per track, and per frame the rows that fall in it), so a
+    long video costs a few hundred bytes per face-frame; :meth:`faces_in_frame` and :meth:`track`
+    build fresh :class:`TrackedFace` objects each call (changing them changes nothing stored).
+    """
 
     def __init__(self, num_frames: int, tracks: dict[int, list[TrackedFace]], params: dict[str, Any] | None = None):
+        stored = {}
+        for tid, faces in tracks.items():
+            faces = sorted(faces, key=lambda f: f.frame_index)
+            for f in faces:
+                if f.track_id != int(tid):
+                    raise ValueError(f"face of frame {f.frame_index} says track {f.track_id}, filed under {tid}")
+            stored[int(tid)] = _TrackArrays.of_faces(faces)
+        self._setup(num_frames, stored, params)
+
+    @classmethod
+    def _of_arrays(cls, num_frames: int, tracks: dict[int, _TrackArrays], params: dict[str, Any] | None) -> FaceTracks:
+        self = cls.__new__(cls)
+        self._setup(num_frames, tracks, params)
+        return self
+
+    def _setup(self, num_frames: int, tracks: dict[int, _TrackArrays], params: dict[str, Any] | None) -> None:
         self.num_frames = int(num_frames)
         self.params = dict(params or {})
-        self._tracks = {int(tid): sorted(faces, key=lambda f: f.frame_index) for tid, faces in sorted(tracks.items())}
-        self._frames: list[list[TrackedFace]] = [[] for _ in range(self.num_frames)]
-        for tid, faces in self._tracks.items():
-            if not faces:
+        self._tracks = dict(sorted(tracks.items()))
+        for tid, tr in self._tracks.items():
+            if not len(tr):
                 raise ValueError(f"track {tid} has no faces")
-            if not any(f.detected for f in faces):
+            if not (tr.kind == _DETECTED).any():
                 raise ValueError(f"track {tid} has no detected face")
-            for f in faces:
-                if f.track_id != tid:
-                    raise ValueError(f"face of frame {f.frame_index} says track {f.track_id}, filed under {tid}")
-                if not 0 <= f.frame_index < self.num_frames:
-                    raise ValueError(f"track {tid}: frame {f.frame_index} outside 0..{self.num_frames - 1}")
-                self._frames[f.frame_index].append(f)
+            bad = (tr.frames < 0) | (tr.frames >= self.num_frames)
+            if bad.any():
+                raise ValueError(f"track {tid}: frame {int(tr.frames[bad][0])} outside 0..{self.num_frames - 1}")
+        # Per frame, its (track, row) pairs in track order: a CSR index, 12 bytes per face-frame.
+        tids = list(self._tracks)
+        if tids:
+            frames = np.concatenate([tr.frames for tr in self._tracks.values()])
+            which = np.concatenate([np.full(len(tr), k, np.int32) for k, tr in enumerate(self._tracks.values())])
+            rows = np.concatenate([np.arange(len(tr), dtype=np.int32) for tr in self._tracks.values()])
+            order = np.lexsort((rows, which, frames))  # by frame, then track, then row (stable)
+        else:
+            frames = which = rows = order = np.zeros(0, np.int64)
+        self._tid_of = np.asarray(tids, dtype=np.int64)
+        self._by_frame_track = which[order]
+        self._by_frame_row = rows[order]
+        self._frame_start = np.searchsorted(frames[order], np.arange(self.num_frames + 1))
 
     @property
     def track_ids(self) -> list[int]:
@@ -271,18 +356,30 @@ class FaceTracks:
     def __len__(self) -> int:
         return len(self._tracks)
 
+    def num_faces(self, *, filled_only: bool = False) -> int:
+        """Face-frames over all tracks (``filled_only``: the interpolated and held ones), no objects built."""
+        if filled_only:
+            return int(sum(int((tr.kind != _DETECTED).sum()) for tr in self._tracks.values()))
+        return int(sum(len(tr) for tr in self._tracks.values()))
+
     def faces_in_frame(self, frame_index: int) -> list[TrackedFace]:
         """All faces to process in a frame (detected, interpolated, held), by track id."""
         if not 0 <= frame_index < self.num_frames:
             raise IndexError(f"frame {frame_index} outside 0..{self.num_frames - 1}")
-        return list(self._frames[frame_index])
+        a, b = int(self._frame_start[frame_index]), int(self._frame_start[frame_index + 1])
+        out = []
+        for k, row in zip(self._by_frame_track[a:b].tolist(), self._by_frame_row[a:b].tolist()):
+            tid = int(self._tid_of[k])
+            out.append(self._tracks[tid].face(row, tid))
+        return out
 
     def track(self, track_id: int) -> list[TrackedFace]:
         """The faces of one track, by frame."""
         try:
-            return list(self._tracks[track_id])
+            tr = self._tracks[track_id]
         except KeyError:
             raise KeyError(f"no track {track_id!r}; tracks are {self.track_ids}") from None
+        return [tr.face(i, track_id) for i in range(len(tr))]
 
     def keyframe(self, track_id: int) -> TrackedFace:
         """The track's best detected face for the source identity (:func:`keyframe_quality`).
@@ -300,9 +397,9 @@ class FaceTracks:
                 {
                     "track_id": tid,
                     "keyframe": self.keyframe(tid).frame_index,
-                    "faces": [f.to_dict() for f in faces],
+                    "faces": [f.to_dict() for f in self.track(tid)],
                 }
-                for tid, faces in self._tracks.items()
+                for tid in self._tracks
             ],
         }
 
@@ -461,17 +558,19 @@ def _associate(
     return tracks
 
 
-def _track_faces_of(tr: _Track, num_frames: int, hold: int, smoothing: LandmarkSmoothing | None) -> list[TrackedFace]:
-    """Dense faces of one track: detections, interpolated gaps, smoothing, held ends."""
+def _track_faces_of(tr: _Track, num_frames: int, hold: int, smoothing: LandmarkSmoothing | None) -> _TrackArrays:
+    """Dense faces of one track, as arrays: detections, interpolated gaps, smoothing, held ends."""
     first, last = tr.dets[0].frame, tr.dets[-1].frame
     n = last - first + 1
     lm = np.empty((n, 5, 2))
     box = np.empty((n, 4))
     score = np.empty(n)
-    det_at: list[_Detection | None] = [None] * n
+    raw = np.zeros((n, 5, 2))
+    det_index = np.full(n, -1, np.int64)
+    kind = np.full(n, _INTERPOLATED, np.int8)
     for a, b in zip(tr.dets, tr.dets[1:] + [None]):
         k = a.frame - first
-        lm[k], box[k], score[k], det_at[k] = a.lm, a.box, a.score, a
+        lm[k], box[k], score[k], raw[k], det_index[k], kind[k] = a.lm, a.box, a.score, a.lm, a.index, _DETECTED
         if b is None:
             continue
         for f in range(a.frame + 1, b.frame):
@@ -480,27 +579,22 @@ def _track_faces_of(tr: _Track, num_frames: int, hold: int, smoothing: LandmarkS
             box[f - first] = (1.0 - w) * a.box + w * b.box
             score[f - first] = min(a.score, b.score)
     smooth = smoothing.apply(lm) if smoothing is not None else lm.copy()
+    before = first - max(0, first - hold)  # held frames before the first detection
+    after = min(num_frames, last + hold + 1) - (last + 1)  # and after the last
 
-    faces: list[TrackedFace] = []
-    for f in range(max(0, first - hold), first):
-        faces.append(TrackedFace(f, tr.track_id, tuple(box[0]), score[0], smooth[0].copy(), held=True))
-    for k in range(n):
-        d = det_at[k]
-        faces.append(
-            TrackedFace(
-                first + k,
-                tr.track_id,
-                tuple(box[k]),
-                score[k],
-                smooth[k],
-                interpolated=d is None,
-                raw_landmarks5=None if d is None else d.lm.copy(),
-                detection_index=None if d is None else d.index,
-            )
-        )
-    for f in range(last + 1, min(num_frames, last + hold + 1)):
-        faces.append(TrackedFace(f, tr.track_id, tuple(box[-1]), score[-1], smooth[-1].copy(), held=True))
-    return faces
+    def ends(v: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.repeat(v[:1], before, axis=0), v, np.repeat(v[-1:], after, axis=0)])
+
+    return _TrackArrays(
+        np.arange(first - before, last + 1 + after),
+        ends(box),
+        ends(score),
+        ends(smooth),
+        np.concatenate([np.zeros((before, 5, 2)), raw, np.zeros((after, 5, 2))]),
+        np.concatenate([np.zeros(before, bool), kind == _DETECTED, np.zeros(after, bool)]),
+        np.concatenate([np.full(before, -1, np.int64), det_index, np.full(after, -1, np.int64)]),
+        np.concatenate([np.full(before, _HELD, np.int8), kind, np.full(after, _HELD, np.int8)]),
+    )
 
 
 def track_faces(
@@ -542,6 +636,6 @@ def track_faces(
         if smoothing is None
         else {"method": "savitzky-golay", "window": int(smoothing.window), "polyorder": int(smoothing.polyorder)},
     }
-    return FaceTracks(
+    return FaceTracks._of_arrays(
         len(frames), {tr.track_id: _track_faces_of(tr, len(frames), hold, smoothing) for tr in tracks}, params
     )
