@@ -73,8 +73,8 @@ def test_every_crop_of_a_track_is_face_swapped_from_its_keyframe(pack):
     assert per_track.shape == image.shape and torch.isfinite(per_track).all()
     for track, key in KEYFRAMES.items():
         rows = [i for i, t in enumerate(TRACK_IDS) if t == track]
-        swapped = pack["oneshot"].FaceAnonSwap().swap(*pack["models"], image[key:key + 1], image[rows], DEGREE, SEED,
-                                                      STEPS, 4.0, "euler", "normal")[0]
+        swapped = pack["oneshot"].FaceAnonSwap.execute(*pack["models"], image[key:key + 1], image[rows], DEGREE, SEED,
+                                                       STEPS, 4.0, "euler", "normal").args[0]
         # the same operations on the same tensors: equal up to float reassociation in batched kernels
         torch.testing.assert_close(per_track[rows], swapped, rtol=0, atol=1e-5)
     per_frame = anonymize(pack, image)
