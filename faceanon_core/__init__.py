@@ -15,7 +15,7 @@ ComfyUI's start stay fast: ``from faceanon_core import FaceAnonPipeline, process
 
 from ._moved import install as _install_moved_modules
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     # method: the paper

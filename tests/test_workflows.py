@@ -42,7 +42,7 @@ def info():
     return {**core, **ours}
 
 
-OLD_WORKFLOWS = WORKFLOWS.parent / "tests" / "data" / "workflows-0.2"
+OLD_WORKFLOWS = WORKFLOWS.parent / "tests" / "data" / "workflows-0.1"
 
 
 def load(name: str, api: bool) -> dict:
@@ -192,7 +192,7 @@ def test_the_ui_checks_catch_a_wrong_link_type_and_a_missing_widget_value(info):
 def test_a_ui_node_saved_before_an_optional_widget_existed_is_accepted_a_missing_required_one_is_not(info):
     """Face Anonymize gained the optional ``identity`` widget: UI files saved before it (without that widget)
     still load, with its default; a node that lacks a required widget is still refused."""
-    ui = json.loads((OLD_WORKFLOWS / "anonymize_crop.json").read_text())  # as the 0.2 nodes saved it
+    ui = json.loads((OLD_WORKFLOWS / "anonymize_crop.json").read_text())  # as the 0.1 nodes saved it
     node = next(n for n in ui["nodes"] if n["type"] == "FaceAnon_Anonymize")
     widgets = [i["widget"]["name"] for i in node["inputs"] if i.get("widget")]
     assert "identity" not in widgets  # saved before the widget existed
@@ -203,7 +203,7 @@ def test_a_ui_node_saved_before_an_optional_widget_existed_is_accepted_a_missing
 
 
 def test_the_workflows_saved_before_v3_are_unchanged():
-    """tests/data/workflows-0.2 stands for users' saved files: never regenerated (its README), checked here."""
+    """tests/data/workflows-0.1 stands for users' saved files: never regenerated (its README), checked here."""
     import hashlib
 
     folder = OLD_WORKFLOWS

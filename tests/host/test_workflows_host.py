@@ -2,7 +2,7 @@
 expected outputs, every UI file loads in ComfyUI's own frontend (headless Chromium) without missing nodes
 and converts to the same prompt, and ``faceanon queue`` runs a workflow end to end.
 
-The same tests run on the workflows saved before the V3 nodes (``tests/data/workflows-0.2``, frozen): their
+The same tests run on the workflows saved before the V3 nodes (``tests/data/workflows-0.1``, frozen): their
 API files run unchanged, and their UI files load and convert to a prompt that keeps every saved value
 (inputs the nodes gained since may be added with their defaults) and runs.
 """
@@ -51,7 +51,7 @@ EXPECTED = {
     "redact_faces": {"3": ("output", 1, (2 * W, H)), "5": ("temp", 1, (2 * W, H))},
 }
 # the workflows saved before the V3 nodes: frozen, as their files are
-EXPECTED_0_2 = {
+EXPECTED_0_1 = {
     "anonymize_crop": {"4": ("output", 1, (512, 512))},
     "anonymize_crop_granular": {"10": ("output", 1, (64, 64))},
     "anonymize_group_photo": {"6": ("output", 1, (2 * W, H)), "8": ("output", 1, (2 * W, H)),
@@ -61,8 +61,8 @@ EXPECTED_0_2 = {
     "video_frames": {"7": ("output", wh.VIDEO_FRAMES, (320, 320)), "9": ("output", 1, None)},
     "redact_faces": {"3": ("output", 1, (2 * W, H)), "5": ("temp", 1, (2 * W, H))},
 }
-# (folder key, workflow name) over the shipped workflows and the saved 0.2 ones
-FOLDERS = {"shipped": (wh.WORKFLOWS, EXPECTED), "0.2": (wh.OLD_WORKFLOWS, EXPECTED_0_2)}
+# (folder key, workflow name) over the shipped workflows and the saved 0.1 ones
+FOLDERS = {"shipped": (wh.WORKFLOWS, EXPECTED), "0.1": (wh.OLD_WORKFLOWS, EXPECTED_0_1)}
 CASES = [(key, name) for key, (folder, _) in FOLDERS.items() for name in wh.workflow_names(folder)]
 CASE_IDS = [f"{key}-{name}" for key, name in CASES]
 
@@ -94,10 +94,10 @@ def view(server, item) -> bytes:
 
 def test_every_workflow_has_expectations():
     assert sorted(EXPECTED) == NAMES
-    # every saved 0.2 workflow in both formats, and nothing else
-    assert sorted(EXPECTED_0_2) == wh.workflow_names(wh.OLD_WORKFLOWS)
+    # every saved 0.1 workflow in both formats, and nothing else
+    assert sorted(EXPECTED_0_1) == wh.workflow_names(wh.OLD_WORKFLOWS)
     assert sorted(p.name for p in wh.OLD_WORKFLOWS.glob("*.json")) == sorted(
-        f"{name}{suffix}.json" for name in EXPECTED_0_2 for suffix in ("", "_api"))
+        f"{name}{suffix}.json" for name in EXPECTED_0_1 for suffix in ("", "_api"))
 
 
 def check_outputs(server, base, entry: dict, expected: dict) -> None:

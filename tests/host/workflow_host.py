@@ -22,8 +22,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-# The shipped workflows as saved before the V3 nodes (never regenerated: tests/data/workflows-0.2/README.md).
-OLD_WORKFLOWS = REPO / "tests" / "data" / "workflows-0.2"
+# The shipped workflows as saved before the V3 nodes (never regenerated: tests/data/workflows-0.1/README.md).
+OLD_WORKFLOWS = REPO / "tests" / "data" / "workflows-0.1"
 MODEL_FOLDER = "face-anon-simple"  # the model folder name the shipped workflows use
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
