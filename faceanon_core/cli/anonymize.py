@@ -256,7 +256,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_anonymize(args) -> int:
     if is_video_run(args.inputs):  # videos: tracks, one identity per track, see cli/video.py
-        return run_anonymize_video(args, detector_from_args)
+        return run_anonymize_video(args, detector_from_args, verification)
     if args.aligned:
         return run_anonymize_aligned(args)
     return run_anonymize_photos(args)

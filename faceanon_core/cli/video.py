@@ -7,7 +7,8 @@ of the video:
    detections are kept;
 2. link them into face tracks (:func:`faces.tracks.track_faces`: gap filling, holds, smoothing);
 3. (anonymize, per-track identity) decode up to the last keyframe and keep each track's keyframe crop;
-4. decode again, process every tracked face of every frame (detected, interpolated, held), encode.
+4. decode again, process every tracked face of every frame (detected, interpolated, held), check each
+   against its original frame (``--verify``, the identity-leak guard: :mod:`privacy.video_guard`), encode.
 
 Encoding is :class:`media.video.VideoWriter`: same frame count, timestamps (VFR kept), size and
 rotation, audio copied, metadata stripped, written to a temporary file renamed at the end; an
@@ -166,16 +167,34 @@ def _write(info: VideoInfo, dst: Path, overwrite: bool, process_chunk, desc: str
     return dst
 
 
-def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args) -> None:
+def _video_guard(recognizer, args):
+    """The leak guard of one video (its own counts), or None when ``--verify`` is off."""
+    if recognizer is None:
+        return None
+    from ..privacy.video_guard import VideoGuard
+
+    return VideoGuard(recognizer, threshold=args.verify_threshold, fallback=args.verify_fallback)
+
+
+def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args, guard=None) -> None:
     filled = tracks.num_faces(filled_only=True)  # counted on the arrays: no face objects for a long video
     print(f"{cmd}: {info.path} -> {dst}: {info.frames} frames, {len(tracks)} face track(s), "
           f"{tracks.num_faces()} face-frames processed ({filled} filled in where the detector missed the face)",
           file=sys.stderr)
+    if guard is not None:
+        print(f"{cmd}: {info.path}: identity check ({guard.summary()['recognizer']}, threshold "
+              f"{guard.threshold:g}): {guard.checked} face-frames checked, {guard.leaks} leak(s) found, "
+              f"{guard.redacted} redacted", file=sys.stderr)
     if args.tracks_json:
         path = Path(args.tracks_json)
         if len(args.inputs) > 1:
             path = path.with_name(f"{path.stem}-{Path(info.path).stem}{path.suffix}")
-        path.write_text(json.dumps(tracks.to_dict()))
+        data = tracks.to_dict()
+        if guard is not None:
+            data["verify"] = guard.summary()
+            for t in data["tracks"]:
+                t["verify"] = guard.per_track.get(t["track_id"])
+        path.write_text(json.dumps(data))
 
 
 def run_redact_video(args, detector_from_args) -> int:
@@ -200,19 +219,18 @@ def run_redact_video(args, detector_from_args) -> int:
     return 0
 
 
-def run_anonymize_video(args, detector_from_args) -> int:
-    """``faceanon anonymize clip.mp4 -o out.mp4``: one anonymous identity per track (``--identity``)."""
+def run_anonymize_video(args, detector_from_args, verification=None) -> int:
+    """``faceanon anonymize clip.mp4 -o out.mp4``: one anonymous identity per track (``--identity``).
+
+    ``verification(args)`` gives the recognizer of the identity-leak guard or None (the photo commands'
+    ``--verify`` rule); with one, every tracked face of every frame is checked (:class:`VideoGuard`)."""
     from ..faces.records import CROP_SIZE
     from .common import CliError, load_pipeline
 
-    if args.verify:
-        raise CliError("--verify (the identity-leak guard) does not run on videos yet; run without it, and "
-                       "check the result with `faceanon eval`")
     if args.aligned:
         raise CliError("--aligned takes face crops (photos), not videos")
-    if args.verify is None:
-        logger.warning("identity verification (--verify) does not run on videos yet; check the output with "
-                       "`faceanon eval ORIGINAL OUTPUT`")
+    # The photos' rule (on by default when the recognizer is installed, else a warning); CliError on bad options.
+    recognizer = verification(args) if verification is not None else None
     try:
         plan = _plan("anonymize", args)
         detector = detector_from_args(args)
@@ -230,13 +248,17 @@ def run_anonymize_video(args, detector_from_args) -> int:
                                          guidance_scale=args.guidance, num_inference_steps=args.steps,
                                          size=args.size)
 
-            def chunk_fn(frames, indices, tracks=tracks, info=info, anonymizer=anonymizer):
+            guard = _video_guard(recognizer, args)
+
+            def chunk_fn(frames, indices, tracks=tracks, info=info, anonymizer=anonymizer, guard=guard):
                 res = process_frames(frames, indices, tracks, anonymizer, batch_size=args.batch_size,
                                      small_faces=args.small_faces, name=info.path, **min_size)
-                return [r.image for r in res]
+                if guard is None:
+                    return [r.image for r in res]
+                return guard.check_chunk(frames, indices, res, tracks, name=str(info.path))  # against the originals
 
             _write(info, dst, args.overwrite, chunk_fn, "anonymize")
-            _report("anonymize", info, dst, tracks, args)
+            _report("anonymize", info, dst, tracks, args, guard)
     except _ERRORS as exc:
         return _fail("anonymize", str(exc))
     return 0
