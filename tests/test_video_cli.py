@@ -227,11 +227,7 @@ def test_anonymize_clip_with_the_tiny_model(clip, tmp_path, tiny_model_dir, iden
         assert face_changed(b.rgb, a.rgb, frame_at(i)[1]) > 0.3, f"frame {i}"
 
 
-def test_anonymize_video_refuses_the_guard_it_cannot_run(clip, tmp_path, tiny_model_dir, capsys):
-    code = main(["anonymize", str(clip), "-o", str(tmp_path / "a.mp4"), "--models", str(tiny_model_dir),
-                 "--verify"] + FAST)
-    assert code == 2 and "--verify" in capsys.readouterr().err
-    assert not (tmp_path / "a.mp4").exists()
+# --verify on videos (the identity-leak guard): tests/test_video_guard.py
 
 
 def test_eval_video_mode_per_track(clip, tmp_path, rec, capsys):

@@ -106,10 +106,20 @@ def test_redact_holds_one_chunk_of_frames_at_a_time(clip, tmp_path, census):
     assert census.seen["masks"] == 10
 
 
-def test_anonymize_holds_one_chunk_of_frames_at_a_time(clip, tmp_path, census, tiny_model_dir, capsys):
+@pytest.mark.parametrize("verify", ["--no-verify", "--verify"])
+def test_anonymize_holds_one_chunk_of_frames_at_a_time(verify, clip, tmp_path, census, tiny_model_dir, capsys,
+                                                       monkeypatch):
+    """Also with the identity-leak guard, which compares each output frame with its original."""
+    from faceanon_core.privacy import identity
+    from test_video_guard import ExactRecognizer
+
+    monkeypatch.setattr(identity, "recognizer_available", lambda: True)
+    monkeypatch.setattr(identity, "default_recognizer", ExactRecognizer)
     out = tmp_path / "a.mp4"
-    code = main(["anonymize", str(clip), "-o", str(out), "--models", str(tiny_model_dir), "--no-verify"] + FAST)
-    assert code == 0, capsys.readouterr().err
+    code = main(["anonymize", str(clip), "-o", str(out), "--models", str(tiny_model_dir), verify] + FAST)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert ("10 face-frames checked" in err) == (verify == "--verify"), err
     # detect; keyframes (stops at the last keyframe, so up to a full pass); anonymize + encode
     assert census.seen["decoded"] >= 2 * 10 + 1
     assert census.seen["encoded"] == 10
