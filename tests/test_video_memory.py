@@ -20,7 +20,7 @@ from faceanon_core.media.video import VideoWriter, probe_video
 
 pytest.importorskip("av")
 
-from test_video_cli import FAST, make_face_clip  # noqa: E402
+from test_video_cli import FAST, make_face_clip
 
 CHUNK = 3  # small, so a 10-frame clip decodes in 4 chunks (3, 3, 3, 1) per pass
 
@@ -110,8 +110,9 @@ def test_redact_holds_one_chunk_of_frames_at_a_time(clip, tmp_path, census):
 def test_anonymize_holds_one_chunk_of_frames_at_a_time(verify, clip, tmp_path, census, tiny_model_dir, capsys,
                                                        monkeypatch):
     """Also with the identity-leak guard, which compares each output frame with its original."""
-    from faceanon_core.privacy import identity
     from test_video_guard import ExactRecognizer
+
+    from faceanon_core.privacy import identity
 
     monkeypatch.setattr(identity, "recognizer_available", lambda: True)
     monkeypatch.setattr(identity, "default_recognizer", ExactRecognizer)

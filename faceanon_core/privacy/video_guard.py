@@ -28,7 +28,7 @@ import numpy as np
 
 from ..faces.records import FacesResult
 from ..faces.tracks import FaceTracks
-from .guard import FALLBACKS, DEFAULT_THRESHOLD, IdentityLeakError, check_faces
+from .guard import DEFAULT_THRESHOLD, FALLBACKS, IdentityLeakError, check_faces
 from .identity import FaceRecognizer
 
 __all__ = ["VideoGuard"]
