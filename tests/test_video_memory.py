@@ -20,7 +20,7 @@ from faceanon_core.media.video import VideoWriter, probe_video
 
 pytest.importorskip("av")
 
-from test_video_cli import FAST, make_face_clip
+from test_video_cli import FAST, make_face_clip  # noqa: E402
 
 CHUNK = 3  # small, so a 10-frame clip decodes in 4 chunks (3, 3, 3, 1) per pass
 
