@@ -6,7 +6,6 @@ import logging
 
 import torch
 
-import comfy.model_management as mm
 from comfy_api.latest import io
 
 from . import reference_patch
@@ -47,27 +46,21 @@ def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, d
         return track_identity.anonymize_tracks(model, source_refnet, driving_refnet, vae, clip_vision, driving_image,
                                                tracks, degree, seed, steps, cfg, sampler_name, scheduler)
     size = driving_refnet.resolution
-    driving_px = reference_patch.resize_images(driving_image, size, size)
-    batch = driving_px.shape[0]
-    driving_embeds = reference.encode_embeds(clip_vision, driving_px)
-    driving_latents = reference.encode_latents(driving_refnet, vae, driving_px)
+    driving_embeds, driving_latents = reference.encode_references(driving_refnet, vae, clip_vision, driving_image,
+                                                                  size)
     if same_image:
         source_embeds, source_latents = driving_embeds, driving_latents
     else:
-        source_px = reference_patch.resize_images(source_image, size, size)
-        reference_patch.resolve_batch({"the source image": source_px.shape[0], "the driving image": batch})
-        source_embeds = reference.encode_embeds(clip_vision, source_px)
-        source_latents = reference.encode_latents(source_refnet, vae, source_px)
+        reference_patch.resolve_batch({"the source image": source_image.shape[0],
+                                       "the driving image": driving_image.shape[0]})
+        source_embeds, source_latents = reference.encode_references(source_refnet, vae, clip_vision, source_image,
+                                                                    size)
     source = reference.capture_from_latents(source_refnet, source_latents, source_embeds, degree)
     source, source_embeds = reference.mix(source, source_embeds, degree)
-    driving = reference.capture_from_latents(driving_refnet, driving_latents, driving_embeds, 0.0)
-    latent = {"samples": torch.zeros_like(driving_latents, device=mm.intermediate_device())}
-    out = reference.dual_reference_sample(model, source, source_embeds, driving, driving_embeds, latent, seed, steps,
-                                          cfg, sampler_name, scheduler)
-    images = check_finite_tensor(f"{node}: the decoded image", vae.decode(out["samples"]))  # unscaled latents in
     height, width = driving_image.shape[1:3]
-    if tuple(images.shape[1:3]) != (height, width):
-        images = reference_patch.resize_images(images, height, width)
+    images = reference.sample_against(model, driving_refnet, vae, source, source_embeds, driving_embeds,
+                                      driving_latents, seed, steps, cfg, sampler_name, scheduler, height, width,
+                                      f"{node}: the decoded image")
     return images
 
 

@@ -148,6 +148,31 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
     return result
 
 
+@torch.no_grad()
+def encode_references(refnet, vae, clip_vision, images: torch.Tensor, size: int):
+    """Images resized to ``size`` (the model's resolution) -> (CLIP embeddings, VAE latents): what a ReferenceNet
+    capture reads (the all-in-one nodes' first step, for the source side and the driving side alike)."""
+    px = reference_patch.resize_images(images, size, size)
+    return encode_embeds(clip_vision, px), encode_latents(refnet, vae, px)
+
+
+@torch.no_grad()
+def sample_against(model, driving_refnet, vae, source: ReferenceStates, source_embeds: torch.Tensor,
+                   driving_embeds: torch.Tensor, driving_latents: torch.Tensor, seed, steps, cfg, sampler_name,
+                   scheduler, height: int, width: int, what: str) -> torch.Tensor:
+    """The driving capture (degree 0), the dual-reference sampling from an empty latent (one noise image from the
+    seed for every row), the VAE decode (a non-finite image is an error naming ``what``) and the resize back to
+    ``height`` x ``width``: the all-in-one nodes' last steps, for a whole batch or for one face track."""
+    driving = capture_from_latents(driving_refnet, driving_latents, driving_embeds, 0.0)
+    latent = {"samples": torch.zeros_like(driving_latents, device=mm.intermediate_device())}
+    out = dual_reference_sample(model, source, source_embeds, driving, driving_embeds, latent, seed, steps, cfg,
+                                sampler_name, scheduler)
+    images = check_finite_tensor(what, vae.decode(out["samples"]))  # unscaled latents in
+    if tuple(images.shape[1:3]) != (height, width):
+        images = reference_patch.resize_images(images, height, width)
+    return images
+
+
 # ------------------------------------------------------------------------ nodes
 
 

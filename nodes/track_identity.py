@@ -23,11 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-import comfy.model_management as mm
 from comfy_api.latest import io
 
-from . import reference, reference_patch, sockets
-from .checks import check_finite_tensor
+from . import reference, sockets
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +90,7 @@ def tracks_for(faces, identity: str, image) -> list[Track] | None:
 def source_identity(source_refnet, vae, clip_vision, key_crop: torch.Tensor, degree: float):
     """The source branch on one keyframe crop ``[1,H,W,C]``: (S' states, Z' embedding), batch 1
     (the nodes' :meth:`FaceAnonPipeline.encode_source`)."""
-    size = source_refnet.resolution
-    px = reference_patch.resize_images(key_crop, size, size)
-    embeds = reference.encode_embeds(clip_vision, px)
-    latents = reference.encode_latents(source_refnet, vae, px)
+    embeds, latents = reference.encode_references(source_refnet, vae, clip_vision, key_crop, source_refnet.resolution)
     states = reference.capture_from_latents(source_refnet, latents, embeds, degree)
     return reference.mix(states, embeds, degree)
 
@@ -111,19 +106,11 @@ def anonymize_tracks(model, source_refnet, driving_refnet, vae, clip_vision, ima
         source, source_embeds = source_identity(source_refnet, vae, clip_vision,
                                                 image[track.keyframe:track.keyframe + 1], degree)
         rows = list(track.rows)
-        px = reference_patch.resize_images(image[rows], size, size)
-        embeds = reference.encode_embeds(clip_vision, px)
-        latents = reference.encode_latents(driving_refnet, vae, px)
-        driving = reference.capture_from_latents(driving_refnet, latents, embeds, 0.0)
-        latent = {"samples": torch.zeros_like(latents, device=mm.intermediate_device())}
+        embeds, latents = reference.encode_references(driving_refnet, vae, clip_vision, image[rows], size)
         # the default noise mode: one noise image from the seed for every row, the same for the whole track
-        out = reference.dual_reference_sample(model, source, source_embeds, driving, embeds, latent, seed, steps,
-                                              cfg, sampler_name, scheduler)
-        decoded = check_finite_tensor(f"{NODE}: the decoded image of track {track.track_id}",
-                                      vae.decode(out["samples"]))
-        if tuple(decoded.shape[1:3]) != (height, width):
-            decoded = reference_patch.resize_images(decoded, height, width)
-        parts.append(decoded)
+        parts.append(reference.sample_against(model, driving_refnet, vae, source, source_embeds, embeds, latents,
+                                              seed, steps, cfg, sampler_name, scheduler, height, width,
+                                              f"{NODE}: the decoded image of track {track.track_id}"))
         order.extend(rows)
     logger.info("FaceAnon %s: %d crops of %d track(s), one source per track (identity per-track)", NODE,
                 len(order), len(tracks))
