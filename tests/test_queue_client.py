@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import http.server
 import json
+import re
 import socket
 import threading
 import time
@@ -40,7 +41,8 @@ class FakeComfy:
         self.run_seconds = run_seconds
         self.requests: list[tuple[str, str]] = []
         self.prompts: list[dict] = []
-        self.uploads: dict[str, bytes] = {}
+        self.uploads: dict[str, bytes] = {}  # "subfolder/name" -> bytes
+        self.upload_fields: list[dict] = []
         self.queued_at: dict[str, float] = {}
         self.client_ids: list[str] = []
         fake = self
@@ -69,6 +71,9 @@ class FakeComfy:
                     return self._send(200, fake.object_info)
                 if path == "/ws":
                     return fake.websocket(self, query)
+                if path == "/queue":
+                    return self._send(200, {"queue_running": [], "queue_pending": [
+                        [0, pid, {}, {}, []] for pid in fake.queued_at if not fake.finished(pid)]})
                 if path.startswith("/history/"):
                     return fake.history(self, path.split("/")[-1])
                 if path == "/view":
@@ -79,9 +84,7 @@ class FakeComfy:
                 fake.requests.append(("POST", self.path))
                 body = self._body()
                 if self.path == "/upload/image":
-                    name = body.split(b'filename="', 1)[1].split(b'"', 1)[0].decode()
-                    fake.uploads[name] = body
-                    return self._send(200, {"name": name, "subfolder": "", "type": "input"})
+                    return fake.upload(self, body)
                 if self.path == "/prompt":
                     return fake.prompt(self, json.loads(body))
                 return self._send(404, {"error": "not found"})
@@ -98,6 +101,28 @@ class FakeComfy:
 
     # --- endpoints
 
+    def upload(self, handler, body):
+        """multipart/form-data as ComfyUI reads it: image, overwrite, type, subfolder; a taken name gets ' (1)'."""
+        boundary = handler.headers["Content-Type"].split("boundary=")[1].encode()
+        fields, content, name = {}, b"", ""
+        for part in body.split(b"--" + boundary)[1:-1]:
+            head, _, data = part.partition(b"\r\n\r\n")
+            data = data[:-2]
+            field = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+            if b'filename="' in head:
+                name, content = head.split(b'filename="', 1)[1].split(b'"', 1)[0].decode(), data
+            else:
+                fields[field] = data.decode()
+        self.upload_fields.append(fields)
+        subfolder = fields.get("subfolder", "")
+        stored, number = name, 1
+        while f"{subfolder}/{stored}" in self.uploads and fields.get("overwrite") not in ("true", "1"):
+            stem, dot, ext = name.rpartition(".")
+            stored = f"{stem} ({number}).{ext}"
+            number += 1
+        self.uploads[f"{subfolder}/{stored}"] = content
+        return handler._send(200, {"name": stored, "subfolder": subfolder, "type": "input"})
+
     def prompt(self, handler, body):
         self.prompts.append(body["prompt"])
         self.client_ids.append(body.get("client_id"))
@@ -109,7 +134,7 @@ class FakeComfy:
                     "type": "value_bigger_than_max", "message": "Value bigger than max",
                     "details": "degree: 7.0 > 3.0", "extra_info": {"input_name": "degree"}}],
                     "dependent_outputs": ["4"], "class_type": "FaceAnon_Anonymize"}}})
-        prompt_id = str(uuid.uuid4())
+        prompt_id = body.get("prompt_id") or str(uuid.uuid4())
         self.queued_at[prompt_id] = time.monotonic()
         return handler._send(200, {"prompt_id": prompt_id, "number": 1, "node_errors": {}})
 
@@ -242,11 +267,15 @@ def test_success_uploads_sets_queues_follows_and_downloads(fake, capsys, tmp_pat
     assert files_under(out) == ["faceanon/anon_00001_.png", "faceanon/anon_00002_.png"]
     assert (out / "faceanon" / "anon_00002_.png").read_bytes() == PNG + b"anon_00002_.png"
     assert stdout.split() == [str(out / "faceanon" / "anon_00001_.png"), str(out / "faceanon" / "anon_00002_.png")]
-    assert list(server.uploads) == ["face.png"] and PNG in server.uploads["face.png"]
+    [stored] = server.uploads
+    assert server.uploads[stored] == PNG
+    run_folder, _, name = stored.rpartition("/")
+    assert name == "face.png" and re.fullmatch(r"faceanon-queue/[0-9a-f]{32}", run_folder)  # random, per run
+    assert server.upload_fields[0]["overwrite"] == "false"  # never over a file on the server
     posted = server.prompts[0]
     assert posted["3"]["inputs"]["seed"] == 7 and posted["3"]["inputs"]["degree"] == 1.5
-    assert posted["4"]["inputs"]["filename_prefix"] == "run1"
-    assert posted["2"]["inputs"]["image"] == "face.png"
+    assert posted["4"]["inputs"]["filename_prefix"] == f"{run_folder}/run1"
+    assert posted["2"]["inputs"]["image"] == stored
     assert (("GET", "/ws") in server.requests) == websocket
     assert server.client_ids[0]
 
@@ -297,7 +326,7 @@ def test_server_down_is_a_clear_error(capsys, tmp_path):
         port = sock.getsockname()[1]  # closed again: nothing listens there
     code, _, stderr = queue(capsys, api_file(), "--server", f"127.0.0.1:{port}", "--out", tmp_path / "out",
                             "--request-timeout", "3")
-    assert code == queue_client.EXIT_CONNECTION
+    assert code == queue_client.EXIT_USAGE  # before any work: 2 in the table of every subcommand
     assert "cannot reach the ComfyUI server" in stderr and str(port) in stderr
     assert not (tmp_path / "out").exists()
 
@@ -306,7 +335,7 @@ def test_connection_dropped_mid_run(fake, capsys, tmp_path):
     server = fake("drop_history", run_seconds=5)
     code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--out", tmp_path / "out", "--no-websocket",
                             "--request-timeout", "3")
-    assert code == queue_client.EXIT_CONNECTION
+    assert code == queue_client.EXIT_FAILED
     assert "lost the server while prompt" in stderr
     assert not (tmp_path / "out").exists()
 
@@ -325,7 +354,7 @@ def test_connection_dropped_mid_download_leaves_no_partial_files(fake, capsys, t
     out = tmp_path / "out"
     code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--out", out, "--no-websocket",
                             "--request-timeout", "3")
-    assert code == queue_client.EXIT_CONNECTION, stderr
+    assert code == queue_client.EXIT_FAILED, stderr
     assert "anon_00002_.png" in stderr
     assert files_under(out) == []  # the first file was complete but is not kept either: all or nothing
 
@@ -355,6 +384,9 @@ def test_ui_format_is_converted_exactly(fake, capsys, tmp_path, object_info):
     assert code == 0, stderr
     expected = json.loads((WORKFLOWS / "anonymize_group_photo_api.json").read_text())
     expected["4"]["inputs"]["steps"] = 5
+    run_folder = server.prompts[0]["6"]["inputs"]["filename_prefix"].split("/faceanon/")[0]
+    for node in ("6", "8"):  # the outputs are written in the run's own random folder
+        expected[node]["inputs"]["filename_prefix"] = f"{run_folder}/{expected[node]['inputs']['filename_prefix']}"
     assert server.prompts[0] == expected
 
 
@@ -386,8 +418,6 @@ def test_not_a_workflow(capsys, tmp_path):
     ("99.seed=1", "no node '99'"),
     ("3.nope=1", "has no input 'nope'"),
     ("3.image=x.png", "is connected to node 2"),
-    ("3.seed=abc", "expected an integer"),
-    ("3.degree=high", "expected a number"),
     ("FaceAnon_Nope.seed=1", "no node 'FaceAnon_Nope'"),
 ])
 def test_set_errors_are_reported_before_anything_is_sent(fake, capsys, tmp_path, setting, message):
@@ -397,6 +427,39 @@ def test_set_errors_are_reported_before_anything_is_sent(fake, capsys, tmp_path,
     assert code == queue_client.EXIT_USAGE
     assert message in stderr, stderr
     assert server.requests == []
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("3.seed=abc", "Failed to convert an input value to a INT value: seed, abc, could not convert string to float"),
+    ("3.seed=4.5", "Failed to convert an input value to a INT value: seed, 4.5"),
+    ("3.degree=high", "Failed to convert an input value to a FLOAT value: degree, high"),
+    ("3.degree=-1", "Value -1.0 smaller than min of 0.0: degree"),
+    ("3.steps=0", "Value 0 smaller than min of 1: steps"),
+])
+def test_bad_values_are_refused_in_the_servers_words_before_queueing(fake, capsys, tmp_path, object_info,
+                                                                     setting, message):
+    server = fake("ok", object_info=object_info)
+    code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--out", tmp_path / "out",
+                            "--set", setting)
+    assert code == queue_client.EXIT_USAGE
+    assert message in stderr, stderr
+    assert server.requests == [("GET", "/object_info")]  # nothing uploaded, nothing queued
+
+
+def test_set_is_typed_by_the_server_not_by_the_json_value(object_info):
+    prompt = json.loads(api_file().read_text())
+    prompt["3"]["inputs"]["degree"] = 1  # a float input written as a whole number, as 31 shipped inputs are
+    changed = queue_client.apply_sets(prompt, ["3.degree=1.3", "3.seed=7"], object_info)
+    assert changed["3"]["inputs"]["degree"] == 1.3 and changed["3"]["inputs"]["seed"] == 7
+    assert isinstance(changed["3"]["inputs"]["seed"], int)
+    with pytest.raises(queue_client.QueueError, match="expected an integer"):  # offline: typed by the JSON value
+        queue_client.apply_sets(prompt, ["3.degree=1.3"])
+    combo = {"X": {"input": {"required": {"mode": [["blur", "pixelate"], {}], "on": ["BOOLEAN", {}]}}}}
+    graph = {"1": {"class_type": "X", "inputs": {"mode": "blur", "on": False}}}
+    assert queue_client.apply_sets(graph, ["1.mode=pixelate", "1.on=true"], combo)["1"]["inputs"] == {
+        "mode": "pixelate", "on": True}
+    with pytest.raises(queue_client.QueueError, match=r"Value not in list: mode: 'solid' not in \['blur', 'pixelate'\]"):
+        queue_client.apply_sets(graph, ["1.mode=solid"], combo)
 
 
 def test_set_by_title_and_ambiguous_class_type():

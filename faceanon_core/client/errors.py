@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-# exit codes
-EXIT_USAGE = 2  # bad arguments or workflow file (nothing was sent)
-EXIT_REFUSED = 3  # the server refused the prompt (validation errors)
-EXIT_FAILED = 4  # the prompt ran and failed (execution error or interrupted)
-EXIT_CONNECTION = 5  # server unreachable, timeout, connection lost
+# exit codes: the one table of every `faceanon` subcommand
+EXIT_OK = 0  # every input done
+EXIT_FAILED = 1  # some input failed (execution error, interrupted on the server, connection lost, timeout)
+EXIT_USAGE = 2  # bad arguments, workflow, input or output, or a server that refuses or cannot be reached: no work done
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: the manifest says where to resume
+EXIT_REFUSED = EXIT_USAGE  # the server refused the workflow (validation) before any run
+EXIT_CONNECTION = EXIT_FAILED  # the server went away, or a run did not finish in time
 
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")

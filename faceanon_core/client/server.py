@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -40,7 +41,7 @@ def _requests():
 class Client:
     """The few ComfyUI endpoints the command needs, with clear errors."""
 
-    def __init__(self, server: str, timeout: float = 30.0):
+    def __init__(self, server: str, timeout: float = 30.0, headers: dict | None = None):
         if "://" not in server:
             server = "http://" + server
         parts = urlsplit(server)
@@ -50,6 +51,8 @@ class Client:
         self.timeout = timeout
         self.requests = _requests()
         self.session = self.requests.Session()
+        self.headers = dict(headers or {})  # e.g. Authorization for a server behind a proxy: HTTP and websocket
+        self.session.headers.update(self.headers)
         self.client_id = str(uuid.uuid4())
 
     def _call(self, method: str, path: str, **kwargs):
@@ -84,18 +87,28 @@ class Client:
             raise QueueError(f"GET /object_info: HTTP {status}: {response.text[:300]}", EXIT_CONNECTION)
         return body
 
-    def upload(self, name: str, path: Path) -> str:
+    def upload(self, name: str, path: Path, subfolder: str) -> str:
+        """``path`` into the server's ``input/<subfolder>/<name>``; never replaces a file that is there."""
         with open(path, "rb") as handle:
             status, body, response = self.json(
                 "POST", "/upload/image", files={"image": (name, handle, "application/octet-stream")},
-                data={"overwrite": "true", "type": "input"})
+                data={"overwrite": "false", "type": "input", "subfolder": subfolder})
         if status != 200 or not isinstance(body, dict) or "name" not in body:
             raise QueueError(f"uploading {path} as {name!r} failed: HTTP {status}: {response.text[:300]}",
                              EXIT_FAILED)
-        return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+        if body.get("name") != name or (body.get("subfolder") or "") != subfolder:
+            raise QueueError(f"uploading {path}: the server stored it as {body.get('subfolder')}/{body.get('name')} "
+                             f"instead of {subfolder}/{name} (a name taken in a fresh random folder: refusing to "
+                             f"run on a file that may not be ours)", EXIT_FAILED)
+        return f"{subfolder}/{name}"
 
-    def queue(self, prompt: dict) -> str:
-        status, body, response = self.json("POST", "/prompt", json={"prompt": prompt, "client_id": self.client_id})
+    def queue(self, prompt: dict, prompt_id: str | None = None) -> str:
+        """Queue the prompt (under ``prompt_id`` when given: ComfyUI takes the client's id, so a record
+        written before the POST finds the run again after a crash)."""
+        request = {"prompt": prompt, "client_id": self.client_id}
+        if prompt_id:
+            request["prompt_id"] = prompt_id
+        status, body, response = self.json("POST", "/prompt", json=request)
         if status == 200 and isinstance(body, dict) and body.get("prompt_id"):
             return body["prompt_id"]
         if isinstance(body, dict) and ("error" in body or "node_errors" in body):
@@ -107,6 +120,18 @@ class Client:
         if status != 200 or not isinstance(body, dict):
             raise QueueError(f"GET /history/{prompt_id}: HTTP {status}: {response.text[:300]}", EXIT_CONNECTION)
         return body.get(prompt_id)
+
+    def queued_ids(self) -> set:
+        """Ids of the prompts running or waiting on the server (``/queue``)."""
+        status, body, response = self.json("GET", "/queue")
+        if status != 200 or not isinstance(body, dict):
+            raise QueueError(f"GET /queue: HTTP {status}: {response.text[:300]}", EXIT_CONNECTION)
+        ids = set()
+        for key in ("queue_running", "queue_pending"):
+            for item in body.get(key) or []:
+                if isinstance(item, list) and len(item) > 1:
+                    ids.add(str(item[1]))
+        return ids
 
     def download(self, item: dict, target: Path) -> None:
         params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""),
@@ -210,10 +235,12 @@ def connect_websocket(client: Client, timeout: float):
     try:
         import websocket
     except ImportError:
-        logger.info("websocket-client is not installed: following the run by polling /history")
+        logger.warning("websocket-client is not installed (pip install websocket-client): following the run by "
+                       "polling /history")
         return None
     try:
-        return websocket.create_connection(client.ws_url(), timeout=timeout)
+        return websocket.create_connection(client.ws_url(), timeout=timeout,
+                                           header=[f"{k}: {v}" for k, v in client.headers.items()])
     except Exception as exc:  # noqa: BLE001 - any websocket failure falls back to polling
         logger.info("no websocket (%s): following the run by polling /history", exc)
         return None
@@ -298,8 +325,18 @@ def output_items(entry: dict, include_temp: bool) -> list[dict]:
     return items
 
 
+RUN_ROOT = "faceanon-queue"  # every run's uploads and outputs on the server: <input|output>/faceanon-queue/<random>/
+
+
+def new_run_folder() -> str:
+    """A folder no other run can produce or guess (128 random bits)."""
+    return f"{RUN_ROOT}/{secrets.token_hex(16)}"
+
+
 def _relative_target(item: dict) -> PurePosixPath:
     parts = [p for p in PurePosixPath(item.get("subfolder") or "").parts] + [item["filename"]]
+    if len(parts) > 2 and parts[0] == RUN_ROOT:
+        parts = parts[2:]  # our own random run folder is not part of the name the user sees
     if any(p in ("..", "") or "\\" in p or p.startswith("/") for p in parts):
         raise QueueError(f"the server named an output {item!r}, which is not a plain relative path", EXIT_FAILED)
     if item.get("type") == "temp":

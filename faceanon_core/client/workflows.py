@@ -246,8 +246,75 @@ def _convert(raw: str, current, where: str):
         return raw
 
 
-def apply_sets(prompt: dict, sets: list[str]) -> dict:
-    """A copy of the prompt with each ``NODE.INPUT=VALUE`` applied (typed like the current value)."""
+def server_spec(object_info: dict | None, class_type: str, name: str):
+    """The input's spec in the server's /object_info (``[TYPE, {options}]``), or None when it does not say."""
+    if not object_info or class_type not in object_info:
+        return None
+    return _input_specs(object_info[class_type]).get(name)
+
+
+def _spec_kind(spec) -> tuple[str, dict, list | None]:
+    """-> (INT | FLOAT | BOOLEAN | STRING | COMBO | other, options dict, combo choices)."""
+    first = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if isinstance(first, list):
+        return "COMBO", opts, first
+    if first == "COMBO":
+        return "COMBO", opts, list(opts.get("options") or [])
+    return str(first), opts, None
+
+
+def typed_value(raw: str, spec, name: str, where: str):
+    """``raw`` typed and checked as the server would (its /object_info spec), or a QueueError in the words
+    ComfyUI's own validation uses (execution.validate_inputs), before anything is queued."""
+    kind, opts, choices = _spec_kind(spec)
+    refused = f"--set {where}: the server would refuse this value ({kind} input): "
+    if kind == "COMBO":
+        for choice in choices:
+            if str(choice) == raw:
+                return choice
+        listed = f"(list of length {len(choices)})" if len(choices) > 20 else str(choices)
+        raise QueueError(refused + f"Value not in list: {name}: '{raw}' not in {listed}")
+    try:
+        if kind == "INT":
+            try:
+                value = int(raw)
+            except ValueError:
+                number = float(raw)
+                if not number.is_integer():
+                    raise
+                value = int(number)
+        elif kind == "FLOAT":
+            value = float(raw)
+        elif kind == "BOOLEAN":
+            if raw.lower() in ("true", "1", "yes", "on"):
+                value = True
+            elif raw.lower() in ("false", "0", "no", "off"):
+                value = False
+            else:
+                raise ValueError(f"expected true or false, got {raw!r}")
+        elif kind == "STRING":
+            value = raw
+        else:
+            raise QueueError(f"--set {where}: a {kind} input takes a connection from another node, not a value")
+    except ValueError as exc:
+        raise QueueError(refused + f"Failed to convert an input value to a {kind} value: {name}, {raw}, {exc}") from None
+    if kind in ("INT", "FLOAT"):
+        if "min" in opts and value < opts["min"]:
+            raise QueueError(refused + "Value {} smaller than min of {}: {}".format(value, opts["min"], name))
+        if "max" in opts and value > opts["max"]:
+            raise QueueError(refused + "Value {} bigger than max of {}: {}".format(value, opts["max"], name))
+    return value
+
+
+def apply_sets(prompt: dict, sets: list[str], object_info: dict | None = None, values: bool = True) -> dict:
+    """A copy of the prompt with each ``NODE.INPUT=VALUE`` applied.
+
+    With the server's ``object_info`` each value is typed and range-checked by the input's spec there
+    (INT, FLOAT, BOOLEAN, STRING, COMBO and its options); without it (offline, or a node the server
+    does not know) it is typed like the value the workflow holds. ``values=False`` checks only that
+    each node and input exists (the raw text is set).
+    """
     prompt = json.loads(json.dumps(prompt))
     for text in sets:
         candidates = parse_set(text)
@@ -261,14 +328,20 @@ def apply_sets(prompt: dict, sets: list[str]) -> dict:
                     node_id = _find_node(prompt, ref)
         inputs = prompt[node_id].setdefault("inputs", {})
         where = f"{node_id}.{name}"
-        if name not in inputs:
+        spec = server_spec(object_info, prompt[node_id]["class_type"], name)
+        if name not in inputs and spec is None:
             names = ", ".join(sorted(k for k, v in inputs.items() if not isinstance(v, list))) or "none"
             raise QueueError(f"--set {where}: node {node_id} ({prompt[node_id]['class_type']}) has no input "
                              f"{name!r} (settable: {names})")
-        current = inputs[name]
+        current = inputs.get(name)
         if isinstance(current, list):
             raise QueueError(f"--set {where}: this input is connected to node {current[0]}, not a value")
-        inputs[name] = _convert(raw, current, where)
+        if not values:
+            inputs[name] = raw
+        elif spec is not None:
+            inputs[name] = typed_value(raw, spec, name, where)
+        else:
+            inputs[name] = _convert(raw, current, where)
     return prompt
 
 
@@ -287,3 +360,43 @@ def parse_images(items: list[str]) -> list[tuple[str, Path]]:
             raise QueueError(f"--image {item!r}: {file} is not a file")
         out.append((name, file))
     return out
+
+
+def find_node(prompt: dict, ref: str, what: str = "--image-node") -> str:
+    """A node by id, title or (unique) class type."""
+    try:
+        return _find_node(prompt, ref)
+    except QueueError as exc:
+        raise QueueError(str(exc).replace("--set", what, 1)) from None
+
+
+LOADER_INPUTS = ("image", "file", "video")  # the file-name input of ComfyUI's and our loader nodes
+
+
+def loader_input(prompt: dict, node_id: str) -> str:
+    """The input of a loader node that holds the file name (``image`` of Load Image, ``file`` of ours)."""
+    inputs = prompt[node_id].get("inputs", {})
+    for name in LOADER_INPUTS:
+        if isinstance(inputs.get(name), str):
+            return name
+    raise QueueError(f"--image-node {node_id} ({prompt[node_id]['class_type']}) has no file-name input "
+                     f"({' / '.join(LOADER_INPUTS)}): name the workflow's Load Image (or video loader) node")
+
+
+def in_run_folder(prompt: dict, run_folder: str, uploads: dict[str, str] | None = None,
+                  node_files: dict[tuple[str, str], str] | None = None) -> dict:
+    """A copy of the prompt for one run: the loaders read the files uploaded into ``run_folder``
+    (``uploads``: workflow file name -> stored name; ``node_files``: (node, input) -> stored name) and
+    every ``filename_prefix`` writes under ``run_folder`` too, so no other run can overwrite, read or
+    guess this run's files."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        inputs = node.get("inputs", {})
+        for key, value in list(inputs.items()):
+            if uploads and isinstance(value, str) and value in uploads:
+                inputs[key] = uploads[value]
+            elif key == "filename_prefix" and isinstance(value, str):
+                inputs[key] = f"{run_folder}/{value.lstrip('/')}"
+    for (node_id, key), stored in (node_files or {}).items():
+        prompt[node_id]["inputs"][key] = stored
+    return prompt
