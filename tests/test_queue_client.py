@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import http.server
+import importlib.util
 import json
 import re
 import socket
@@ -21,10 +21,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from workflow_checks import WORKFLOWS, load_core, our_object_info
 
 from faceanon_core import client as queue_client
 from faceanon_core.cli import main
-from workflow_checks import WORKFLOWS, load_core, our_object_info
 
 pytest.importorskip("requests")
 HAS_WEBSOCKET = importlib.util.find_spec("websocket") is not None

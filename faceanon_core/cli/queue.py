@@ -34,7 +34,15 @@ from ..client.server import (
     output_items,
     wait_for,
 )
-from ..client.workflows import apply_sets, find_node, in_run_folder, load_workflow, loader_input, parse_images, ui_to_api
+from ..client.workflows import (
+    apply_sets,
+    find_node,
+    in_run_folder,
+    load_workflow,
+    loader_input,
+    parse_images,
+    ui_to_api,
+)
 
 logger = logging.getLogger("faceanon.queue")
 

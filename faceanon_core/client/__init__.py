@@ -4,18 +4,33 @@ It talks HTTP to a ComfyUI server that runs the node pack; it is not the method 
 ``faceanon queue`` (:mod:`faceanon_core.cli.queue`) is the command around it.
 """
 
-from .errors import EXIT_CONNECTION, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, FORMATS_HELP, ConversionError, QueueError
+from .errors import (
+    EXIT_CONNECTION,
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    FORMATS_HELP,
+    ConversionError,
+    QueueError,
+)
 from .server import Client, download_outputs, execution_error, output_items, wait_for
-from .workflows import apply_sets, is_api_prompt, is_ui_workflow, load_workflow, parse_set, ui_to_api
+from .workflows import (
+    apply_sets,
+    is_api_prompt,
+    is_ui_workflow,
+    load_workflow,
+    parse_set,
+    ui_to_api,
+)
 
 __all__ = [
-    "Client",
-    "ConversionError",
     "EXIT_CONNECTION",
     "EXIT_FAILED",
     "EXIT_REFUSED",
     "EXIT_USAGE",
     "FORMATS_HELP",
+    "Client",
+    "ConversionError",
     "QueueError",
     "apply_sets",
     "download_outputs",

@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, QueueError
-from .server import Client, _finished, _relative_target, execution_error, new_run_folder, output_items
+from .server import (
+    Client,
+    execution_error,
+    finished,
+    new_run_folder,
+    output_items,
+    relative_target,
+)
 from .workflows import in_run_folder
 
 logger = logging.getLogger("faceanon.queue")
@@ -94,7 +101,7 @@ class Manifest:
 
 def download_into(client: Client, items: list[dict], out: Path, target: str) -> list[str]:
     """All of one run's files into ``out/target/`` or none: staged in a hidden folder, renamed into place."""
-    relatives = [_relative_target(item) for item in items]
+    relatives = [relative_target(item) for item in items]
     if len(set(relatives)) != len(relatives):
         raise QueueError("the server returned two outputs with the same name", EXIT_FAILED)
     final = out / target
@@ -237,7 +244,7 @@ class FolderRun:
                 for job in list(in_flight):
                     try:
                         entry = job.client.history(job.record["prompt_id"])
-                        if not _finished(entry):
+                        if not finished(entry):
                             if time.time() - job.record.get("queued_at", time.time()) > self.timeout:
                                 raise QueueError(f"prompt {job.record['prompt_id']} did not finish in time "
                                                  f"(--timeout); it may still be queued or running on the server",

@@ -286,11 +286,11 @@ def follow_websocket(ws, client: Client, prompt_id: str, deadline: float, progre
         # a finished run whose last message was missed is found by a history check now and then
         if time.monotonic() - last_check > max(5.0, poll_interval * 10):
             last_check = time.monotonic()
-            if _finished(client.history(prompt_id)):
+            if finished(client.history(prompt_id)):
                 return True
 
 
-def _finished(entry) -> bool:
+def finished(entry) -> bool:
     if not entry:
         return False
     status = entry.get("status") or {}
@@ -300,7 +300,7 @@ def _finished(entry) -> bool:
 def wait_for(client: Client, prompt_id: str, deadline: float, poll_interval: float) -> dict:
     while True:
         entry = client.history(prompt_id)
-        if _finished(entry):
+        if finished(entry):
             return entry
         if time.monotonic() > deadline:
             raise QueueError(f"prompt {prompt_id} did not finish in time (--timeout); it may still be queued or "
@@ -333,7 +333,7 @@ def new_run_folder() -> str:
     return f"{RUN_ROOT}/{secrets.token_hex(16)}"
 
 
-def _relative_target(item: dict) -> PurePosixPath:
+def relative_target(item: dict) -> PurePosixPath:
     parts = [p for p in PurePosixPath(item.get("subfolder") or "").parts] + [item["filename"]]
     if len(parts) > 2 and parts[0] == RUN_ROOT:
         parts = parts[2:]  # our own random run folder is not part of the name the user sees
@@ -346,7 +346,7 @@ def _relative_target(item: dict) -> PurePosixPath:
 
 def download_outputs(client: Client, items: list[dict], out: Path, overwrite: bool) -> list[Path]:
     """Every file into a hidden staging folder under ``out``, then moved into place (no partial outputs)."""
-    targets = [out / _relative_target(item) for item in items]
+    targets = [out / relative_target(item) for item in items]
     if len(set(targets)) != len(targets):
         raise QueueError("the server returned two outputs with the same name", EXIT_FAILED)
     existing = [t for t in targets if t.exists()]

@@ -17,7 +17,14 @@ import logging
 import re
 from pathlib import Path
 
-from .errors import CONTROL_VALUES, FORMATS_HELP, VIRTUAL_NODES, WIDGET_TYPES, ConversionError, QueueError
+from .errors import (
+    CONTROL_VALUES,
+    FORMATS_HELP,
+    VIRTUAL_NODES,
+    WIDGET_TYPES,
+    ConversionError,
+    QueueError,
+)
 
 logger = logging.getLogger("faceanon.queue")
 

@@ -100,7 +100,7 @@ def test_two_clients_at_once_each_get_their_own_photo_and_no_photo_stays_under_a
                                  "--poll-interval", "0.2")
              for key in photos}
     for key, proc in procs.items():
-        code, out, err = finish(proc)
+        code, _, err = finish(proc)
         assert code == 0, err
         files = sorted((tmp_path / f"out_{key}").rglob("*.png"))
         assert len(files) == 1, files
@@ -144,7 +144,7 @@ def test_set_decimal_on_every_whole_number_float_and_bad_value_refused_in_the_se
         assert changed[node_id]["inputs"][name] == decimal and isinstance(changed[node_id]["inputs"][name], float)
     # one of them end to end on the server: redact's whole-number strength set to a decimal
     Image.fromarray(photo(3, (256, 256))).save(tmp_path / "p.png")
-    code, out, err = finish(faceanon_queue(api_workflow("redact_faces"), "--server", server.url, "--image",
+    code, _, err = finish(faceanon_queue(api_workflow("redact_faces"), "--server", server.url, "--image",
                                            f"group.jpg={tmp_path / 'p.png'}", "--set", "2.strength=0.5",
                                            "--out", tmp_path / "ok", "--poll-interval", "0.2"))
     assert code == 0, err
@@ -153,7 +153,7 @@ def test_set_decimal_on_every_whole_number_float_and_bad_value_refused_in_the_se
     bad["2"]["inputs"]["threshold"] = 5.0
     bad["1"]["inputs"]["image"] = "busy.png" if (server.base / "input" / "busy.png").exists() else "x.png"
     before = history_ids(server)
-    code, out, err = finish(faceanon_queue(api_workflow("redact_faces"), "--server", server.url, "--image",
+    code, _, err = finish(faceanon_queue(api_workflow("redact_faces"), "--server", server.url, "--image",
                                            f"group.jpg={tmp_path / 'p.png'}", "--set", "2.threshold=5",
                                            "--out", tmp_path / "bad"))
     assert code == 2, err
