@@ -45,6 +45,7 @@ class FakeComfy:
         self.upload_fields: list[dict] = []
         self.queued_at: dict[str, float] = {}
         self.client_ids: list[str] = []
+        self.headers_seen: list[tuple[str, dict]] = []
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -67,6 +68,7 @@ class FakeComfy:
             def do_GET(self):  # noqa: N802
                 path, _, query = self.path.partition("?")
                 fake.requests.append(("GET", path))
+                fake.headers_seen.append((path, dict(self.headers)))
                 if path == "/object_info":
                     return self._send(200, fake.object_info)
                 if path == "/ws":
@@ -82,6 +84,7 @@ class FakeComfy:
 
             def do_POST(self):  # noqa: N802
                 fake.requests.append(("POST", self.path))
+                fake.headers_seen.append((self.path, dict(self.headers)))
                 body = self._body()
                 if self.path == "/upload/image":
                     return fake.upload(self, body)
@@ -476,3 +479,114 @@ def test_image_argument_errors(capsys, tmp_path):
     assert code == queue_client.EXIT_USAGE and "is not a file" in stderr
     code, _, stderr = queue(capsys, api_file(), "--out", tmp_path / "out", "--image", f"a/b.png={api_file()}")
     assert code == queue_client.EXIT_USAGE and "no folders" in stderr
+
+
+# ------------------------------------------------------------------ headers, folders
+
+
+def test_headers_go_with_every_request_and_the_websocket(fake, capsys, tmp_path, monkeypatch):
+    server = fake("ok")
+    monkeypatch.setenv("FACEANON_QUEUE_HEADERS", "Authorization: Bearer from-env\n")
+    code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--out", tmp_path / "out",
+                            "--header", "X-Team: faces", *([] if HAS_WEBSOCKET else ["--no-websocket"]))
+    assert code == 0, stderr
+    paths = {path for path, _ in server.headers_seen}
+    assert {"/object_info", "/prompt", "/view"} <= paths and (not HAS_WEBSOCKET or "/ws" in paths)
+    for path, headers in server.headers_seen:
+        assert headers.get("Authorization") == "Bearer from-env" and headers.get("X-Team") == "faces", path
+    code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--out", tmp_path / "o2",
+                            "--header", "no colon here")
+    assert code == queue_client.EXIT_USAGE and "expected 'Name: value'" in stderr
+
+
+def photos(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True)
+    for index in range(count):
+        (folder / f"p{index}.png").write_bytes(PNG + bytes([index]))
+    return folder
+
+
+def manifest_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_folder_runs_each_input_once_and_writes_one_manifest_line_each(fake, capsys, tmp_path):
+    server = fake("ok", run_seconds=0.1)
+    out = tmp_path / "out"
+    code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--inputs", photos(tmp_path / "in", 3),
+                            "--image-node", "2", "--out", out, "--max-in-flight", "2")
+    assert code == 0, stderr
+    records = manifest_records(out)
+    assert [r["input"] for r in records] == ["p0.png", "p1.png", "p2.png"]
+    assert all(r["status"] == "done" and r["error"] is None for r in records)
+    assert records[0]["outputs"] == ["p0/faceanon/anon_00001_.png", "p0/faceanon/anon_00002_.png"]
+    assert files_under(out) == sorted(["manifest.jsonl"] + [o for r in records for o in r["outputs"]])
+    assert sorted(server.queued_at) == sorted(r["prompt_id"] for r in records)  # the ids chosen here were used
+    for record in records:  # each run read its own upload, from its own random folder
+        posted = server.prompts[list(server.queued_at).index(record["prompt_id"])]
+        assert server.uploads[posted["2"]["inputs"]["image"]] == PNG + bytes([int(record["input"][1])])
+    assert len({p["2"]["inputs"]["image"].rsplit("/", 1)[0] for p in server.prompts}) == 3
+    code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--inputs", tmp_path / "in",
+                            "--image-node", "2", "--out", out)
+    assert code == 0 and len(server.prompts) == 3  # a second run skips what is done
+
+
+def test_resume_collects_finished_runs_and_requeues_only_those_the_server_never_got(fake, capsys, tmp_path):
+    server = fake("ok", run_seconds=0.1)
+    out = tmp_path / "out"
+    args = [api_file(), "--server", server.url, "--inputs", photos(tmp_path / "in", 3), "--image-node", "2",
+            "--out", out]
+    assert queue(capsys, *args)[0] == 0
+    records = manifest_records(out)
+    # as a kill -9 leaves it: p1 queued and finished on the server, p2 queued but never sent, no outputs
+    records[1].update(status="queued", outputs=[])
+    records[2].update(status="queued", outputs=[], prompt_id="never-sent")
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for name in ("p1", "p2"):
+        for file in (out / name).rglob("*"):
+            file.unlink() if file.is_file() else None
+    kept = records[1]["prompt_id"]
+    code, _, stderr = queue(capsys, *args)
+    assert code == 0, stderr
+    after = manifest_records(out)
+    assert len(after) == 3 and all(r["status"] == "done" for r in after)
+    assert after[1]["prompt_id"] == kept and after[2]["prompt_id"] != "never-sent"
+    assert len(server.prompts) == 4  # 3 + only the one the server never got
+    assert (out / "p1" / "faceanon" / "anon_00001_.png").exists()
+
+
+def test_folder_failures_are_recorded_with_the_servers_text_and_exit_1(fake, capsys, tmp_path):
+    server = fake("exec_error", run_seconds=0.05)
+    out = tmp_path / "out"
+    code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--inputs", photos(tmp_path / "in", 2),
+                            "--image-node", "Load aligned face crop (512x512)", "--out", out)
+    assert code == queue_client.EXIT_FAILED
+    records = manifest_records(out)
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert "the batch is empty (no images or no faces)" in records[0]["error"]
+    assert files_under(out) == ["manifest.jsonl"]
+
+
+def test_folder_refused_workflow_is_exit_2_and_usage_errors_before_any_request(fake, capsys, tmp_path):
+    server = fake("invalid")
+    code, _, stderr = queue(capsys, api_file(), "--server", server.url, "--inputs", photos(tmp_path / "in", 2),
+                            "--image-node", "2", "--out", tmp_path / "out")
+    assert code == queue_client.EXIT_USAGE and "Value bigger than max" in stderr
+    assert len(server.prompts) == 1  # stopped at the first refusal
+    other = fake("ok")
+    code, _, stderr = queue(capsys, api_file(), "--server", other.url, "--inputs", tmp_path / "in",
+                            "--out", tmp_path / "o2")
+    assert code == queue_client.EXIT_USAGE and "--image-node" in stderr and other.requests == []
+    code, _, stderr = queue(capsys, api_file(), "--server", other.url, "--inputs", tmp_path / "in",
+                            "--image-node", "3", "--out", tmp_path / "o2")
+    assert code == queue_client.EXIT_USAGE and "no file-name input" in stderr
+
+
+def test_several_servers_share_a_folder(fake, capsys, tmp_path):
+    first, second = fake("ok", run_seconds=0.2), fake("ok", run_seconds=0.2)
+    out = tmp_path / "out"
+    code, _, stderr = queue(capsys, api_file(), "--server", first.url, "--server", second.url, "--inputs",
+                            photos(tmp_path / "in", 4), "--image-node", "2", "--out", out, "--max-in-flight", "1")
+    assert code == 0, stderr
+    assert len(first.prompts) == 2 and len(second.prompts) == 2
+    assert {r["server"] for r in manifest_records(out)} == {first.url, second.url}
