@@ -590,3 +590,23 @@ def test_several_servers_share_a_folder(fake, capsys, tmp_path):
     assert code == 0, stderr
     assert len(first.prompts) == 2 and len(second.prompts) == 2
     assert {r["server"] for r in manifest_records(out)} == {first.url, second.url}
+
+
+def test_sigterm_ends_a_folder_with_130_and_the_same_command_resumes_it(fake, capsys, tmp_path):
+    import os
+    import signal
+
+    server = fake("never_ends")
+    out = tmp_path / "out"
+    args = [api_file(), "--server", server.url, "--inputs", photos(tmp_path / "in", 3), "--image-node", "2",
+            "--out", out, "--max-in-flight", "2"]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    code, _, stderr = queue(capsys, *args)
+    timer.join()
+    assert code == queue_client.EXIT_INTERRUPTED, stderr
+    assert [r["status"] for r in manifest_records(out)] == ["queued", "queued", "pending"]
+    server.scenario = "ok"  # the server finishes the two runs it has
+    code, _, stderr = queue(capsys, *args)
+    assert code == 0, stderr
+    assert len(server.prompts) == 3 and all(r["status"] == "done" for r in manifest_records(out))

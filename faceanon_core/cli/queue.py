@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -107,7 +108,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_queue)
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_queue(args) -> int:
+    previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends like Ctrl-C: manifest intact, exit 130
     try:
         if args.inputs:
             return queue_folder(args)
@@ -119,6 +125,8 @@ def run_queue(args) -> int:
         print("faceanon queue: interrupted (prompts already queued keep running on the server; run the same "
               "command again to resume a folder)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for path in written:
         print(path)
     return EXIT_OK
