@@ -465,6 +465,17 @@ def test_set_is_typed_by_the_server_not_by_the_json_value(object_info):
         queue_client.apply_sets(graph, ["1.mode=solid"], combo)
 
 
+def test_set_may_name_a_file_this_run_uploads(object_info):
+    """--image NAME=PATH uploads NAME; --set LOADER.image=NAME must not be refused for not being on the
+    server's list yet (the loader is rewritten to the uploaded file), but other names still are."""
+    prompt = json.loads(api_file().read_text())
+    changed = queue_client.apply_sets(prompt, ["2.image=queue_face.png"], object_info,
+                                      uploading=frozenset({"queue_face.png"}))
+    assert changed["2"]["inputs"]["image"] == "queue_face.png"
+    with pytest.raises(queue_client.QueueError, match="Value not in list: image: 'other.png'"):
+        queue_client.apply_sets(prompt, ["2.image=other.png"], object_info, uploading=frozenset({"queue_face.png"}))
+
+
 def test_set_by_title_and_ambiguous_class_type():
     prompt = json.loads((WORKFLOWS / "degree_sweep_api.json").read_text())
     changed = queue_client.apply_sets(prompt, ["Face Anonymize d = 1.5.degree=1.75", "SaveImage.filename_prefix=x"])

@@ -155,7 +155,7 @@ def _clients(args) -> list:
     return clients
 
 
-def _prepare(args, clients) -> dict:
+def _prepare(args, clients, uploading: frozenset = frozenset()) -> dict:
     """The workflow in API format with --set applied, typed by the (first) server's node definitions."""
     data, kind = load_workflow(args.workflow)
     if kind == "ui" and args.no_convert:
@@ -173,7 +173,7 @@ def _prepare(args, clients) -> dict:
     for node in data.values():
         if node["class_type"] not in object_info:
             logger.warning("the server has no node %r (is the node pack installed there?)", node["class_type"])
-    return apply_sets(data, args.sets, object_info)
+    return apply_sets(data, args.sets, object_info, uploading=uploading)
 
 
 def queue_folder(args) -> int:
@@ -204,7 +204,7 @@ def queue_workflow(args) -> list[Path]:
         raise QueueError("several --server URLs spread a folder (--inputs); a single run goes to one server")
     clients = _clients(args)
     client = clients[0]
-    prompt = _prepare(args, clients)
+    prompt = _prepare(args, clients, frozenset(name for name, _ in images))
     run_folder = new_run_folder()
     uploads = {}
     for name, path in images:

@@ -271,12 +271,16 @@ def _spec_kind(spec) -> tuple[str, dict, list | None]:
     return str(first), opts, None
 
 
-def typed_value(raw: str, spec, name: str, where: str):
+def typed_value(raw: str, spec, name: str, where: str, uploading: frozenset = frozenset()):
     """``raw`` typed and checked as the server would (its /object_info spec), or a QueueError in the words
-    ComfyUI's own validation uses (execution.validate_inputs), before anything is queued."""
+    ComfyUI's own validation uses (execution.validate_inputs), before anything is queued. A COMBO value
+    in ``uploading`` (the names this run uploads with --image) is accepted: the loader is rewritten to
+    the uploaded file, which the server's list cannot know yet."""
     kind, opts, choices = _spec_kind(spec)
     refused = f"--set {where}: the server would refuse this value ({kind} input): "
     if kind == "COMBO":
+        if raw in uploading:
+            return raw
         for choice in choices:
             if str(choice) == raw:
                 return choice
@@ -314,8 +318,9 @@ def typed_value(raw: str, spec, name: str, where: str):
     return value
 
 
-def apply_sets(prompt: dict, sets: list[str], object_info: dict | None = None, values: bool = True) -> dict:
-    """A copy of the prompt with each ``NODE.INPUT=VALUE`` applied.
+def apply_sets(prompt: dict, sets: list[str], object_info: dict | None = None, values: bool = True,
+               uploading: frozenset = frozenset()) -> dict:
+    """A copy of the prompt with each ``NODE.INPUT=VALUE`` applied (``uploading``: see typed_value).
 
     With the server's ``object_info`` each value is typed and range-checked by the input's spec there
     (INT, FLOAT, BOOLEAN, STRING, COMBO and its options); without it (offline, or a node the server
@@ -346,7 +351,7 @@ def apply_sets(prompt: dict, sets: list[str], object_info: dict | None = None, v
         if not values:
             inputs[name] = raw
         elif spec is not None:
-            inputs[name] = typed_value(raw, spec, name, where)
+            inputs[name] = typed_value(raw, spec, name, where, uploading)
         else:
             inputs[name] = _convert(raw, current, where)
     return prompt
