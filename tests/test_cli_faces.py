@@ -59,7 +59,7 @@ def test_redact_refuses_to_overwrite_without_flag(photos, tmp_path, capsys):
     target = out / "astronaut.png"
     save_image(target, np.zeros((4, 4, 3), np.uint8))
     before = target.read_bytes()
-    assert run(["redact", str(photos / "astronaut.png"), "-o", str(out)]) == 1
+    assert run(["redact", str(photos / "astronaut.png"), "-o", str(out)]) == 2  # before any work
     err = capsys.readouterr().err
     assert "--overwrite" in err and "astronaut.png" in err
     assert target.read_bytes() == before
@@ -86,9 +86,9 @@ def test_redact_bad_inputs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 written" in err and "2 failed" in err and "empty.jpg" in err and "junk.png" in err
     assert sorted(p.name for p in out.iterdir()) == ["faceanon-manifest.jsonl", "ok.png"]  # nothing half-written
-    assert run(["redact", str(tmp_path / "missing"), "-o", str(out)]) == 1
+    assert run(["redact", str(tmp_path / "missing"), "-o", str(out)]) == 2
     assert "missing: no such file" in capsys.readouterr().err
-    assert run(["redact", str(tmp_path / "in"), "-o", str(out / "ok.png")]) == 1
+    assert run(["redact", str(tmp_path / "in"), "-o", str(out / "ok.png")]) == 2
     with pytest.raises(SystemExit):
         run(["redact", str(tmp_path / "in"), "-o", str(out), "--strength", "-1"])
     with pytest.raises(SystemExit):
@@ -107,6 +107,6 @@ def test_detect_json_and_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 face(s)" in out and len(out.strip().splitlines()) == 6
     (tmp_path / "bad.jpg").write_bytes(b"")
-    assert run(["detect", str(tmp_path / "bad.jpg")]) == 1
+    assert run(["detect", str(tmp_path / "bad.jpg")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("faceanon detect: error:") and "bad.jpg" in err and len(err.splitlines()) == 1

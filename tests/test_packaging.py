@@ -56,7 +56,9 @@ def as_pairs(reqs) -> dict[str, tuple[str, str, str]]:
 
 
 def test_requirements_txt_is_the_runtime_dependencies_minus_torch():
-    expected = {k: v for k, v in as_pairs(PROJECT["dependencies"]).items() if k not in HOST_PROVIDED}
+    """The nodes need the light install plus the diffusion extra; ComfyUI brings torch."""
+    both = [*PROJECT["dependencies"], *PROJECT["optional-dependencies"]["diffusion"]]
+    expected = {k: v for k, v in as_pairs(both).items() if k not in HOST_PROVIDED}
     listed = as_pairs(read_requirements(REPO / "requirements.txt").values())
     assert not HOST_PROVIDED & set(listed), "requirements.txt must not install torch over ComfyUI's build"
     missing = sorted(set(expected) - set(listed))
@@ -71,6 +73,14 @@ def test_requirements_verify_txt_is_the_verify_extra():
     expected = as_pairs(PROJECT["optional-dependencies"]["verify"])
     listed = as_pairs(read_requirements(REPO / "requirements-verify.txt").values())
     assert listed == expected
+
+
+def test_the_light_install_has_no_torch_and_the_diffusion_extra_has_it():
+    """`pip install .` is the offline redaction job: no torch, diffusers, transformers, accelerate, safetensors."""
+    heavy = {"torch", "diffusers", "transformers", "accelerate", "safetensors"}
+    assert not heavy & set(as_pairs(PROJECT["dependencies"]))
+    assert heavy <= set(as_pairs(PROJECT["optional-dependencies"]["diffusion"]))
+    assert "comfyui-faceanon" in as_pairs(PROJECT["optional-dependencies"]["train"]), "the trainer needs the model"
 
 
 def test_the_runtime_dependencies_cover_what_the_nodes_import():

@@ -184,13 +184,13 @@ def test_bad_video_inputs_are_one_line_errors_and_write_nothing(kind, clip, tmp_
 def test_output_rules(clip, tmp_path, capsys):
     out = tmp_path / "o.mp4"
     out.write_bytes(b"keep me")
-    assert main(["redact", str(clip), "-o", str(out)]) == 1
+    assert main(["redact", str(clip), "-o", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and out.read_bytes() == b"keep me"
-    assert main(["redact", str(clip), "-o", str(tmp_path / "o.png")]) == 1
+    assert main(["redact", str(clip), "-o", str(tmp_path / "o.png")]) == 2
     assert "video file" in capsys.readouterr().err
     photo = tmp_path / "p.png"
     photo.write_bytes(b"x")
-    assert main(["redact", str(clip), str(photo), "-o", str(tmp_path / "folder")]) == 1
+    assert main(["redact", str(clip), str(photo), "-o", str(tmp_path / "folder")]) == 2
     assert "separate runs" in capsys.readouterr().err
     assert main(["redact", str(clip), "-o", str(tmp_path / "folder")]) == 0  # a folder: same name inside
     assert probe_video(tmp_path / "folder" / "clip.mp4").frames == N
@@ -248,3 +248,42 @@ def test_eval_video_mode_per_track(clip, tmp_path, rec, capsys):
     assert s["leak_frames"] == 0 and s["to_original_mean"] > rec.threshold
     assert main(["eval", str(clip), str(make_face_clip(tmp_path / "short.mp4", n=4))]) == 2
     assert "frames" in capsys.readouterr().err
+
+
+def make_avi_with_audio(path: Path, n: int = 20) -> Path:
+    """mpeg4 frames of the astronaut + AAC in an AVI: the container declares one frame more than it holds."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("mpeg4", rate=10)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        a = c.add_stream("aac", rate=SR)
+        for i in range(n):
+            for packet in v.encode(av.VideoFrame.from_ndarray(frame_at(i % 10)[0], format="rgb24")):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+        for k in range(0, 2 * SR, 1024):
+            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = SR, k
+            for packet in a.encode(fr):
+                c.mux(packet)
+        for packet in a.encode():
+            c.mux(packet)
+    return path
+
+
+def test_an_avi_whose_container_miscounts_its_frames_redacts(tmp_path, capsys):
+    """The stream decodes cleanly to its end: accepted, every frame written; a truly cut copy is refused."""
+    clip = make_avi_with_audio(tmp_path / "clip.avi")
+    with av.open(str(clip)) as c:
+        assert c.streams.video[0].frames == 21  # the header's count, one more than the 20 frames
+    assert probe_video(clip).frames == 20
+    out = tmp_path / "out.mp4"
+    assert main(["redact", str(clip), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert probe_video(out).frames == 20
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    assert main(["redact", str(cut), "-o", str(tmp_path / "cut-out.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "faceanon redact: error:" in err and "cut.avi" in err and "truncated" in err
+    assert "allow_truncated" not in err and "=True" not in err
+    assert not (tmp_path / "cut-out.mp4").exists()

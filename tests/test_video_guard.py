@@ -176,6 +176,7 @@ def test_default_without_the_recognizer_runs_unguarded_with_the_warning(clip, ba
 
 def test_bad_guard_options_are_refused_before_any_work(clip, tiny_model_dir, tmp_path, monkeypatch, capsys):
     _patch_run(monkeypatch, {}, recognizer=ExactRecognizer())
-    code = _anonymize(clip, tmp_path / "g.mp4", tiny_model_dir, "--verify", "--verify-threshold", "-1")
-    assert code != 0 and "--verify-threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error of the parser: code 2, before anything is read
+        _anonymize(clip, tmp_path / "g.mp4", tiny_model_dir, "--verify", "--verify-threshold", "-1")
+    assert exc.value.code == 2 and "--verify-threshold" in capsys.readouterr().err
     assert not (tmp_path / "g.mp4").exists()

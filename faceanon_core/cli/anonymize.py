@@ -19,7 +19,25 @@ import numpy as np
 from ..faces import process_faces
 from ..media.images import load_image, save_image
 from ..media.manifest import run_batch
-from .common import CliError, add_model_options, add_run_options, generators, load_pipeline, plan_crops, read_rgb, write_rgb
+from .common import (
+    EXIT_CODES_EPILOG,
+    EXIT_FAILED,
+    CliError,
+    HelpFormatter,
+    add_model_options,
+    add_run_options,
+    float_at_least,
+    generators,
+    int_at_least,
+    load_pipeline,
+    plan_crops,
+    precheck_inputs,
+    read_rgb,
+    refuse_unusable,
+    require_diffusion,
+    require_models,
+    write_rgb,
+)
 from .faces import add_detector_args, detector_from_args
 from .video import add_video_options, is_video_run, run_anonymize_video
 
@@ -62,7 +80,12 @@ def crop_processor(pipe, args):
 
 def verification(args):
     """The recognizer for ``--verify``, or None. Default: on when the ``verify`` extra is installed."""
-    from ..privacy.identity import VERIFY_EXTRA_HINT, RecognizerUnavailable, default_recognizer, recognizer_available
+    from ..privacy.identity import (
+        VERIFY_EXTRA_HINT,
+        RecognizerUnavailable,
+        default_recognizer,
+        recognizer_available,
+    )
 
     if args.verify is False:
         return None
@@ -88,27 +111,12 @@ def handle_small_faces(result, policy: str, name: str) -> np.ndarray:
     return apply_small_face_policy(result, policy, name).image
 
 
-def precheck_inputs(todo, overwrite: bool) -> dict[str, str]:
-    """Problems found without the model: unreadable photos, outputs that exist. ``{input: message}``."""
-    from ..media.images import ImageReadError, probe_image
-
-    problems = {}
-    for item, out in todo:
-        try:
-            probe_image(item.path)
-        except ImageReadError as exc:
-            problems[str(item.path)] = str(exc)
-            continue
-        if out.exists() and not overwrite:
-            problems[str(item.path)] = f"{out}: output exists; pass --overwrite to replace it"
-    return problems
-
-
 def run_anonymize_photos(args) -> int:
     """Plan, check every input, lock the folder -- all before the model loads (minutes on a CPU)."""
     from .common import folder_run, model_identity, models_dir, plan_run
 
-    run = plan_run(args.inputs, args.output, args.suffix, recursive=args.recursive)
+    run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, overwrite=args.overwrite,
+                   command="anonymize")
     plan = run.plan
     detector = detector_from_args(args)
     manifest_path = args.manifest or (Path(args.output) / MANIFEST_NAME
@@ -149,18 +157,11 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, detector, reco
     for path, message in problems.items():
         print(f"faceanon anonymize: error: {message}" if path in message
               else f"faceanon anonymize: error: {path}: {message}", file=sys.stderr)
-    if problems and (args.stop_on_error or len(problems) == len(todo)):
-        if manifest is not None:
-            for item, out in todo:
-                if str(item.path) in problems:
-                    manifest.append({"input": str(item.path), "output": str(out), "status": "error",
-                                     "error": problems[str(item.path)], "params": params})
-        raise CliError(f"{len(problems)} of {len(todo)} input(s) cannot be done (above); nothing was "
-                       "processed and the model was not loaded")
+    refuse_unusable(todo, problems, args.stop_on_error, manifest, params, "the model was not loaded")
     runner = getattr(args, "batch_runner", None) or run_batch  # --ray: cli.ray_runs (its actors load the model)
     pipe = load_pipeline(args) if runner is run_batch else None
-    if pipe is not None:
-        pipe.set_progress_bar_config(disable=True)
+    if pipe is not None:  # the sampling steps of each photo (minutes on a CPU): a bar of its own
+        pipe.set_progress_bar_config(desc="sampling", unit="step", leave=False, disable=getattr(args, "quiet", False))
     process_crops = crop_processor(pipe, args)
 
     min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
@@ -205,23 +206,27 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, detector, reco
         if path in problems:
             continue  # reported before the model loaded
         print(f"faceanon anonymize: error: {path}: {message}", file=sys.stderr)
-    return 0 if summary.ok else 1
+    return 0 if summary.ok else EXIT_FAILED
 
 
 __all__ = ["run_anonymize_photos", "crop_anonymizer", "crop_processor", "handle_small_faces", "verification"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    anon = sub.add_parser("anonymize", help="replace each face with an anonymous one (diffusion model)")
+    anon = sub.add_parser("anonymize", help="replace each face with an anonymous one (diffusion model)",
+                          description="Replace every face of photos, folders or videos with an anonymous one "
+                                      "(the diffusion model; needs the 'diffusion' extra and the model weights). "
+                                      "Writes new files; never touches the inputs.",
+                          epilog=EXIT_CODES_EPILOG, formatter_class=HelpFormatter)
     anon.add_argument("inputs", nargs="+", help="image files or folders")
-    anon.add_argument("--degree", type=float, default=1.25,
-                      help="anonymization degree d: 0 keeps the identity, 1 removes it, >1 goes further "
-                           "(default 1.25)")
+    anon.add_argument("--degree", type=float_at_least(0.0), default=1.25,
+                      help="anonymization degree d >= 0: 0 keeps the identity, 1 removes it, >1 goes further "
+                           "(default 1.25, the paper's)")
     anon.add_argument("--aligned", action="store_true",
                       help="inputs are aligned square face crops (default: find every face in the photos)")
     anon.add_argument("--small-faces", choices=["redact", "fail", "keep"], default="redact",
                       help="faces too small for the model: blur them (default), fail the photo, or keep them")
-    anon.add_argument("--min-model-face", type=float, default=None, metavar="PX",
+    anon.add_argument("--min-model-face", type=float_at_least(0.0, strict=True), default=None, metavar="PX",
                       help="eye distance below which a face is too small for the model (default 10 px)")
     anon.add_argument("--manifest", help="resumable JSON-lines record (default: OUT/faceanon-manifest.jsonl "
                                          "for several photos)")
@@ -233,10 +238,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="check every output face with a face recognizer and retry (new seed, larger degree) "
                            "while it still matches the original (default: on when the 'verify' extra is "
                            "installed)")
-    anon.add_argument("--verify-threshold", type=float, default=None, metavar="D",
+    anon.add_argument("--verify-threshold", type=float_at_least(0.0, strict=True), default=None, metavar="D",
                       help="identity distance below which a face still counts as the same person "
                            "(default 0.6, dlib's decision distance)")
-    anon.add_argument("--verify-retries", type=int, default=2, metavar="N",
+    anon.add_argument("--verify-retries", type=int_at_least(0), default=2, metavar="N",
                       help="tries after the first, each with seed+1 and degree+0.25 (default 2; photos: a video keeps one "
                            "identity per track and is not retried)")
     anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
@@ -247,15 +252,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_video_options(anon, anonymize=True)
     anon.set_defaults(func=run_anonymize)
 
-    swap = sub.add_parser("swap", help="put the face of --source onto each --driving crop")
+    swap = sub.add_parser("swap", help="put the face of --source onto each --driving crop",
+                          description="Put the identity of one aligned face crop (--source) onto aligned face "
+                                      "crops (--driving), e.g. for consented face swapping. Needs the 'diffusion' "
+                                      "extra and the model weights.",
+                          epilog=EXIT_CODES_EPILOG, formatter_class=HelpFormatter)
     swap.add_argument("--source", required=True, help="aligned face crop whose identity is used")
     swap.add_argument("--driving", required=True, nargs="+", help="aligned face crops (files or folders)")
-    swap.add_argument("--degree", type=float, default=0.0, help="degree applied to the source (default 0)")
+    swap.add_argument("--degree", type=float_at_least(0.0), default=0.0,
+                      help="degree d >= 0 applied to the source (default 0: the source's identity as it is)")
     add_model_options(swap)
     swap.set_defaults(func=run_swap)
 
 
 def run_anonymize(args) -> int:
+    require_diffusion("anonymize")  # both before anything heavy is imported: answered in seconds
+    require_models(args)
     if is_video_run(args.inputs):  # videos: tracks, one identity per track, see cli/video.py
         return run_anonymize_video(args, detector_from_args, verification)
     if args.aligned:
@@ -272,6 +284,8 @@ def run_anonymize_aligned(args) -> int:
 
 
 def run_swap(args) -> int:
+    require_diffusion("swap")
+    require_models(args)
     source = read_rgb(Path(args.source))
 
     def pipe_call(pipe, crops, **kw):
@@ -284,7 +298,7 @@ def _run_on_crops(args, inputs, pipe_call) -> int:
     """Read every crop first (bad input fails before the model loads), then run in batches."""
     import numpy as np
 
-    plan = plan_crops(inputs, args.output, args.suffix, args.overwrite)
+    plan = plan_crops(inputs, args.output, args.ext, args.overwrite)
     images = [read_rgb(path) for path, _ in plan]
     pipe = load_pipeline(args)
     size = args.size

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,109 @@ logger = logging.getLogger("faceanon")
 DEFAULT_MODELS_DIR = Path("~/.cache/faceanon/models")
 
 
+#: The exit codes of every subcommand (``faceanon --help`` and docs/cli.md print this table).
+EXIT_OK = 0  # every input done
+EXIT_FAILED = 1  # some inputs failed (named on stderr); the others are done
+EXIT_USAGE = 2  # bad usage, or an input/output that cannot be used: found before any work, nothing written
+EXIT_INTERRUPTED = 130  # Ctrl-C: finished outputs are kept, nothing half-written
+
+EXIT_CODES_EPILOG = """exit codes (every subcommand):
+  0    every input done
+  1    some inputs failed (each named on stderr); the others are done
+  2    bad usage, or an input/output that cannot be used: found before any work, nothing written
+  130  interrupted (Ctrl-C): finished outputs are kept, nothing half-written
+errors are one line on stderr: "faceanon SUBCOMMAND: error: ..."
+"""
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own wrapping for descriptions; the exit-code table (the epilog) kept as laid out."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("exit codes"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+#: What ``pip`` installs for the diffusion model (anonymize, swap, models download).
+DIFFUSION_EXTRA_HINT = ('pip install "comfyui-faceanon[diffusion]" (from a checkout: pip install -e ".[diffusion]"; '
+                        'install torch first for your GPU, see https://pytorch.org)')
+
+
 class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+    """A user-facing error: printed as one line, exit code 2 (``EXIT_USAGE``) unless ``code`` says otherwise."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def require_diffusion(command: str) -> None:
+    """The diffusion extra is installed, or a :class:`CliError` that says what to install (no import)."""
+    missing = [m for m in ("torch", "diffusers", "transformers", "safetensors", "accelerate")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f"`faceanon {command}` needs the diffusion model's packages ({', '.join(missing)} "
+                       f"not installed): {DIFFUSION_EXTRA_HINT}. `faceanon redact` needs none of them.")
+
+
+def require_models(args) -> Path:
+    """The model folder, checked before anything heavy is imported (a missing folder answers in seconds)."""
+    folder = models_dir(args)
+    if not (folder / "unet").is_dir() and not args.download:
+        raise CliError(
+            f"no model weights in {folder}. Online: add --download to fetch them once (about 5 GB) into "
+            f"that folder, or run `faceanon models download --to {folder}`. Offline: copy a model folder "
+            "from a machine that has one and pass --models DIR (or set $FACEANON_MODELS). "
+            "`faceanon redact` needs no weights at all.")
+    return folder
+
+
+# ----------------------------------------------------------------------------- option values, checked by argparse
+
+def _number(text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'a whole number' if kind is int else 'a number'}: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def int_at_least(low: int, *, multiple: int = 1, high: int | None = None):
+    """An argparse ``type``: a whole number >= ``low`` (and <= ``high``), a multiple of ``multiple``."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"must be {'at least ' + str(low) if high is None else f'between {low} and {high}'}, got {text}")
+        if value % multiple:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple} (the model's resolution steps), "
+                                             f"got {text}; e.g. {max(low, value // multiple * multiple)}")
+        return value
+
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse ``type``: a number strictly between 0 and 1."""
+    value = _number(text, float)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def float_at_least(low: float, *, strict: bool = False):
+    """An argparse ``type``: a finite number >= ``low`` (> ``low`` when ``strict``)."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+
+    return parse
 
 
 def models_dir(args) -> Path:
@@ -32,15 +136,8 @@ def load_pipeline(args):
     from ..method.loading import ModelFolderError, download_models
     from ..method.pipeline import FaceAnonPipeline
 
-    folder = models_dir(args)
+    folder = require_models(args)
     if not (folder / "unet").is_dir():
-        if not args.download:
-            raise CliError(
-                f"no model weights in {folder}. Online: add --download to fetch them once (about 5 GB) into "
-                f"that folder, or run `faceanon models download --to {folder}`. Offline: copy a model folder "
-                "from a machine that has one and pass --models DIR (or set $FACEANON_MODELS). "
-                "`faceanon redact` needs no weights at all."
-            )
         logger.info("downloading the model weights into %s", folder)
         download_models(folder)
     device = pick_device(args.device)
@@ -91,30 +188,45 @@ class RunPlan:
 
 
 def plan_run(inputs: list[str], out: str, suffix: str | None, recursive: bool = False,
-             format_flag: str = "--suffix") -> RunPlan:
+             format_flag: str = "--ext", overwrite: bool = True, command: str = "") -> RunPlan:
     """Plan a photo run: ``-o`` names the output file for one input with a photo extension, else a folder.
 
     Everything that can be checked without reading pixels is: inputs exist, the output folder is not
     an input folder, no two inputs share an output, every output format can be written.
     """
+    from ..media.files import check_output_file
     from ..media.images import WRITABLE_EXTENSIONS
-    from ..media.plans import InputError, check_output_formats, plan_outputs, scan_inputs
+    from ..media.plans import (
+        InputError,
+        check_output_formats,
+        plan_outputs,
+        scan_inputs,
+    )
+    from ..media.video import VIDEO_EXTENSIONS
 
     out_path = Path(out).expanduser()
+    if out_path.suffix.lower() in VIDEO_EXTENSIONS and not out_path.is_dir():
+        raise CliError(f"{out_path}: a video name for photo outputs; name a photo file (e.g. out.png) for one "
+                       "photo, or an output folder")
     as_file = out_path.suffix.lower() in WRITABLE_EXTENSIONS | _FILE_LIKE and not out_path.is_dir()
     try:
         scan = scan_inputs(inputs, recursive=recursive, exclude=None if as_file else out_path)
         items = scan.items
+        if scan.videos:  # never exit 0 with a video of the input folders untouched
+            names = ", ".join(str(v) for v in scan.videos[:5]) + (" ..." if len(scan.videos) > 5 else "")
+            sub = f"faceanon {command}" if command else "this command"
+            raise CliError(f"the input folder(s) hold {len(scan.videos)} video(s) ({names}) besides photos: videos "
+                           f"go in runs of their own (`{sub} VIDEO -o OUT.mp4`, or several videos -o FOLDER); "
+                           "move them out of the folder, or run them first and then the photos")
         if not items:
             extra = "; ".join(scan.not_handled_lines())
             raise CliError("no photos found in the inputs" + (f" ({extra})" if extra else ""))
         if as_file:
             if len(items) > 1:
                 raise CliError(f"{out_path}: {len(items)} inputs need an output folder, not a file name")
-            if out_path.resolve() == items[0].path.resolve():
-                raise CliError(f"{out_path}: the output would replace the input; choose another output path")
             plan = [(items[0], out_path)]
-            check_output_formats(plan, "a .png or .jpg output name")
+            check_output_formats(plan, None)
+            check_output_file(out_path, CliError, overwrite=overwrite, inputs=[items[0].path])
             return RunPlan(plan, None, scan)
         if out_path.exists() and not out_path.is_dir():
             raise CliError(f"{out_path}: output exists and is not a folder")
@@ -123,39 +235,72 @@ def plan_run(inputs: list[str], out: str, suffix: str | None, recursive: bool = 
         raise CliError(str(exc)) from exc
 
 
-def plan_images(inputs: list[str], out: str, suffix: str | None, recursive: bool = False):
+def plan_images(inputs: list[str], out: str, suffix: str | None, recursive: bool = False, overwrite: bool = True):
     """(InputItem, output) pairs: ``out`` itself for one input with a photo extension, else a folder."""
-    return plan_run(inputs, out, suffix, recursive).plan
+    return plan_run(inputs, out, suffix, recursive, overwrite=overwrite).plan
 
 
 @contextlib.contextmanager
 def folder_run(run: RunPlan, manifest_path, params: dict, *, overwrite: bool, wait: bool, command: str):
     """Lock the output folder, clean our stale temporary files, open the manifest, refuse changed
     parameters (unless ``overwrite``), record the files left out. Yields the manifest (or None)."""
+    from ..media.files import output_lock_name, remove_own_partials
     from ..media.images import remove_stale_partials
     from ..media.manifest import Manifest, RunLock
     from ..media.plans import InputError
 
-    lock = RunLock(run.folder, wait=wait, command=command) if run.folder is not None else None
+    if run.folder is not None:
+        lock = RunLock(run.folder, wait=wait, command=command)
+    else:  # one output file: a lock of its own beside it, so two runs never both do the work for it
+        target = run.plan[0][1]
+        lock = RunLock(target.parent if str(target.parent) else Path("."), wait=wait, command=command)
+        lock.path = lock.folder / output_lock_name(target)
     try:
-        if lock is not None:
-            lock.acquire()
-            for stale in remove_stale_partials(run.folder):
-                logger.info("removed %s, left by a run that was killed while writing", stale)
+        lock.acquire()
+        stale_files = remove_stale_partials(run.folder) if run.folder is not None else remove_own_partials(target)
+        for stale in stale_files:
+            logger.info("removed %s, left by a run that was killed while writing", stale)
         manifest = Manifest(manifest_path) if manifest_path else None
         if manifest is not None:
             manifest.check_params([item.path for item, _ in run.plan], params, overwrite=overwrite)
             manifest.note_skipped(run.scan.unsupported, "not a photo format this command reads")
             manifest.note_skipped(run.scan.videos, "video")
     except InputError as exc:
-        if lock is not None:
-            lock.release()
+        lock.release()
         raise CliError(str(exc)) from exc
     try:
         yield manifest
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
+
+
+def precheck_inputs(todo, overwrite: bool) -> dict[str, str]:
+    """Problems found before any work: unreadable photos, outputs that exist. ``{input: message}``."""
+    from ..media.images import ImageReadError, probe_image
+
+    problems = {}
+    for item, out in todo:
+        try:
+            probe_image(item.path)
+        except ImageReadError as exc:
+            problems[str(item.path)] = str(exc)
+            continue
+        if out.exists() and not overwrite:
+            problems[str(item.path)] = f"{out}: output exists; pass --overwrite to replace it"
+    return problems
+
+
+def refuse_unusable(todo, problems: dict[str, str], stop_on_error: bool, manifest, params: dict, note: str) -> None:
+    """Exit code 2 before any work when every input to do is unusable (or one is, with ``--stop-on-error``);
+    else the run goes on and those inputs count as failed (exit code 1)."""
+    if problems and (stop_on_error or len(problems) == len(todo)):
+        if manifest is not None:
+            for item, out in todo:
+                if str(item.path) in problems:
+                    manifest.append({"input": str(item.path), "output": str(out), "status": "error",
+                                     "error": problems[str(item.path)], "params": params})
+        raise CliError(f"{len(problems)} of {len(todo)} input(s) cannot be done (above); nothing was processed "
+                       f"and {note}")
 
 
 def report_not_handled(run: RunPlan, command: str) -> None:
@@ -206,7 +351,7 @@ def model_identity(folder: Path) -> dict:
 
 def plan_crops(inputs: list[str], out: str, suffix: str | None, overwrite: bool) -> list[tuple[Path, Path]]:
     """Like :func:`plan_images`, refusing outputs that exist unless ``overwrite``."""
-    plan = plan_images(inputs, out, suffix)
+    plan = plan_images(inputs, out, suffix, overwrite=overwrite)
     for _, target in plan:
         if target.exists() and not overwrite:
             raise CliError(f"{target} exists: choose another output or pass --overwrite")
@@ -245,13 +390,34 @@ def add_model_options(parser):
                         help="fetch the weights into the model folder if they are missing (online only)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     parser.add_argument("--fp32", action="store_true", help="full precision on the GPU (default there: fp16)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed, the same for every face (default 0)")
+    parser.add_argument("--steps", type=int_at_least(1, high=1000), default=50,
+                        help="denoising steps, 1-1000 (default 50; the paper: 200)")
+    parser.add_argument("--guidance", type=float_at_least(0.0), default=4.0,
+                        help="classifier-free guidance scale, a finite number >= 0 (default 4)")
+    parser.add_argument("--seed", type=int_at_least(0, high=2**63 - 1), default=0,
+                        help="random seed, the same for every face (default 0)")
     parser.add_argument("--scheduler", default="default", choices=["default", "ddpm", "ddim", "euler", "dpm++",
-                                                                    "unipc"])
-    parser.add_argument("--size", type=int, default=512, help="model resolution (default 512)")
-    parser.add_argument("--batch-size", type=int, default=4, help="faces per model call (default 4)")
+                                                                    "unipc"],
+                        help="sampler: the model folder's own (default), or one of these with its settings")
+    parser.add_argument("--size", type=int_at_least(64, multiple=8, high=2048), default=512,
+                        help="model resolution in pixels, a multiple of 8 from 64 to 2048 (default 512, as trained)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=4, help="faces per model call (default 4)")
     parser.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    parser.add_argument("--suffix", help="output extension, e.g. .png (default: same as the input)")
+    add_format_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def add_format_option(parser) -> None:
+    """The output format: ``--ext`` everywhere (``--suffix``, its old name in anonymize/swap, still works)."""
+    parser.add_argument("--ext", "--suffix", dest="ext", default=None, metavar="EXT", type=_extension,
+                        help="output format by extension for folder runs: png, jpg, webp, tiff or bmp "
+                             "(default: as the input; --suffix is the old name)")
+
+
+def _extension(text: str) -> str:
+    from ..media.images import WRITABLE_EXTENSIONS
+
+    ext = "." + text.strip().lower().lstrip(".")
+    if ext not in WRITABLE_EXTENSIONS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use png, jpg, webp, tiff or bmp")
+    return ext

@@ -9,6 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from .common import (
+    EXIT_CODES_EPILOG,
+    HelpFormatter,
+    float_at_least,
+    int_at_least,
+    probability,
+)
 
 __all__ = ["register", "cmd_eval"]
 
@@ -20,21 +29,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare anonymized photos with their originals: for each output face the nearest "
                     "original face (a hit when it is its own), identity distances, head-pose change and "
                     "PSNR/SSIM outside the faces. Writes eval.json and report.html. Needs the 'verify' extra.",
+        epilog=EXIT_CODES_EPILOG, formatter_class=HelpFormatter,
     )
     p.add_argument("originals", metavar="ORIGINALS", help="original photo or folder")
     p.add_argument("anonymized", metavar="ANONYMIZED",
                    help="anonymized photo or folder (paired by relative path without the extension)")
     p.add_argument("-o", "--output", metavar="DIR", default=None,
                    help="report folder for eval.json and report.html (default: print the JSON summary only)")
-    p.add_argument("--threshold", type=float, default=None, metavar="D",
+    p.add_argument("--threshold", type=float_at_least(0.0, strict=True), default=None, metavar="D",
                    help="identity distance below which a face counts as leaked (default: the recognizer's, 0.6)")
     p.add_argument("--require-detection", action="store_true",
                    help="fail when a face is not found again in its anonymized photo (default: embed it at the "
                         "original's landmarks)")
-    p.add_argument("--worst", type=int, default=8, metavar="N", help="worst cases shown in the report (default 8)")
+    p.add_argument("--worst", type=int_at_least(0), default=8, metavar="N", help="worst cases shown in the report (default 8)")
     p.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    p.add_argument("--detect-threshold", type=float, default=0.95, metavar="P",
+    p.add_argument("--detect-threshold", type=probability, default=0.95, metavar="P",
                    help="face detector confidence threshold (default 0.95)")
     p.set_defaults(func=cmd_eval)
 
@@ -55,6 +65,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return run_eval_video(args)
     if args.threshold is not None and not args.threshold > 0:
         return fail(f"--threshold must be > 0, got {args.threshold}")
+    for p in (args.originals, args.anonymized):  # before the recognizer loads
+        if not Path(p).exists():
+            return fail(f"{p}: no such file or folder")
+    if args.output and not args.overwrite:
+        for name in ("eval.json", "report.html"):
+            if (Path(args.output) / name).exists():
+                return fail(f"{Path(args.output) / name}: output exists; choose another report folder or pass "
+                            "--overwrite")
     try:
         recognizer = default_recognizer()
         detector = MTCNNDetector(thresholds=(0.6, 0.7, args.detect_threshold))

@@ -16,11 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from ..faces import FaceDetectorError, MTCNNDetector
-from ..faces.detect import DEFAULT_DETECTOR_MIN_FACE, SMALLEST_DETECTABLE_FACE, count_near_limit
+from ..faces.detect import (
+    DEFAULT_DETECTOR_MIN_FACE,
+    SMALLEST_DETECTABLE_FACE,
+    count_near_limit,
+)
 from ..faces.redact import DEFAULT_STRENGTH, METHODS, redact_image
-from ..media.images import WRITABLE_EXTENSIONS, ImageReadError, load_image, save_image
+from ..media.images import ImageReadError, load_image, save_image
 from ..media.manifest import run_batch
-from .common import CliError, add_run_options, folder_run, plan_run, report_near_limit, report_not_handled
+from .common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CliError,
+    add_format_option,
+    add_run_options,
+    folder_run,
+    plan_run,
+    precheck_inputs,
+    refuse_unusable,
+    report_near_limit,
+    report_not_handled,
+)
 from .video import add_video_options, is_video_run, run_redact_video
 
 logger = logging.getLogger(__name__)
@@ -105,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-metadata", action="store_true",
                    help="keep EXIF (camera, date) in outputs; GPS, maker notes and thumbnails are always removed")
     p.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
-    p.add_argument("--ext", default=None, metavar="EXT", help="output format by extension (png, jpg, webp, tiff, bmp); default: as input")
+    add_format_option(p)
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
     add_detector_args(p)
     add_run_options(p)
@@ -114,26 +130,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser("detect", help="list the faces found in a photo",
                               description="Detect faces and print boxes, 5 landmarks and scores.")
-    d.add_argument("photo", metavar="PHOTO")
+    d.add_argument("photo", metavar="PHOTO", help="one photo (png, jpg, webp, tiff, bmp)")
     d.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_detector_args(d)
     d.set_defaults(func=cmd_detect)
 
 
-def _fail(cmd: str, msg: str) -> int:
+def _fail(cmd: str, msg: str, code: int = EXIT_USAGE) -> int:
     print(f"faceanon {cmd}: error: {msg}", file=sys.stderr)
-    return 1
+    return code
 
 
 def cmd_redact(args: argparse.Namespace) -> int:
     if is_video_run(args.inputs):  # videos: tracks, see cli/video.py
         return run_redact_video(args, detector_from_args)
-    if args.ext is not None and f".{args.ext.lower().lstrip('.')}" not in WRITABLE_EXTENSIONS:
-        return _fail("redact", f"--ext {args.ext}: use png, jpg, webp, tiff or bmp")
     try:
-        run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, format_flag="--ext")
+        run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, format_flag="--ext",
+                       overwrite=args.overwrite, command="redact")
         detector = detector_from_args(args)
-    except (CliError, FaceDetectorError, ValueError) as exc:
+    except CliError as exc:
+        return _fail("redact", str(exc), exc.code)
+    except (FaceDetectorError, ValueError) as exc:
         return _fail("redact", str(exc))
     out_dir = run.folder
     manifest_path = args.manifest or (out_dir / MANIFEST_NAME if out_dir is not None else None)
@@ -158,11 +175,23 @@ def cmd_redact(args: argparse.Namespace) -> int:
     try:
         with folder_run(run, manifest_path, params, overwrite=args.overwrite, wait=args.wait,
                         command="redact") as manifest:
+            todo = [(i, o) for i, o in run.plan if not (manifest and manifest.is_done(i.path, o, params))]
+            problems = precheck_inputs(todo, args.overwrite)  # unreadable photos, existing outputs
+            for path, message in problems.items():
+                print(f"faceanon redact: error: {message}" if path in message
+                      else f"faceanon redact: error: {path}: {message}", file=sys.stderr)
+            refuse_unusable(todo, problems, args.stop_on_error, manifest, params, "no output was written")
+
+            def checked(src: Path, dst: Path) -> dict[str, Any]:
+                if str(src) in problems:
+                    raise ValueError(problems[str(src)])
+                return process(src, dst)
+
             runner = getattr(args, "batch_runner", None) or run_batch  # --ray: cli.ray_runs
-            summary = runner(run.plan, process, manifest=manifest, params=params,
-                                stop_on_error=args.stop_on_error)
+            summary = runner(run.plan, checked, manifest=manifest, params=params,
+                             stop_on_error=args.stop_on_error)
     except CliError as exc:
-        return _fail("redact", str(exc))
+        return _fail("redact", str(exc), exc.code)
     target = out_dir if out_dir is not None else run.plan[0][1]
     print(
         f"redact: {summary.done} written, {summary.skipped} already done, {summary.failed} failed -> {target}",
@@ -171,12 +200,20 @@ def cmd_redact(args: argparse.Namespace) -> int:
     report_not_handled(run, "redact")
     report_near_limit(summary, args.min_face_size, "redact")
     for path, msg in summary.errors:
+        if path in problems:
+            continue  # reported before the work
         print(f"faceanon redact: error: {msg}" if path in msg else f"faceanon redact: error: {path}: {msg}",
               file=sys.stderr)
-    return 0 if summary.ok else 1
+    return 0 if summary.ok else EXIT_FAILED
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from ..media.video import VIDEO_EXTENSIONS
+
+    if Path(args.photo).suffix.lower() in VIDEO_EXTENSIONS:
+        return _fail("detect", f"{args.photo}: is a video; `faceanon detect` lists the faces of one photo. For the "
+                               f"faces of a video, run `faceanon redact {args.photo} -o OUT.mp4 --tracks-json "
+                               "tracks.json` (every face track, frame by frame)")
     try:
         img = load_image(args.photo)
         faces = detector_from_args(args).detect(img.rgb)

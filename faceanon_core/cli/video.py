@@ -26,7 +26,13 @@ from pathlib import Path
 
 from ..faces import FaceDetectorError, FaceProcessingError
 from ..faces.tracks import DEFAULT_MAX_GAP, FaceTracks, LandmarkSmoothing, track_faces
-from ..faces.video import IDENTITY_MODES, TrackAnonymizer, keyframe_crop, process_frames, redact_frames
+from ..faces.video import (
+    IDENTITY_MODES,
+    TrackAnonymizer,
+    keyframe_crop,
+    process_frames,
+    redact_frames,
+)
 from ..media.video import (
     VIDEO_EXTENSIONS,
     OutputExistsError,
@@ -69,9 +75,10 @@ def add_video_options(parser: argparse.ArgumentParser, *, anonymize: bool) -> No
     g.add_argument("--tracks-json", metavar="PATH", default=None, help="also write the face tracks as JSON")
 
 
-def _fail(cmd: str, msg: str) -> int:
+def _fail(cmd: str, msg: str, code: int = 1) -> int:
+    """One error line; ``code`` 2 when found before any work (bad input/output), 1 when a video failed."""
     print(f"faceanon {cmd}: error: {msg}", file=sys.stderr)
-    return 1
+    return code
 
 
 def _plan(cmd: str, args) -> list[tuple[VideoInfo, Path]]:
@@ -204,6 +211,9 @@ def run_redact_video(args, detector_from_args) -> int:
     try:
         plan = _plan("redact", args)
         detector = detector_from_args(args)
+    except _ERRORS as exc:
+        return _fail("redact", str(exc), 2)
+    try:
         for info, dst in plan:
             tracks = video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
 
@@ -234,6 +244,9 @@ def run_anonymize_video(args, detector_from_args, verification=None) -> int:
     try:
         plan = _plan("anonymize", args)
         detector = detector_from_args(args)
+    except _ERRORS as exc:
+        return _fail("anonymize", str(exc), 2)
+    try:
         all_tracks = [video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
                       for info, _ in plan]
     except _ERRORS as exc:

@@ -111,7 +111,10 @@ class RunLock:
             except FileExistsError:
                 owner = self._read()
                 if self._stale(owner):
-                    logger.warning("%s: taking over a stale lock of a run that is gone (%s)", self.folder, owner)
+                    was = (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"
+                           + (f" by `faceanon {owner['command']}`" if owner.get("command") else "")
+                           if owner else "an empty lock file")
+                    logger.warning("%s: a run that is gone (%s) left its lock; taking over", self.folder, was)
                     with contextlib.suppress(FileNotFoundError):
                         if self._read() == owner:
                             self.path.unlink()

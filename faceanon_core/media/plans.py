@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -55,6 +55,8 @@ class Scan:
     items: list[InputItem]
     unsupported: list[Path]
     videos: list[Path]
+    #: Sub-folders of an input folder that a run without ``--recursive`` did not look into.
+    subfolders: list[Path] = field(default_factory=list)
 
     def not_handled_lines(self) -> list[str]:
         """One line per kind of file left out, naming the files (the first 10 of each kind)."""
@@ -65,6 +67,10 @@ class Scan:
                 names = ", ".join(str(f) for f in files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10
                                                                    else "")
                 lines.append(f"{len(files)} file(s) skipped, {what}: {names}")
+        if self.subfolders:
+            names = ", ".join(str(f) for f in self.subfolders[:10]) + (
+                f" and {len(self.subfolders) - 10} more" if len(self.subfolders) > 10 else "")
+            lines.append(f"{len(self.subfolders)} sub-folder(s) skipped (add --recursive to include them): {names}")
         return lines
 
 
@@ -90,6 +96,7 @@ def scan_inputs(
     items: list[InputItem] = []
     unsupported: list[Path] = []
     videos: list[Path] = []
+    subfolders: list[Path] = []
     seen: set[Path] = set()
     for raw in inputs:
         p = Path(raw)
@@ -102,7 +109,13 @@ def scan_inputs(
             it = p.rglob("*") if recursive else p.iterdir()
             found = []
             for f in it:
-                if not f.is_file() or f.name.startswith("."):
+                if f.name.startswith("."):
+                    continue
+                if not recursive and f.is_dir():
+                    if excl is None or excl != f.resolve():
+                        subfolders.append(f)
+                    continue
+                if not f.is_file():
                     continue
                 rel = f.relative_to(p)
                 if any(part.startswith(".") for part in rel.parts[:-1]):
@@ -127,7 +140,7 @@ def scan_inputs(
             continue
         seen.add(key)
         out.append(item)
-    return Scan(out, sorted(unsupported), sorted(videos))
+    return Scan(out, sorted(unsupported), sorted(videos), sorted(subfolders))
 
 
 def expand_inputs(
@@ -153,14 +166,16 @@ def output_path(item: InputItem, out_dir: str | os.PathLike, ext: str | None = N
     return Path(out_dir) / rel
 
 
-def check_output_formats(plan: Sequence[tuple[InputItem, Path]], format_flag: str = "--ext") -> None:
-    """Refuse, before any work, outputs whose extension cannot be written (an input .gif, .heic ...)."""
+def check_output_formats(plan: Sequence[tuple[InputItem, Path]], format_flag: str | None = "--ext") -> None:
+    """Refuse, before any work, outputs whose extension cannot be written (an input .gif, .heic ...).
+    ``format_flag``: the option that picks the format, or None when ``-o`` names the output file itself."""
     bad = [out for _, out in plan if out.suffix.lower() not in WRITABLE_EXTENSIONS]
     if bad:
         names = ", ".join(str(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        fix = f"choose one with {format_flag} png" if format_flag else f"name the output e.g. {bad[0].stem}.png"
         raise InputError(
             f"cannot write {bad[0].suffix or 'extension-less'} outputs ({names}); outputs can be "
-            f"{', '.join(sorted(e.lstrip('.') for e in WRITABLE_EXTENSIONS))}: choose one with {format_flag} png"
+            f"{', '.join(sorted(e.lstrip('.') for e in WRITABLE_EXTENSIONS))}: {fix}"
         )
 
 

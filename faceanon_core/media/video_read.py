@@ -341,6 +341,11 @@ def _probe_open(container, p: Path, name: str, size: int, allow_truncated: bool)
                 truncated_why = (
                     f"the video stops at {got:.2f} s but the container declares {want:.2f} s"
                 )
+        if declared and n != declared and truncated_why is None and n > 0:
+            # The stream demuxed cleanly to its declared end: its packets, not the header's count, are the
+            # frames (an AVI with audio may declare one frame more than it holds).
+            logger.debug("%s: %d frames in the stream, the container declares %d", name, n, declared)
+            frames = n
 
     if frames <= 0:
         raise VideoReadError(f"{name}: the video stream has no frames")
@@ -349,8 +354,8 @@ def _probe_open(container, p: Path, name: str, size: int, allow_truncated: bool)
     if truncated_why is not None:
         if not allow_truncated:
             raise VideoReadError(
-                f"{name}: the file is truncated or corrupt ({truncated_why}); re-copy or re-download it "
-                "(allow_truncated=True processes only the frames that decode cleanly)"
+                f"{name}: the file is truncated or corrupt ({truncated_why}); re-copy or re-download it, or "
+                "re-encode it (e.g. with ffmpeg) to keep the frames that decode cleanly"
             )
         truncated = True
         logger.warning(
@@ -471,8 +476,8 @@ def iter_frames(
                     yield batch  # the frames before the damage, then the error
                     batch = []
                 raise VideoReadError(
-                    f"{name}: the video is truncated or corrupt: {damage}; re-copy or re-download it "
-                    "(allow_truncated=True processes only the frames that decode cleanly)"
+                    f"{name}: the video is truncated or corrupt: {damage}; re-copy or re-download it, or "
+                    "re-encode it (e.g. with ffmpeg) to keep the frames that decode cleanly"
                 )
             logger.warning("%s: %s; using the %d frames before the damage", name, damage, index)
         if index > info.frames and not info.truncated:

@@ -267,5 +267,15 @@ def test_faceanon_queue_runs_a_workflow_on_comfyui(server, tmp_path, capsys, cap
     code = main(["queue", str(wh.WORKFLOWS / "anonymize_crop_api.json"), "--server", server.url, "--out",
                  str(tmp_path / "bad"), "--set", "3.sampler_name=no_such_sampler", "--no-progress"])
     captured = capsys.readouterr()
-    assert code == 3 and "no_such_sampler" in captured.err and "node 3" in captured.err, captured.err
+    assert code == 2 and "no_such_sampler" in captured.err and "3.sampler_name" in captured.err, captured.err
+    assert not (tmp_path / "bad").exists()
+    # what only the server can see (a required connection missing) comes back in its words, exit 2
+    broken = json.loads((wh.WORKFLOWS / "anonymize_crop_api.json").read_text())
+    linked = next(name for name, value in broken["3"]["inputs"].items() if isinstance(value, list))
+    del broken["3"]["inputs"][linked]
+    (tmp_path / "broken_api.json").write_text(json.dumps(broken))
+    code = main(["queue", str(tmp_path / "broken_api.json"), "--server", server.url, "--out",
+                 str(tmp_path / "bad"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2 and linked in captured.err and "node 3" in captured.err, captured.err
     assert not (tmp_path / "bad").exists()
