@@ -287,7 +287,8 @@ def redact_image(
             bx1, by1 = min(x1 + pad, rgb.shape[1]), min(y1 + pad, rgb.shape[0])
             eff = _blur(image[by0:by1, bx0:bx1], sigma)[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
         elif method == "pixelate":
-            block = max(1, int(round((a.box[2] - a.box[0]) / s_val)))
+            face_w = max(a.box[2] - a.box[0], 2.5 * eye)  # a box clipped by the frame border: the face's width
+            block = max(1, int(round(face_w / s_val)))
             eff = _pixelate(image[y0:y1, x0:x1], block, int(math.floor(cx - ea)) - x0, int(math.floor(cy - eb)) - y0)
         else:
             eff = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
