@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MARGIN", "DEFAULT_STRENGTH", "HEAD_FEATHER", "MAX_PIXELATE_BLOCKS", "METHODS", "MIN_BLUR_STRENGTH",
-    "RedactResult", "check_strength", "head_ellipse", "head_mask", "redact_crops", "redact_image",
+    "RedactResult", "check_strength", "head_ellipse", "head_mask", "redact_crops", "redact_image", "redact_region",
 ]
 
 METHODS = ("blur", "pixelate", "solid")
@@ -199,6 +199,21 @@ def _check_color(color) -> np.ndarray:
     return col.astype(np.uint8)
 
 
+def redact_region(patch: np.ndarray, method: str, size: float, color: np.ndarray | None = None,
+                  origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The effect on one uint8 image patch (a face's region window), same shape, uint8.
+
+    ``size``: blur sigma or pixel block side in pixels; ``origin``: the block grid's anchor in the patch.
+    """
+    if method == "blur":
+        return _blur(patch, size)
+    if method == "pixelate":
+        return _pixelate(patch, max(1, int(round(size))), *origin)
+    out = np.empty_like(patch)
+    out[:] = color
+    return out
+
+
 def redact_crops(
     crops: np.ndarray,
     method: str = "blur",
@@ -285,14 +300,17 @@ def redact_image(
             pad = int(math.ceil(3 * sigma))
             bx0, by0 = max(x0 - pad, 0), max(y0 - pad, 0)
             bx1, by1 = min(x1 + pad, rgb.shape[1]), min(y1 + pad, rgb.shape[0])
-            eff = _blur(image[by0:by1, bx0:bx1], sigma)[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
-        elif method == "pixelate":
+            patch = image[by0:by1, bx0:bx1]
+            eff = redact_region(patch, method, sigma)
+        else:
+            bx0, by0, patch = x0, y0, image[y0:y1, x0:x1]
             face_w = max(a.box[2] - a.box[0], 2.5 * eye)  # a box clipped by the frame border: the face's width
             block = max(1, int(round(face_w / s_val)))
-            eff = _pixelate(image[y0:y1, x0:x1], block, int(math.floor(cx - ea)) - x0, int(math.floor(cy - eb)) - y0)
-        else:
-            eff = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-            eff[:] = col
+            grid = (math.floor(cx - ea) - x0, math.floor(cy - eb) - y0)  # blocks anchored at the region's corner
+            eff = redact_region(patch, method, block, col, grid)
+        if not (isinstance(eff, np.ndarray) and eff.shape == patch.shape and eff.dtype == np.uint8):
+            raise FaceProcessingError(f"{image_name}: the {method} effect returned a wrong result; nothing was written")
+        eff = eff[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
         src = image[y0:y1, x0:x1]
         wf = w[..., None]
         blended = np.rint(src.astype(np.float32) * (1.0 - wf) + eff.astype(np.float32) * wf).astype(np.uint8)
