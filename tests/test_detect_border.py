@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from faces_helpers import astronaut, grace_hopper
 
 from faceanon_core.faces.detect import MTCNNDetector, _reflect_index
-
-from faces_helpers import astronaut, grace_hopper
 
 PHOTOS = {"grace_hopper": grace_hopper, "astronaut": astronaut}
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from benchmarks import redaction_vs_deface  # noqa: E402
+from benchmarks import redaction_vs_deface
 
 
 def _bench():
