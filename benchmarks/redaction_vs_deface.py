@@ -97,6 +97,8 @@ def source_faces() -> list[tuple[str, np.ndarray]]:
 
 #: In a patch of side s, the face box is the central s / 1.8 square.
 BOX_SHARE = 1 / 1.8
+#: An occluded face has a grey bar over this lower share of its box.
+OCCLUDED = 0.4
 
 
 @dataclass
@@ -113,6 +115,11 @@ class Placement:
         h = self.size / 2
         return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
 
+    def truth(self) -> tuple[float, float, float, float]:
+        """The ground-truth box: the face box, less the occluder's part (flat grey hides no face)."""
+        x0, y0, x1, y1 = self.box()
+        return (x0, y0, x1, y1 - OCCLUDED * (y1 - y0)) if self.occlude else (x0, y0, x1, y1)
+
 
 def paste(canvas: np.ndarray, patch: np.ndarray, p: Placement) -> None:
     """Warp the patch onto the canvas (a disc, so no square patch edge), in place; occluder on top."""
@@ -125,9 +132,9 @@ def paste(canvas: np.ndarray, patch: np.ndarray, p: Placement) -> None:
     cv2.circle(disc, (patch.shape[1] // 2, patch.shape[0] // 2), int(patch.shape[0] * 0.48), 255, -1)
     alpha = cv2.warpAffine(disc, m, (w, h), flags=cv2.INTER_LINEAR).astype(np.float32)[..., None] / 255.0
     np.copyto(canvas, (canvas * (1 - alpha) + warped * alpha).astype(np.uint8))
-    if p.occlude:  # a grey bar over the lower 40% of the face box
-        x0, y0, x1, y1 = (int(round(v)) for v in p.box())
-        canvas[max(0, y1 - int(0.4 * (y1 - y0))):max(0, y1), max(0, x0 - 5):max(0, x1 + 5)] = 128
+    if p.occlude:  # a grey bar over the lower part of the face box
+        x0, y0, x1, y1 = (round(v) for v in p.box())
+        canvas[max(0, y1 - int(OCCLUDED * (y1 - y0))):max(0, y1), max(0, x0 - 5):max(0, x1 + 5)] = 128
 
 
 def background(w: int, h: int) -> np.ndarray:
@@ -150,7 +157,7 @@ def build_group(patches, w: int = 1280, h: int = 800):
     ]
     for p in places:
         paste(canvas, patches[p.patch][1], p)
-    return canvas, [p.box() for p in places]
+    return canvas, [p.truth() for p in places]
 
 
 def build_small(patches, w: int = 4000, h: int = 3000, n: int = 24):
@@ -165,7 +172,7 @@ def build_small(patches, w: int = 4000, h: int = 3000, n: int = 24):
         places.append(Placement(k % len(patches), cx, cy, float(rng.uniform(40, 64))))
     for p in places:
         paste(canvas, patches[p.patch][1], p)
-    return canvas, [p.box() for p in places]
+    return canvas, [p.truth() for p in places]
 
 
 def clip_scene(patches, t: int, frames: int, w: int, h: int, bg: np.ndarray):
@@ -185,7 +192,7 @@ def clip_scene(patches, t: int, frames: int, w: int, h: int, bg: np.ndarray):
         p.cx, p.cy, p.size = p.cx * f, p.cy * f, p.size * f
     for p in places:
         paste(frame, patches[p.patch][1], p)
-    return frame, [p.box() for p in places]
+    return frame, [p.truth() for p in places]
 
 
 def write_clip(path: Path, patches, frames: int, w: int = 1280, h: int = 720, fps: int = 25):
