@@ -42,11 +42,15 @@ PASTE_TOOLTIPS = {
 }
 REDACT_TOOLTIPS = {
     "image": "The photos or video frames to redact; no diffusion weights needed.",
-    "method": "blur, pixelate or solid fill, done in aligned-crop space and pasted back with an opaque mask.",
+    "method": "blur, pixelate or solid fill of the whole head: an ellipse around the face box grown by the margin, "
+              "opaque inside and feathered only outward.",
     "strength": "0 = the method's default (blur: sigma 0.35 eye distances; pixelate: 8 blocks across the face); "
-                "else the blur sigma in eye distances or the number of pixel blocks across the face.",
+                "else the blur sigma in eye distances (0.2..5) or the number of pixel blocks across the face "
+                "(2..10). Values outside those ranges would leave faces recognizable and are clamped (logged).",
     "faces": "Optional: faces of Detect & Align Faces or Track Faces, redacted as they are (those too small for the "
              "model included) instead of detecting again.",
+    "margin": "How far the redacted region reaches past the face box, as a fraction of the box (1.5x that above "
+              "for the hair line, 0.75x below). 0.3 covers hair line, ears and chin.",
 }
 
 #: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``.
@@ -280,11 +284,34 @@ def _blur_small_faces(frame, mask, small, index):
     return redacted.image, np.maximum(mask, redacted.mask)
 
 
-def redact_faces(image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE):
-    """Redact Faces: (frames IMAGE, mask MASK); with ``faces``, those (the small ones included), else detected."""
-    from ..faceanon_core.faces.redact import redact_image
+def _allowed_strength(method, strength):
+    """None (the default) for 0, else ``strength`` clamped into the method's allowed range (logged).
 
-    check_floats("Redact Faces", strength=strength, threshold=threshold, detector_min_face=detector_min_face)
+    The node's input keeps its old range so saved workflows still load; a value that would leave faces
+    recognizable (a weak blur, too many pixelate blocks) is raised to the floor here, with a warning.
+    """
+    from ..faceanon_core.faces import redact as r
+
+    if strength <= 0 or method == "solid":
+        return None
+    lo, hi = {"blur": (r.MIN_BLUR_STRENGTH, r.MAX_BLUR_STRENGTH),
+              "pixelate": (r.MIN_PIXELATE_BLOCKS, r.MAX_PIXELATE_BLOCKS)}[method]
+    clamped = min(max(float(strength), lo), hi)
+    if clamped != strength:
+        logger.warning("FaceAnon Redact Faces: %s strength %g is outside %g..%g (faces would stay recognizable "
+                       "or nothing changes); using %g", method, strength, lo, hi, clamped)
+    return clamped
+
+
+def redact_faces(image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE,
+                 margin=None):
+    """Redact Faces: (frames IMAGE, mask MASK); with ``faces``, those (the small ones included), else detected."""
+    from ..faceanon_core.faces.redact import DEFAULT_MARGIN, redact_image
+
+    margin = DEFAULT_MARGIN if margin is None else margin
+    check_floats("Redact Faces", strength=strength, threshold=threshold, detector_min_face=detector_min_face,
+                 margin=margin)
+    strength = _allowed_strength(method, strength)
     frames = to_uint8_frames(image)
     if faces is not None and not isinstance(faces, FaceSet):
         raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
@@ -303,7 +330,7 @@ def redact_faces(image, method, strength, threshold, faces=None, detector_min_fa
         else:
             given = detector.detect(frame)
             found.append(given)
-        result = redact_image(frame, method, strength if strength > 0 else None, faces=given,
+        result = redact_image(frame, method, strength, faces=given, margin=float(margin),
                               image_name=f"frame {index}")
         out.append(result.image)
         masks.append(result.mask)
@@ -319,7 +346,8 @@ class FaceAnonRedactFaces(io.ComfyNode):
         return io.Schema(
             node_id="FaceAnon_RedactFaces", display_name="Redact Faces", category=CATEGORY,
             description=("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid "
-                         "fill in aligned-crop space, pasted back with an opaque mask. strength 0 = the method's "
+                         "fill of the whole head (the face box grown by the margin, an ellipse opaque inside and "
+                         "feathered outward). strength 0 = the method's "
                          "default (blur: sigma 0.35 eye distances; pixelate: 8 blocks across the face). Optionally "
                          "reuse detected faces."),
             inputs=[
@@ -331,6 +359,8 @@ class FaceAnonRedactFaces(io.ComfyNode):
                 sockets.threshold_input(),
                 sockets.Faces.Input("faces", optional=True, tooltip=REDACT_TOOLTIPS["faces"]),
                 detector_min_face_input(),
+                io.Float.Input("margin", default=0.3, min=0.0, max=2.0, step=0.05, optional=True,
+                               tooltip=REDACT_TOOLTIPS["margin"]),
             ],
             outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
         )
@@ -340,5 +370,6 @@ class FaceAnonRedactFaces(io.ComfyNode):
         return sockets.check_choices(cls, method=method)
 
     @classmethod
-    def execute(cls, image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE):
-        return io.NodeOutput(*redact_faces(image, method, strength, threshold, faces, detector_min_face))
+    def execute(cls, image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE,
+                margin=None):
+        return io.NodeOutput(*redact_faces(image, method, strength, threshold, faces, detector_min_face, margin))

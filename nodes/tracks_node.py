@@ -51,7 +51,9 @@ def track_frames(frames, threshold: float, max_gap: int, smoothing: bool, crop_s
         detections.append(detector.detect(frame))
         if progress is not None:
             progress()
-    tracks = track_faces(detections, max_gap=int(max_gap), smoothing=LandmarkSmoothing() if smoothing else None)
+    size = frames[0].shape[1::-1] if len(frames) else None  # faces followed out through the frame border
+    tracks = track_faces(detections, max_gap=int(max_gap), smoothing=LandmarkSmoothing() if smoothing else None,
+                         frame_size=size)
     result = TrackedFaceSet(frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size)
     crops = []
     keys = {tid: tracks.keyframe(tid) for tid in tracks.track_ids}

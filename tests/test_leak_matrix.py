@@ -190,7 +190,7 @@ def _patch_cli_faults(monkeypatch, scenario: Scenario, command: str, interrupt):
     else:
         import faceanon_core.faces.redact as redact
 
-        monkeypatch.setattr(redact, "redact_crops", faulty(redact.redact_crops, scenario.fault, interrupt))
+        monkeypatch.setattr(redact, "redact_region", faulty(redact.redact_region, scenario.fault, interrupt))
     if scenario.fault == "guard":
         import faceanon_core.privacy.identity as identity
 
@@ -244,7 +244,7 @@ def library(kind: str):
             if kind == "redact_image":
                 import faceanon_core.faces.redact as redact
 
-                monkeypatch.setattr(redact, "redact_crops", faulty(redact.redact_crops, scenario.fault, interrupt))
+                monkeypatch.setattr(redact, "redact_region", faulty(redact.redact_region, scenario.fault, interrupt))
                 out = redact_image(photo, "blur").image
             else:
                 anonymize = faulty(crop_anonymizer(_tiny_pipe(tiny_model_dir), model_args()), scenario.fault,

@@ -51,11 +51,11 @@ def test_blur_removes_detail(scene):
 
 def test_strength_scales_effect():
     crops = collage()[0][None, 0:512, 0:512].copy()
-    weak = redact_crops(crops, "blur", 0.05)
+    weak = redact_crops(crops, "blur", 0.2)
     strong = redact_crops(crops, "blur", 0.5)
     assert np.abs(np.diff(strong[0], axis=1)).mean() < np.abs(np.diff(weak[0], axis=1)).mean()
     few = redact_crops(crops, "pixelate", 4)
-    many = redact_crops(crops, "pixelate", 16)
+    many = redact_crops(crops, "pixelate", 10)
     assert len(np.unique(few[0].reshape(-1, 3), axis=0)) < len(np.unique(many[0].reshape(-1, 3), axis=0))
     assert set(DEFAULT_STRENGTH) == set(METHODS)
 

@@ -123,7 +123,7 @@ def test_crossing_equal_faces_follows_velocity():
 def test_track_survives_gaps_up_to_max_gap(gap, n_tracks):
     missing = {("a", t) for t in range(10, 10 + gap)}
     frames, _ = build({"a": lambda t: (100 + 4 * t, 200, 40)}, 30, missing=missing)
-    tracks = track_faces(frames, max_gap=5)
+    tracks = track_faces(frames, max_gap=5, hold_frames=None)
     assert len(tracks) == n_tracks
     if n_tracks == 1:
         filled = [f.frame_index for f in tracks.track(0) if f.interpolated]
@@ -216,7 +216,7 @@ def test_every_ground_truth_face_frame_in_a_track_span_is_covered():
 def test_holds_before_first_and_after_last_detection():
     paths = {"a": lambda t: (100 + 5 * t, 200, 40) if 3 <= t <= 20 else None}
     frames, _ = build(paths, 25)
-    tracks = track_faces(frames, max_gap=4)  # hold_frames defaults to max_gap
+    tracks = track_faces(frames, max_gap=4, hold_frames=None)  # None: hold max_gap frames
     faces = tracks.track(0)
     held = [f.frame_index for f in faces if f.held]
     assert held == [0, 1, 2, 21, 22, 23, 24]  # 3 before (clipped at frame 0), 4 after
@@ -351,14 +351,14 @@ def test_empty_video_and_frames_without_faces():
         blank.track(0)
     # Faces in frames 2..3 of a mostly blank video.
     frames = [[], [], [det(100, 100, 40)], [det(102, 100, 40)], [], [], [], []]
-    tracks = track_faces(frames, max_gap=1)
+    tracks = track_faces(frames, max_gap=1, hold_frames=None)
     assert [len(tracks.faces_in_frame(t)) for t in range(8)] == [0, 1, 1, 1, 1, 0, 0, 0]
 
 
 def test_to_dict_is_json_and_round_trips():
     missing = {("a", 4)}
     frames, _ = build({"a": lambda t: (100 + 3 * t, 200, 40), "b": lambda t: (400, 200, 44)}, 10, missing=missing)
-    tracks = track_faces(frames, max_gap=3)
+    tracks = track_faces(frames, max_gap=3, hold_frames=None)
     d = json.loads(json.dumps(tracks.to_dict()))
     assert d["num_frames"] == 10 and d["params"]["max_gap"] == 3 and d["params"]["hold_frames"] == 3
     assert d["params"]["smoothing"] == {"method": "savitzky-golay", "window": 9, "polyorder": 2}

@@ -117,13 +117,16 @@ def _bar(info: VideoInfo, desc: str):
 def video_tracks(info: VideoInfo, detector, *, max_gap: int = DEFAULT_MAX_GAP, smoothing: bool = True) -> FaceTracks:
     """Pass 1: detect on every (upright) frame, keeping only the detections, then track."""
     detections = []
+    size = None  # upright (width, height): tracks follow faces out through the border
     with _bar(info, "detect") as bar:
         for chunk in iter_frames(info, CHUNK):
+            if size is None and chunk:
+                size = to_upright(chunk[0].rgb, info.rotation).shape[1::-1]
             detections.extend(_detect_chunk(detector, chunk, info.rotation))
             bar.update(len(chunk))
             del chunk  # released before the next chunk is decoded: one chunk of frames alive
     window = LandmarkSmoothing() if smoothing else None
-    return track_faces(detections, max_gap=max_gap, smoothing=window)
+    return track_faces(detections, max_gap=max_gap, smoothing=window, frame_size=size)
 
 
 def _keyframe_crops(info: VideoInfo, tracks: FaceTracks, crop_size: int) -> dict:

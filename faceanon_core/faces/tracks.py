@@ -22,19 +22,19 @@ anonymized or redacted, whatever its score or flags):
 * detected frames: the detection, landmarks smoothed;
 * frames between two detections (a gap of at most ``max_gap`` frames):
   linear interpolation of box and landmarks, ``interpolated=True``;
-* ``hold_frames`` frames (default ``max_gap``) before a track's first and
-  after its last detection: the first/last face held in place, ``held=True``.
-  Why: a track ends when the detector has lost the face for more than
-  ``max_gap`` frames, but the face has usually not gone anywhere (it is
-  turning, blurred, entering or leaving through the border). Had it come back
-  within ``max_gap`` frames those frames would have been interpolated; holding
-  gives them the same coverage when it does not come back, so a missed
-  association costs identity consistency (a new track id) but not coverage of
-  gaps up to ``2 * hold_frames``. The cost of a hold is a few frames of
-  anonymized background where the face really left. The face is held still,
-  not extrapolated: the detections just before a loss are the worst of a track
-  (that is why it was lost), so a velocity taken from them is the least
-  reliable; a still face errs by at most the distance actually travelled.
+* ``hold_frames`` frames (default 2) before a track's first and after its
+  last detection: the first/last face held in place, ``held=True``. Why: the
+  face has usually not gone anywhere (it is turning or blurred); a still face
+  errs by at most the distance actually travelled. Held longer, a short or
+  spurious track leaves a "ghost" patch where no face is, so the default is
+  short; gaps inside a track are interpolated up to ``max_gap`` frames.
+* faces leaving (or entering) through the frame border (``frame_size`` given,
+  tracks with at least :data:`MIN_EVIDENCE` detections): while the track's
+  constant-velocity prediction is cut by the border and at least
+  :data:`BORDER_MIN_VISIBLE` of its box is in the picture (and for at most
+  ``border_frames`` frames), the face is extrapolated along its motion, box
+  clipped to the frame, ``held=True``. A detector loses a face when about half
+  of it is outside; the rest still identifies the person.
 
 Coordinates are image pixels; landmarks are the 5 points of
 :class:`faceanon_core.faces.DetectedFace` (left eye, right eye, nose, mouth
@@ -53,7 +53,11 @@ import numpy as np
 from .align import TEMPLATE_5, TEMPLATE_EYE_DIST
 
 __all__ = [
+    "BORDER_MIN_VISIBLE",
+    "DEFAULT_BORDER_FRAMES",
+    "DEFAULT_HOLD_FRAMES",
     "DEFAULT_MAX_DISTANCE",
+    "MIN_EVIDENCE",
     "DEFAULT_MAX_GAP",
     "DEFAULT_MAX_SCALE_CHANGE",
     "FaceTracks",
@@ -81,6 +85,22 @@ DEFAULT_MAX_DISTANCE = 1.0
 #: Gate: largest ratio of face sizes (detection vs prediction) that can match:
 #: a small background face passing behind a large one never takes its track.
 DEFAULT_MAX_SCALE_CHANGE = 1.5
+
+#: Frames held still at each end of a track: a detector dropout at a track's
+#: end is covered, a spurious track leaves no ghost for long.
+DEFAULT_HOLD_FRAMES = 2
+
+#: A face at the frame border is followed out while this fraction of its predicted box is in the picture.
+BORDER_MIN_VISIBLE = 0.25
+#: At most this many frames of extrapolation past a track's end at the border (1 s at 30 fps).
+DEFAULT_BORDER_FRAMES = 30
+#: Detections a track needs before it is extrapolated through the border (a motion estimate, not one blip).
+MIN_EVIDENCE = 3
+
+#: Before a track's velocity is known (its first match), the gate is this many
+#: times ``max_distance``: a fast face (25 px and 10% scale per frame on a
+#: small face) moves more than one face size between its first two frames.
+_FIRST_MATCH_GATE = 2.0
 
 # Only the alignment template's spread is used here: it turns the spread of 5
 # landmarks into the inter-ocular distance they imply.
@@ -540,11 +560,12 @@ def _associate(
                 dist = np.linalg.norm(lms - p_lm, axis=2).mean(axis=1) / p_size
                 iou = _iou(p_box, boxes)
                 ratio = np.maximum(sizes / p_size, p_size / sizes)
-                ok = (dist <= max_distance) & (ratio <= max_scale_change) & (iou >= min_iou)
+                gate = max_distance * (1.0 if tr.has_velocity else _FIRST_MATCH_GATE)
+                ok = (dist <= gate) & (ratio <= max_scale_change) & (iou >= min_iou)
                 cost[i, ok] = dist[ok] + (1.0 - iou[ok])
             # Gated pairs cost more than all allowed pairs together: the assignment
             # makes as many allowed matches as it can, then the cheapest ones.
-            big = (max_distance + 2.0) * (min(cost.shape) + 1)
+            big = (_FIRST_MATCH_GATE * max_distance + 2.0) * (min(cost.shape) + 1)
             rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
             for r, c in zip(rows, cols):
                 if np.isfinite(cost[r, c]):
@@ -558,8 +579,42 @@ def _associate(
     return tracks
 
 
-def _track_faces_of(tr: _Track, num_frames: int, hold: int, smoothing: LandmarkSmoothing | None) -> _TrackArrays:
-    """Dense faces of one track, as arrays: detections, interpolated gaps, smoothing, held ends."""
+def _visible(box: np.ndarray, frame_size: tuple[int, int]) -> tuple[float, bool]:
+    """(fraction of the box inside the frame, whether the border cuts it)."""
+    w, h = frame_size
+    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+    if area <= 0:
+        return 0.0, False
+    iw = max(min(box[2], w) - max(box[0], 0.0), 0.0)
+    ih = max(min(box[3], h) - max(box[1], 0.0), 0.0)
+    frac = iw * ih / area
+    return frac, frac < 1.0
+
+
+def _clip_box(box: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+    w, h = frame_size
+    return np.array([min(max(box[0], 0.0), w), min(max(box[1], 0.0), h), min(max(box[2], 0.0), w),
+                     min(max(box[3], 0.0), h)])
+
+
+def _border_run(box, lm, v_box, v_lm, frame_size, limit) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Extrapolated (clipped box, landmarks) for k = 1.. while the prediction is cut by the border and visible."""
+    boxes, lms = [], []
+    for k in range(1, limit + 1):
+        p = box + v_box * k
+        frac, cut = _visible(p, frame_size)
+        if not cut or frac < BORDER_MIN_VISIBLE:
+            break
+        boxes.append(_clip_box(p, frame_size))
+        lms.append(lm + v_lm * k)
+    return boxes, lms
+
+
+def _track_faces_of(
+    tr: _Track, num_frames: int, hold: int, smoothing: LandmarkSmoothing | None,
+    frame_size: tuple[int, int] | None = None, border_frames: int = DEFAULT_BORDER_FRAMES,
+) -> _TrackArrays:
+    """Dense faces of one track, as arrays: detections, interpolated gaps, smoothing, held or extrapolated ends."""
     first, last = tr.dets[0].frame, tr.dets[-1].frame
     n = last - first + 1
     lm = np.empty((n, 5, 2))
@@ -579,17 +634,28 @@ def _track_faces_of(tr: _Track, num_frames: int, hold: int, smoothing: LandmarkS
             box[f - first] = (1.0 - w) * a.box + w * b.box
             score[f - first] = min(a.score, b.score)
     smooth = smoothing.apply(lm) if smoothing is not None else lm.copy()
-    before = first - max(0, first - hold)  # held frames before the first detection
-    after = min(num_frames, last + hold + 1) - (last + 1)  # and after the last
+    pre_box = pre_lm = post_box = post_lm = None
+    if frame_size is not None and len(tr.dets) >= MIN_EVIDENCE:
+        # Leaving: the track's own velocity; entering: the mean velocity over its first detections.
+        k = min(MIN_EVIDENCE - 1, len(tr.dets) - 1)
+        dt = tr.dets[k].frame - tr.dets[0].frame
+        v0_box, v0_lm = (tr.dets[k].box - tr.dets[0].box) / dt, (smooth[tr.dets[k].frame - first] - smooth[0]) / dt
+        post_box, post_lm = _border_run(box[-1], smooth[-1], tr.v_box, tr.v_lm, frame_size,
+                                        min(border_frames, num_frames - 1 - last))
+        pre_box, pre_lm = _border_run(box[0], smooth[0], -v0_box, -v0_lm, frame_size, min(border_frames, first))
+    before = len(pre_box) if pre_box else first - max(0, first - hold)  # frames before the first detection
+    after = len(post_box) if post_box else min(num_frames, last + hold + 1) - (last + 1)  # and after the last
 
-    def ends(v: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.repeat(v[:1], before, axis=0), v, np.repeat(v[-1:], after, axis=0)])
+    def ends(v: np.ndarray, pre=None, post=None) -> np.ndarray:
+        head = np.stack(pre[::-1]) if pre else np.repeat(v[:1], before, axis=0)
+        tail = np.stack(post) if post else np.repeat(v[-1:], after, axis=0)
+        return np.concatenate([head.reshape((-1,) + v.shape[1:]), v, tail.reshape((-1,) + v.shape[1:])])
 
     return _TrackArrays(
         np.arange(first - before, last + 1 + after),
-        ends(box),
+        ends(box, pre_box, post_box),
         ends(score),
-        ends(smooth),
+        ends(smooth, pre_lm, post_lm),
         np.concatenate([np.zeros((before, 5, 2)), raw, np.zeros((after, 5, 2))]),
         np.concatenate([np.zeros(before, bool), kind == _DETECTED, np.zeros(after, bool)]),
         np.concatenate([np.full(before, -1, np.int64), det_index, np.full(after, -1, np.int64)]),
@@ -604,8 +670,10 @@ def track_faces(
     max_distance: float = DEFAULT_MAX_DISTANCE,
     min_iou: float = 0.0,
     max_scale_change: float = DEFAULT_MAX_SCALE_CHANGE,
-    hold_frames: int | None = None,
+    hold_frames: int | None = DEFAULT_HOLD_FRAMES,
     smoothing: LandmarkSmoothing | None = LandmarkSmoothing(),
+    frame_size: tuple[int, int] | None = None,
+    border_frames: int = DEFAULT_BORDER_FRAMES,
 ) -> FaceTracks:
     """Link per-frame detections into face tracks.
 
@@ -616,13 +684,28 @@ def track_faces(
     its mean landmark distance to the track's constant-velocity prediction is
     at most ``max_distance`` face sizes, the face sizes differ by at most a
     factor ``max_scale_change``, and the box IoU with the prediction is at
-    least ``min_iou`` (0: not gated on IoU). ``hold_frames`` (None: ``max_gap``)
-    frames before a track's first and after its last detection hold its first
-    and last face. ``smoothing=None`` leaves landmarks as detected. Track ids
+    least ``min_iou`` (0: not gated on IoU); before a track's velocity is known
+    the distance gate is twice as wide. ``hold_frames`` (default 2; None:
+    ``max_gap``) frames before a track's first and after its last detection
+    hold its first and last face. ``frame_size`` (width, height): a track of
+    at least 3 detections whose predicted box is cut by the border is followed
+    (extrapolated, box clipped to the frame) while at least 25% of that box is
+    in the picture, for up to ``border_frames`` frames at each end.
+    ``smoothing=None`` leaves landmarks as detected. Track ids
     count from 0 in order of first detection. Raises ValueError for invalid
     parameters or detections (NaN landmarks, broken boxes).
     """
     _check_params(max_gap, max_distance, min_iou, max_scale_change, hold_frames, smoothing)
+    if frame_size is not None:
+        try:
+            fw, fh = (int(v) for v in frame_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"frame_size must be (width, height), got {frame_size!r}") from None
+        if fw <= 0 or fh <= 0:
+            raise ValueError(f"frame_size must be positive (width, height), got {frame_size!r}")
+        frame_size = (fw, fh)
+    if isinstance(border_frames, bool) or not isinstance(border_frames, (int, np.integer)) or border_frames < 0:
+        raise ValueError(f"border_frames must be an integer >= 0, got {border_frames!r}")
     hold = max_gap if hold_frames is None else int(hold_frames)
     frames = _read_detections(detections_per_frame)
     tracks = _associate(frames, int(max_gap), float(max_distance), float(min_iou), float(max_scale_change))
@@ -632,10 +715,15 @@ def track_faces(
         "min_iou": float(min_iou),
         "max_scale_change": float(max_scale_change),
         "hold_frames": hold,
+        "frame_size": None if frame_size is None else list(frame_size),
+        "border_frames": int(border_frames),
         "smoothing": None
         if smoothing is None
         else {"method": "savitzky-golay", "window": int(smoothing.window), "polyorder": int(smoothing.polyorder)},
     }
     return FaceTracks._of_arrays(
-        len(frames), {tr.track_id: _track_faces_of(tr, len(frames), hold, smoothing) for tr in tracks}, params
+        len(frames), {
+            tr.track_id: _track_faces_of(tr, len(frames), hold, smoothing, frame_size, int(border_frames))
+            for tr in tracks
+        }, params
     )

@@ -1,0 +1,104 @@
+"""faces.tracks, issue 20: faces leaving through the frame border, no ghosts, fast faces stay one track."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_tracks import build, det
+
+from faceanon_core.faces.tracks import BORDER_MIN_VISIBLE, DEFAULT_HOLD_FRAMES, track_faces
+
+W, H = 640, 360
+
+
+def visible(box, w=W, h=H):
+    x0, y0, x1, y1 = box
+    iw = max(min(x1, w) - max(x0, 0), 0)
+    ih = max(min(y1, h) - max(y0, 0), 0)
+    return iw * ih / ((x1 - x0) * (y1 - y0))
+
+
+def gt_box(cx, cy, eye):
+    return det(cx, cy, eye).box
+
+
+def leaving(t):
+    """A face (eye 40 px, box 96 px wide) sliding out of the left edge at 2 px per frame (a slow pan)."""
+    return (300 - 2 * t, 180, 40)
+
+
+def leaving_detections(n=180, min_visible=0.5):
+    """What a detector gives: the face while at least half of it is in the picture."""
+    frames = []
+    for t in range(n):
+        p = leaving(t)
+        frames.append([det(*p)] if visible(gt_box(*p)) >= min_visible else [])
+    return frames
+
+
+def test_face_leaving_the_frame_is_followed_while_a_quarter_is_visible():
+    frames = leaving_detections()
+    last_det = max(t for t, d in enumerate(frames) if d)
+    tracks = track_faces(frames, frame_size=(W, H))
+    assert len(tracks) == 1
+    due = [t for t in range(len(frames)) if visible(gt_box(*leaving(t))) >= BORDER_MIN_VISIBLE]
+    assert due[-1] - last_det > 10  # the frames the rule is about: many more than a hold
+    for t in due:
+        (f,) = tracks.faces_in_frame(t)
+        gx0, gy0, gx1, gy1 = gt_box(*leaving(t))
+        x0, y0, x1, y1 = f.box
+        # Box clipped to the frame and covering the face's visible part (constant motion is predicted exactly).
+        assert (f.detected or x0 >= 0) and x0 <= max(gx0, 0) + 1e-6 and x1 >= gx1 - 1e-6, (t, f.box, (gx0, gx1))
+        assert f.detected == (t <= last_det)
+        assert y0 <= gy0 + 1e-6 and y1 >= gy1 - 1e-6
+    # Once less than a quarter is in the picture the track ends (no patch on an empty border).
+    gone = [t for t in range(len(frames)) if t > due[-1]]
+    assert all(not tracks.faces_in_frame(t) for t in gone)
+
+
+def test_without_frame_size_or_evidence_the_border_rule_is_off():
+    frames = leaving_detections()
+    last_det = max(t for t, d in enumerate(frames) if d)
+    tracks = track_faces(frames)  # no frame size: plain hold
+    assert max(f.frame_index for f in tracks.track(0)) == last_det + DEFAULT_HOLD_FRAMES
+    # Two detections only (no motion estimate): a blip at the border is not extrapolated.
+    blip = [[] for _ in range(30)]
+    blip[10], blip[11] = [det(*leaving(130))], [det(*leaving(131))]
+    t2 = track_faces(blip, frame_size=(W, H))
+    assert [f.frame_index for f in t2.track(0)] == list(range(8, 14))
+
+
+def test_spurious_track_leaves_no_ghost():
+    # One false detection in mid-frame: held at most 2 frames either side, not 8.
+    frames = [[] for _ in range(30)]
+    frames[12] = [det(320, 180, 30)]
+    tracks = track_faces(frames, frame_size=(W, H))
+    assert [f.frame_index for f in tracks.track(0)] == list(range(10, 15))
+    # A real face that vanishes mid-frame (turned away): also only 2 frames past its last detection.
+    frames = [[det(200 + 3 * t, 180, 40)] if t < 15 else [] for t in range(40)]
+    faces = track_faces(frames, frame_size=(W, H)).track(0)
+    assert max(f.frame_index for f in faces) == 14 + DEFAULT_HOLD_FRAMES
+
+
+@pytest.mark.parametrize("eye0", [16.0, 24.0, 40.0])
+def test_fast_face_stays_one_track(eye0):
+    # 25 px and 10% scale per frame, with 1 px landmark noise; the detector misses every 7th frame.
+    rng = np.random.default_rng(7)
+    n = 14
+
+    def path(t):
+        return (60 + 25 * t, 200 + 5 * t, eye0 * 1.1 ** t)
+
+    missing = {("a", t) for t in range(3, n - 1, 7)}
+    frames, _ = build({"a": path}, n, missing=missing, rng=rng, sigma=1.0)
+    tracks = track_faces(frames, frame_size=(4096, 4096))
+    assert len(tracks) == 1, [[f.frame_index for f in tracks.track(t) if f.detected] for t in tracks.track_ids]
+
+
+def test_neighbours_still_do_not_swap_at_first_match():
+    # The wider first-match gate must not merge two faces 2.5 face sizes apart appearing together.
+    frames, who = build({"a": lambda t: (200, 200, 40), "b": lambda t: (300, 200, 40)}, 10)
+    tracks = track_faces(frames)
+    ids = {tid: {who[f.frame_index][f.detection_index] for f in tracks.track(tid) if f.detected}
+           for tid in tracks.track_ids}
+    assert len(tracks) == 2 and all(len(s) == 1 for s in ids.values())
