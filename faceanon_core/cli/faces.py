@@ -17,7 +17,7 @@ from typing import Any
 
 from ..faces import FaceDetectorError, MTCNNDetector
 from ..faces.detect import DEFAULT_DETECTOR_MIN_FACE, SMALLEST_DETECTABLE_FACE, count_near_limit
-from ..faces.redact import DEFAULT_STRENGTH, METHODS, redact_image
+from ..faces.redact import DEFAULT_STRENGTH, METHODS, check_strength, redact_image
 from ..media.images import WRITABLE_EXTENSIONS, ImageReadError, load_image, save_image
 from ..media.manifest import run_batch
 from .common import CliError, add_run_options, folder_run, plan_run, report_near_limit, report_not_handled
@@ -126,6 +126,10 @@ def _fail(cmd: str, msg: str) -> int:
 
 
 def cmd_redact(args: argparse.Namespace) -> int:
+    try:  # a strength that would leave faces recognizable: refused before anything is read or written
+        check_strength(args.method, args.strength)
+    except ValueError as exc:
+        return _fail("redact", str(exc))
     if is_video_run(args.inputs):  # videos: tracks, see cli/video.py
         return run_redact_video(args, detector_from_args)
     if args.ext is not None and f".{args.ext.lower().lstrip('.')}" not in WRITABLE_EXTENSIONS:
