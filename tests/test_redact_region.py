@@ -130,7 +130,7 @@ def test_strength_range_is_enforced():
 # --------------------------------------------------------------------------- other entry points
 
 
-def test_cli_covers_the_whole_head(tmp_path):
+def test_cli_covers_the_whole_head(tmp_path, capsys):
     from faceanon_core.cli import faces as cli_faces
     from faceanon_core.media.images import load_image, save_image
 
@@ -144,6 +144,10 @@ def test_cli_covers_the_whole_head(tmp_path):
     after = load_image(written).rgb
     assert coverage(grace_hopper(), after, HEADS["grace"]) >= COVERED
     assert far_changed(grace_hopper(), after, [HEADS["grace"]]) == 0.0
+    # A strength below the floor is refused up front, naming the range; nothing is written.
+    weak = parser.parse_args(["redact", str(src), "-o", str(tmp_path / "weak"), "--strength", "0.05"])
+    assert weak.func(weak) == 1
+    assert "blur strength must be in" in capsys.readouterr().err and not (tmp_path / "weak").exists()
 
 
 def test_node_covers_the_whole_head_and_clamps_old_strengths(caplog):

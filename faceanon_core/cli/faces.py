@@ -21,7 +21,7 @@ from ..faces.detect import (
     SMALLEST_DETECTABLE_FACE,
     count_near_limit,
 )
-from ..faces.redact import DEFAULT_STRENGTH, METHODS, redact_image
+from ..faces.redact import DEFAULT_STRENGTH, METHODS, check_strength, redact_image
 from ..media.images import ImageReadError, load_image, save_image
 from ..media.manifest import run_batch
 from .common import (
@@ -142,6 +142,10 @@ def _fail(cmd: str, msg: str, code: int = EXIT_USAGE) -> int:
 
 
 def cmd_redact(args: argparse.Namespace) -> int:
+    try:  # a strength that would leave faces recognizable: refused before anything is read or written
+        check_strength(args.method, args.strength)
+    except ValueError as exc:
+        return _fail("redact", str(exc))
     if is_video_run(args.inputs):  # videos: tracks, see cli/video.py
         return run_redact_video(args, detector_from_args)
     try:

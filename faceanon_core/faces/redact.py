@@ -92,9 +92,6 @@ def check_strength(method: str, strength: float | None) -> float:
     return s
 
 
-_check_method = check_strength
-
-
 def _check_margin(margin: float) -> float:
     m = float(margin)
     if not math.isfinite(m) or not 0.0 <= m <= 2.0:

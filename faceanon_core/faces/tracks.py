@@ -32,8 +32,9 @@ anonymized or redacted, whatever its score or flags):
   tracks with at least :data:`MIN_EVIDENCE` detections): while the track's
   constant-velocity prediction is cut by the border and at least
   :data:`BORDER_MIN_VISIBLE` of its box is in the picture (and for at most
-  ``border_frames`` frames), the face is extrapolated along its motion, box
-  clipped to the frame, ``held=True``. A detector loses a face when about half
+  ``border_frames`` frames), the face is extrapolated along its motion
+  (``held=True``; its box reaches past the border, the region drawn from it
+  is clipped to the frame). A detector loses a face when about half
   of it is outside; the rest still identifies the person.
 
 Coordinates are image pixels; landmarks are the 5 points of
@@ -591,21 +592,20 @@ def _visible(box: np.ndarray, frame_size: tuple[int, int]) -> tuple[float, bool]
     return frac, frac < 1.0
 
 
-def _clip_box(box: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
-    w, h = frame_size
-    return np.array([min(max(box[0], 0.0), w), min(max(box[1], 0.0), h), min(max(box[2], 0.0), w),
-                     min(max(box[3], 0.0), h)])
-
-
 def _border_run(box, lm, v_box, v_lm, frame_size, limit) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Extrapolated (clipped box, landmarks) for k = 1.. while the prediction is cut by the border and visible."""
+    """Extrapolated (box, landmarks) for k = 1.. while the prediction is cut by the border and visible.
+
+    The box is kept whole, past the border: the redaction region is grown from it and clipped to the frame
+    when pasted. Clipping the box itself would shrink the margin with it (a quarter-visible face's clipped
+    box is a quarter as wide) and leave the head's visible outline at the border uncovered.
+    """
     boxes, lms = [], []
     for k in range(1, limit + 1):
         p = box + v_box * k
         frac, cut = _visible(p, frame_size)
         if not cut or frac < BORDER_MIN_VISIBLE:
             break
-        boxes.append(_clip_box(p, frame_size))
+        boxes.append(p)
         lms.append(lm + v_lm * k)
     return boxes, lms
 
@@ -689,7 +689,7 @@ def track_faces(
     ``max_gap``) frames before a track's first and after its last detection
     hold its first and last face. ``frame_size`` (width, height): a track of
     at least 3 detections whose predicted box is cut by the border is followed
-    (extrapolated, box clipped to the frame) while at least 25% of that box is
+    (extrapolated; the box may reach past the border) while at least 25% of that box is
     in the picture, for up to ``border_frames`` frames at each end.
     ``smoothing=None`` leaves landmarks as detected. Track ids
     count from 0 in order of first detection. Raises ValueError for invalid
