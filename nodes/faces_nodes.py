@@ -21,7 +21,6 @@ from .checks import check_floats, near_limit_count
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = sockets.CATEGORY
 
 DETECT_TOOLTIPS = {
     "image": "The photos or video frames (an IMAGE batch); the faces of all frames come out as one crop batch, in "
@@ -163,7 +162,8 @@ class FaceAnonDetectFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_DetectFaces", display_name="Detect & Align Faces", category=CATEGORY,
+            node_id="FaceAnon_DetectFaces", display_name="FaceAnon Detect & Align Faces",
+            category=sockets.CATEGORY_FACES,
             description=("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square "
                          "crop. Returns all crops of all frames as one IMAGE batch (in frame order) and the face "
                          "list for Paste Faces Back. Frames without a face are logged and contribute no crop; with "
@@ -237,7 +237,8 @@ class FaceAnonPasteFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_PasteFaces", display_name="Paste Faces Back", category=CATEGORY,
+            node_id="FaceAnon_PasteFaces", display_name="FaceAnon Paste Faces Back",
+            category=sockets.CATEGORY_FACES,
             description=("Warps processed crops back into the original frames and blends them with a feathered "
                          "face mask; pixels outside the mask stay exactly as they were. Returns the frames and the "
                          "blend mask."),
@@ -317,7 +318,8 @@ class FaceAnonRedactFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_RedactFaces", display_name="Redact Faces", category=CATEGORY,
+            node_id="FaceAnon_RedactFaces", display_name="FaceAnon Redact Faces",
+            category=sockets.CATEGORY_FACES,
             description=("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid "
                          "fill in aligned-crop space, pasted back with an opaque mask. strength 0 = the method's "
                          "default (blur: sigma 0.35 eye distances; pixelate: 8 blocks across the face). Optionally "

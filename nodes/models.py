@@ -268,7 +268,8 @@ class FaceAnonModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_ModelLoader", display_name="FaceAnon Model Loader", category=sockets.CATEGORY,
+            node_id="FaceAnon_ModelLoader", display_name="FaceAnon Model Loader",
+            category=sockets.CATEGORY_METHOD,
             description=("Loads a FaceAnon model folder from models/faceanon/ (unet/, referencenet/, "
                          "conditioning_referencenet/; optional vae/ and image_encoder/). MODEL is the UNet "
                          "(v-prediction); VAE and CLIP_VISION are empty when the folder lacks them: connect "

@@ -82,7 +82,8 @@ class FaceAnonAnonymize(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_Anonymize", display_name="Face Anonymize", category=sockets.CATEGORY,
+            node_id="FaceAnon_Anonymize", display_name="FaceAnon Anonymize",
+            category=sockets.CATEGORY_METHOD,
             description=("Anonymizes aligned face crops (use Detect & Align Faces first for photos): the same image "
                          "as source and driving with degree d (1 removes the identity, > 1 moves past it). Images "
                          "are resized to the model's resolution (512) and back. With the faces of Track Faces "
@@ -115,7 +116,8 @@ class FaceAnonSwap(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_Swap", display_name="Face Swap", category=sockets.CATEGORY,
+            node_id="FaceAnon_Swap", display_name="FaceAnon Face Swap",
+            category=sockets.CATEGORY_METHOD,
             description=("Face swap on aligned crops: the identity of source_image with the pose, expression and "
                          "background of driving_image (degree 0). A source batch of 1 is used for every driving "
                          "image. Swapping the faces of real people needs their consent."),

@@ -27,7 +27,6 @@ from ..faceanon_core.method.states import ReferenceStates
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = sockets.CATEGORY
 WRAPPER_KEY = "faceanon_references"
 
 TOOLTIPS = {
@@ -219,7 +218,8 @@ class FaceAnonApplyReferences(io.ComfyNode):
     def define_schema(cls):
         t = TOOLTIPS
         return io.Schema(
-            node_id="FaceAnon_ApplyReferences", display_name="FaceAnon Apply References", category=CATEGORY,
+            node_id="FaceAnon_ApplyReferences", display_name="FaceAnon Apply References",
+            category=sockets.CATEGORY_METHOD,
             description=("The method as a model patch, for ComfyUI's own samplers: returns the MODEL with the "
                          "dual-reference self-attention (keys/values [own, source, driving] states of each block) "
                          "and the positive [Z'_src, Z_drv] and negative [0, Z_drv] conditioning. Connect them to "

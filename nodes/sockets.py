@@ -9,6 +9,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 CATEGORY = "FaceAnon"
+CATEGORY_FACES = f"{CATEGORY}/faces"  # detect, paste back, redact, verify
+CATEGORY_METHOD = f"{CATEGORY}/method"  # the diffusion method: loader, one-node samplers, building blocks
+CATEGORY_VIDEO = f"{CATEGORY}/video"  # tracks across frames
 
 RefNet = io.Custom("FACEANON_REFNET")
 Embeds = io.Custom("FACEANON_EMBEDS")

@@ -23,7 +23,7 @@ from comfy_api.latest import io
 
 from . import sockets
 from .checks import check_floats
-from .faces_nodes import CATEGORY, FaceSet, _detector, to_image, to_uint8_frames
+from .faces_nodes import FaceSet, _detector, to_image, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class FaceAnonTrackFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_TrackFaces", display_name="Track Faces (video)", category=CATEGORY,
+            node_id="FaceAnon_TrackFaces", display_name="FaceAnon Track Faces",
+            category=sockets.CATEGORY_VIDEO,
             description=("Finds the faces of a batch of video frames and links them into tracks (one per person). "
                          "A frame where the detector missed a tracked face still gets it (interpolated or held), "
                          "landmarks are smoothed along each track. Returns the aligned crops of every tracked face "
