@@ -223,13 +223,56 @@ def test_every_choice_input_is_validated(cls):
         assert isinstance(message, str) and f"{name}: 'no_such_choice' not in" in message, message
 
 
+HUB_REPOS = ("hkung/face-anon-simple", "stabilityai/sd-vae-ft-mse", "openai/clip-vit-large-patch14")
+
+
+def assert_says_how_to_install(message):
+    """A ComfyUI user's instructions: the folder relative to models/, the three hub repositories, commands of the
+    `hf` CLI (huggingface_hub, in ComfyUI's environment); not the CLI a Manager install lacks."""
+    assert isinstance(message, str) and "models/faceanon/<name>/" in message and "extra_model_paths.yaml" in message
+    assert all(repo in message for repo in HUB_REPOS), message
+    assert "hf download hkung/face-anon-simple" in message
+    assert "--local-dir ComfyUI/models/faceanon/face-anon-simple/vae" in message
+    assert "faceanon models download" not in message
+
+
 def test_the_loader_says_where_the_weights_go_when_none_are_installed():
     loader = NODES["models"].FaceAnonModelLoader
     assert loader.INPUT_TYPES()["required"]["model_folder"][1]["options"] == []  # no folder installed
     message = loader.validate_inputs(model_folder="face-anon-simple")
-    assert isinstance(message, str) and "found: none" in message and "models/faceanon/<name>/" in message
-    assert "faceanon models download --to" in message and "extra_model_paths.yaml" in message
-    assert "must be a folder name" in loader.validate_inputs(model_folder="../../etc")
+    assert_says_how_to_install(message)
+    assert "installed under models/faceanon/: none" in message
+    assert_says_how_to_install(loader.validate_inputs(model_folder="../../etc"))
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """A models/faceanon root holding one model folder, face-anon-simple (only the file the listing reads)."""
+    models = NODES["models"]
+    root = tmp_path / "server" / "models" / "faceanon"
+    (root / "face-anon-simple" / "unet").mkdir(parents=True)
+    (root / "face-anon-simple" / "unet" / "config.json").write_text("{}")
+    monkeypatch.setattr(models.folder_paths, "get_folder_paths", lambda name: [str(root)])
+    return models
+
+
+def test_only_the_listed_model_folder_names_pass_validation(installed):
+    loader = installed.FaceAnonModelLoader
+    assert loader.validate_inputs(model_folder="face-anon-simple") is True
+    for bad in ("", "face-anon-simple/unet", "./face-anon-simple", "face-anon-simple/", "../faceanon/face-anon-simple"):
+        message = loader.validate_inputs(model_folder=bad)
+        assert isinstance(message, str), bad
+        assert "installed under models/faceanon/: face-anon-simple" in message, (bad, message)
+    assert "no FaceAnon model folder was chosen" in loader.validate_inputs(model_folder="")
+
+
+def test_loader_messages_name_no_server_path(installed, tmp_path):
+    message = installed.FaceAnonModelLoader.validate_inputs(model_folder="other")
+    assert str(tmp_path) not in message and "/server/" not in message
+    error = installed.public_error(FileNotFoundError(f"{tmp_path}/server/models/faceanon/face-anon-simple/unet/x "
+                                                     "is missing"), tmp_path / "server/models/faceanon/face-anon-simple",
+                                   "face-anon-simple")
+    assert type(error) is FileNotFoundError and str(error) == "models/faceanon/face-anon-simple/unet/x is missing"
 
 
 @pytest.mark.parametrize("side", [1, 8, 15])

@@ -185,9 +185,11 @@ def test_missing_model_folder_says_where_it_goes_and_how_to_fetch_it(server):
     assert status == 400, answer
     text = str(answer)
     assert "Value not in list" not in text
-    for needle in ("models/faceanon/<name>/", "extra_model_paths.yaml",
-                   "faceanon models download --to", "face-anon-simple"):
+    for needle in ("models/faceanon/<name>/", "extra_model_paths.yaml", "hf download hkung/face-anon-simple",
+                   "--local-dir ComfyUI/models/faceanon/face-anon-simple", "stabilityai/sd-vae-ft-mse",
+                   "openai/clip-vit-large-patch14"):
         assert needle in text, (needle, text[:2000])
+    assert "faceanon models download" not in text and str(server.base) not in text
 
 
 def test_object_info_lists_apply_references_with_tooltips(server):
@@ -369,6 +371,7 @@ def test_loader_message_when_no_weights_are_installed(loaded, monkeypatch, tmp_p
     assert models.list_model_folders() == []
     message = models.FaceAnonModelLoader.validate_inputs(model_folder="face-anon-simple")
     assert isinstance(message, str)
-    assert "found: none" in message and "models/faceanon/<name>/" in message and "extra_model_paths.yaml" in message
-    assert f"faceanon models download --to {empty / 'face-anon-simple'}" in message
+    assert "installed under models/faceanon/: none" in message and "models/faceanon/<name>/" in message
+    assert "hf download hkung/face-anon-simple" in message and "extra_model_paths.yaml" in message
+    assert str(tmp_path) not in message and "faceanon models download" not in message
     assert models.FaceAnonModelLoader.validate_inputs(model_folder="../../etc") != True  # noqa: E712  (a path)
