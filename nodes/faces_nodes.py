@@ -192,6 +192,18 @@ class FaceAnonDetectFaces(io.ComfyNode):
                                            detector_min_face))
 
 
+def check_frames_match(frames, faces: FaceSet) -> None:
+    """The frames must be the ones the faces were found in: the same count and the same size each (faces found
+    on a resized copy would land in the wrong place and leave the real faces untouched)."""
+    if len(frames) != len(faces.frame_sizes):
+        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
+                         f"{len(faces.frame_sizes)} frames")
+    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
+        if tuple(frame.shape[:2]) != tuple(size):
+            raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
+                             f"on a {size[1]}x{size[0]} frame: connect the same image the faces came from")
+
+
 def paste_faces(image, crops, faces, feather, erode, color_match):
     """Paste Faces Back: (frames IMAGE, mask MASK); faces too small for the model are blurred."""
     from ..faceanon_core.faces import paste_back
@@ -200,13 +212,7 @@ def paste_faces(image, crops, faces, feather, erode, color_match):
     if not isinstance(faces, FaceSet):
         raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
     frames = to_uint8_frames(image)
-    if len(frames) != len(faces.frame_sizes):
-        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
-                         f"{len(faces.frame_sizes)} frames")
-    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
-        if tuple(frame.shape[:2]) != tuple(size):
-            raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
-                             f"on a {size[1]}x{size[0]} frame")
+    check_frames_match(frames, faces)
     if not len(faces) and is_placeholder(crops):
         crops = crops[:0]  # no face in any frame: the frames come back as they are (small faces blurred)
     if crops.shape[0] != len(faces):
@@ -289,9 +295,8 @@ def redact_faces(image, method, strength, threshold, faces=None, detector_min_fa
     frames = to_uint8_frames(image)
     if faces is not None and not isinstance(faces, FaceSet):
         raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
-    if faces is not None and len(faces.frame_sizes) != len(frames):
-        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
-                         f"{len(faces.frame_sizes)} frames")
+    if faces is not None:
+        check_frames_match(frames, faces)
     detector = None if faces is not None else _detector(float(threshold), float(detector_min_face))
     out, masks, found = [], [], []
     pbar = comfy.utils.ProgressBar(len(frames))

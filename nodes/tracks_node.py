@@ -23,7 +23,7 @@ from comfy_api.latest import io
 
 from . import sockets
 from .checks import check_floats
-from .faces_nodes import FaceSet, _detector, to_image, to_uint8_frames
+from .faces_nodes import FaceSet, _detector, placeholder, to_image, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ def track_faces_node(frames, threshold, max_gap, smoothing, min_face_size, crop_
     device = mm.intermediate_device()
     if len(crops):
         return to_image(crops).to(device), result, to_image(keys).to(device)
-    empty = torch.zeros((0, crop_size, crop_size, 3), device=device)
+    # no face in any frame: one black placeholder crop, as Detect & Align Faces gives (a Preview or Save of the
+    # crops still works; Face Anonymize passes it on and Paste Faces Back returns the frames unchanged)
+    empty = placeholder(torch.zeros((0, crop_size, crop_size, 3), device=device))
     return empty, result, empty.clone()
 
 

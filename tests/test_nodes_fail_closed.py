@@ -340,3 +340,28 @@ def test_a_1x1_photo_takes_the_no_face_path_in_the_library():
     res = process_faces(tiny, lambda crops: calls.append(crops) or crops)
     assert calls == [] and res.faces == [] and np.array_equal(res.image, tiny)
     assert np.array_equal(redact_image(tiny).image, tiny)
+
+
+def test_redact_refuses_faces_detected_on_a_different_size_copy():
+    """Faces found on a half-size copy would be redacted at the wrong place, leaving the real faces untouched."""
+    import cv2
+
+    full = astronaut()
+    half = cv2.resize(full, (full.shape[1] // 2, full.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    _crops, faces = detect(as_image(half))
+    assert len(faces) >= 1
+    with pytest.raises(ValueError, match="frame 0 is 512x512 but the faces were detected on a 256x256 frame"):
+        redact(as_image(full), faces=faces)
+
+
+def test_track_faces_on_a_clip_without_faces_gives_a_placeholder_crop_that_paste_ignores():
+    """Like Detect: one black crop (a Preview downstream needs one image), and Paste returns the frames as they are."""
+    frames = as_image(sky(), sky())
+    crops, faces, keyframes = run_node(NODES["tracks_node"].FaceAnonTrackFaces, frames=frames, threshold=0.95,
+                                       max_gap=5, smoothing=True, min_face_size=10.0, crop_size=64)
+    assert len(faces) == 0
+    for batch in (crops, keyframes):
+        assert batch.shape == (1, 64, 64, 3) and not batch.any()
+    image, mask = paste(frames, anonymize(crops), faces)
+    assert all(np.array_equal(a, b) for a, b in zip(as_uint8(image), as_uint8(frames), strict=True))
+    assert not mask.any()
