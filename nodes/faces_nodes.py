@@ -93,6 +93,11 @@ class FaceSet:
     def __len__(self) -> int:
         return len(self.faces)
 
+    def _comfy_cache_tensors(self) -> list:
+        """For ComfyUI's RAM-pressure output cache: no tensors (landmarks and transforms are a few floats per face;
+        the crops travel as their own IMAGE output)."""
+        return []
+
 
 def to_uint8_frames(image: torch.Tensor, what: str = "image") -> list[np.ndarray]:
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:

@@ -123,6 +123,11 @@ class FaceAnonRefNet:
     def latent_format(self):
         return self.patcher.model.latent_format
 
+    def _comfy_cache_tensors(self) -> list:
+        """For ComfyUI's RAM-pressure output cache: none (the weights belong to ComfyUI's model management, as a
+        MODEL's do)."""
+        return []
+
 
 def _read_json(path: Path) -> dict:
     try:

@@ -81,6 +81,15 @@ def _attn1_replaces(model_options: dict) -> dict:
     return model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
 
 
+def refuse_multigpu(model) -> None:
+    """The references are one set of tensors on one device and the patch sits on this model only: clones for
+    other GPUs (newest ComfyUI's MultiGPU nodes) would sample without them or on the wrong device. Refused."""
+    clones = getattr(model, "get_additional_models_with_key", lambda key: [])("multigpu")
+    if clones:
+        raise ValueError(f"this MODEL is set up for sampling on {len(clones) + 1} GPUs (a MultiGPU node); FaceAnon's "
+                         "references run on one GPU: remove the MultiGPU node from this model's path")
+
+
 class ReferenceRun:
     """``OUTER_SAMPLE`` wrapper of one patched MODEL: batch check, late stacking, memory accounting, cache life."""
 
@@ -122,6 +131,7 @@ class ReferenceRun:
         noise = args[0] if args else kwargs["noise"]
         self.check_batch(int(noise.shape[0]))
         guider = executor.class_obj
+        refuse_multigpu(guider.model_patcher)
         self.restack(guider.model_options)
         base = guider.model_patcher.model
         dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
@@ -201,6 +211,7 @@ def sigma_range_of(model, start_percent: float, end_percent: float):
 def apply_references(model, source_states, source_embeds, driving_states, driving_embeds,
                      start_percent: float = 0.0, end_percent: float = 1.0):
     """-> (patched MODEL clone, positive, negative CONDITIONING, batch, patch)."""
+    refuse_multigpu(model)
     unet_config, batch = check_reference_inputs(model, source_states, source_embeds, driving_states, driving_embeds)
     layout = comfy_layout.attn1_layout(unet_config)
     routing, _ = comfy_layout.routed_layers(layout, source_states.meta.get("routing", "as_trained"))

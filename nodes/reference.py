@@ -117,6 +117,10 @@ def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float | None = No
     return reference_patch.mix_captured(states, embeds, degree)
 
 
+#: What a sampled LATENT does not carry on: as core's KSampler (the newest also drops the VAE's downscale ratios,
+#: which describe the input latent, not the sampled one).
+DROPPED_LATENT_KEYS = ("samples", "batch_index", "noise_mask", "downscale_ratio_spacial", "downscale_ratio_temporal")
+
 # The patch itself lives in patch_node (FaceAnon Apply References); the sampler below is built on it.
 install_reference_patch = patch_node.install_reference_patch
 
@@ -142,7 +146,7 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
     out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                               denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
                               disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    result = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
+    result = {k: v for k, v in latent.items() if k not in DROPPED_LATENT_KEYS}
     result["samples"] = check_finite_tensor("Dual-Reference Sampler: the sampled latent", out)
     return result
 

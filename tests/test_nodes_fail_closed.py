@@ -365,3 +365,14 @@ def test_track_faces_on_a_clip_without_faces_gives_a_placeholder_crop_that_paste
     image, mask = paste(frames, anonymize(crops), faces)
     assert all(np.array_equal(a, b) for a, b in zip(as_uint8(image), as_uint8(frames), strict=True))
     assert not mask.any()
+
+
+def test_cached_outputs_tell_comfyui_their_tensors():
+    """The newest ComfyUI's RAM-pressure cache sizes an output through _comfy_cache_tensors()."""
+    from faceanon_core.method.states import ReferenceStates
+
+    cond = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1": torch.zeros(2, 16, 32)}
+    uncond = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1": torch.zeros(1, 16, 32)}
+    tensors = ReferenceStates(cond=cond, uncond=uncond)._comfy_cache_tensors()
+    assert sum(t.numel() for t in tensors) == 3 * 16 * 32
+    assert fn.FaceSet()._comfy_cache_tensors() == []
