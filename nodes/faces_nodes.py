@@ -55,11 +55,11 @@ NEAR_LIMIT_FACTOR = 1.5
 
 
 def detector_min_face_input():
-    return io.Float.Input("detector_min_face", default=DETECTOR_MIN_FACE, min=12.0, max=4096.0, step=1.0,
-                          optional=True,
-                          tooltip="smallest face the detector looks for (box side in pixels; the CLI's "
-                                  "--min-face-size). Faces smaller than this are never found, so never changed: "
-                                  "lower it for crowds and distant faces (12 is the detector's own limit)")
+    return sockets.advanced(io.Float.Input, "detector_min_face", default=DETECTOR_MIN_FACE, min=12.0, max=4096.0,
+                            step=1.0, optional=True,
+                            tooltip="smallest face the detector looks for (box side in pixels; the CLI's "
+                                    "--min-face-size). Faces smaller than this are never found, so never changed: "
+                                    "lower it for crowds and distant faces (12 is the detector's own limit)")
 
 
 def log_near_limit(node: str, found_per_frame, limit: float) -> int:
@@ -166,8 +166,9 @@ def detect_faces(image, threshold, min_face_size, crop_size, if_no_face, detecto
 class FaceAnonDetectFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return sockets.schema(
             node_id="FaceAnon_DetectFaces", display_name="FaceAnon Detect & Align Faces",
+            search_aliases=["face detection", "align faces", "crop faces"],
             category=sockets.CATEGORY_FACES,
             description=("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square "
                          "crop. Returns all crops of all frames as one IMAGE batch (in frame order) and the face "
@@ -327,8 +328,9 @@ def redact_faces(image, method, strength, threshold, faces=None, detector_min_fa
 class FaceAnonRedactFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return sockets.schema(
             node_id="FaceAnon_RedactFaces", display_name="FaceAnon Redact Faces",
+            search_aliases=["blur faces", "pixelate faces", "redact", "censor faces"],
             category=sockets.CATEGORY_FACES,
             description=("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid "
                          "fill in aligned-crop space, pasted back with an opaque mask. strength 0 = the method's "

@@ -110,8 +110,9 @@ TOOLTIPS = {
 class FaceAnonTrackFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return sockets.schema(
             node_id="FaceAnon_TrackFaces", display_name="FaceAnon Track Faces",
+            search_aliases=["video faces", "face tracking"],
             category=sockets.CATEGORY_VIDEO,
             description=("Finds the faces of a batch of video frames and links them into tracks (one per person). "
                          "A frame where the detector missed a tracked face still gets it (interpolated or held), "

@@ -376,3 +376,30 @@ def test_cached_outputs_tell_comfyui_their_tensors():
     tensors = ReferenceStates(cond=cond, uncond=uncond)._comfy_cache_tensors()
     assert sum(t.numel() for t in tensors) == 3 * 16 * 32
     assert fn.FaceSet()._comfy_cache_tensors() == []
+
+
+def test_newer_schema_fields_are_used_only_where_comfyui_has_them(monkeypatch):
+    """0.3.64 raises TypeError on an unknown Schema field or Input argument; the newest ComfyUI has
+    search_aliases and advanced inputs. Feature-detected from the signatures, not from a version number."""
+    sockets = NODES["faces_nodes"].sockets
+    io = sockets.io
+    redact = fn.FaceAnonRedactFaces
+    plain = redact.define_schema()  # the stand-in is 0.3.64's API: no search_aliases, no advanced
+    assert not hasattr(plain, "search_aliases")
+    seen = {}
+
+    class NewerSchema(io.Schema):
+        def __init__(self, *args, search_aliases=None, **kwargs):
+            seen["aliases"] = search_aliases
+            super().__init__(*args, **kwargs)
+
+    class NewerFloat(io.Float.Input):
+        def __init__(self, *args, advanced=False, **kwargs):
+            seen.setdefault("advanced", []).append((args[0], advanced))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(io, "Schema", NewerSchema)
+    monkeypatch.setattr(io.Float, "Input", NewerFloat)
+    redact.define_schema()
+    assert "blur faces" in seen["aliases"]
+    assert ("detector_min_face", True) in seen["advanced"]
