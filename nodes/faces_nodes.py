@@ -17,7 +17,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from . import sockets
-from .checks import check_floats, near_limit_count
+from .checks import check_floats
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,6 @@ REDACT_TOOLTIPS = {
 
 #: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``.
 DETECTOR_MIN_FACE = 20.0
-#: A detection whose box side is below this factor x the smallest face is logged as close to the limit.
-NEAR_LIMIT_FACTOR = 1.5
 
 
 def detector_min_face_input():
@@ -64,8 +62,10 @@ def detector_min_face_input():
 
 def log_near_limit(node: str, found_per_frame, limit: float) -> int:
     """Log how many detections are close to the detector's smallest face (smaller faces may be missed)."""
+    from ..faceanon_core.faces.detect import NEAR_LIMIT_FACTOR, count_near_limit  # the library's one rule
+
     found = [f for frame in found_per_frame for f in frame]
-    near = near_limit_count(found, limit, NEAR_LIMIT_FACTOR)
+    near = count_near_limit(found, limit)
     if near:
         logger.warning("FaceAnon %s: %d of %d detection(s) are within %.1fx of the smallest face the detector "
                        "looks for (%.0f px): smaller faces may have been missed; lower detector_min_face to find "
