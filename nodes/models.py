@@ -1,8 +1,13 @@
 """Model loading for the node pack: a FaceAnon model folder -> ComfyUI MODEL, ReferenceNets, VAE, CLIP vision.
 
-ComfyUI's own model detection accepts only the exact stock shapes, so the UNet-shaped parts are
-built from their ``config.json`` with ComfyUI's UNet class and its own diffusers key map. The
-same code path serves the published weights and the tiny test models.
+Each UNet-shaped part (unet/, referencenet/, conditioning_referencenet/) loads through ComfyUI's own UNet loader
+(``comfy.sd.load_diffusion_model_state_dict``, as core's UNETLoader) when its shapes are the stock SD 2.x ones
+that ComfyUI detects (the published weights), so its dtype choice, patcher class and Dynamic VRAM apply. Shapes
+its detection does not know (the tiny test models, trainer exports of other sizes, GroupNorm groups other than
+32) go through the same steps with the model config read from config.json. v-prediction is set the way core's
+ModelSamplingDiscrete node sets it. The VAE is ``comfy.sd.VAE`` and the image encoder ComfyUI's
+``ClipVisionModel`` (its ``load_sd`` reports missing tensors). Missing or foreign tensors are refused before
+anything is built; messages name files relative to ``models/faceanon/``.
 """
 
 from __future__ import annotations
