@@ -43,9 +43,3 @@ def check_face_image_size(what: str, image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{what} is {width}x{height}: too small to hold a face (at least {MIN_FACE_IMAGE_SIDE} px "
                          "a side). Face Anonymize takes aligned face crops: use Detect & Align Faces on photos")
     return image
-
-
-def near_limit_count(faces, limit: float, factor: float = 1.5) -> int:
-    """How many detections have a box side (square root of its area) below ``factor`` x ``limit``: faces just
-    above the detector's smallest size, a sign that smaller faces nearby were missed."""
-    return sum(1 for f in faces if math.sqrt(max(f.area, 0.0)) < factor * float(limit))

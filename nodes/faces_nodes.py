@@ -17,11 +17,10 @@ import comfy.utils
 from comfy_api.latest import io
 
 from . import sockets
-from .checks import check_floats, near_limit_count
+from .checks import check_floats
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = sockets.CATEGORY
 
 DETECT_TOOLTIPS = {
     "image": "The photos or video frames (an IMAGE batch); the faces of all frames come out as one crop batch, in "
@@ -55,22 +54,22 @@ REDACT_TOOLTIPS = {
 
 #: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``.
 DETECTOR_MIN_FACE = 20.0
-#: A detection whose box side is below this factor x the smallest face is logged as close to the limit.
-NEAR_LIMIT_FACTOR = 1.5
 
 
 def detector_min_face_input():
-    return io.Float.Input("detector_min_face", default=DETECTOR_MIN_FACE, min=12.0, max=4096.0, step=1.0,
-                          optional=True,
-                          tooltip="smallest face the detector looks for (box side in pixels; the CLI's "
-                                  "--min-face-size). Faces smaller than this are never found, so never changed: "
-                                  "lower it for crowds and distant faces (12 is the detector's own limit)")
+    return sockets.advanced(io.Float.Input, "detector_min_face", default=DETECTOR_MIN_FACE, min=12.0, max=4096.0,
+                            step=1.0, optional=True,
+                            tooltip="smallest face the detector looks for (box side in pixels; the CLI's "
+                                    "--min-face-size). Faces smaller than this are never found, so never changed: "
+                                    "lower it for crowds and distant faces (12 is the detector's own limit)")
 
 
 def log_near_limit(node: str, found_per_frame, limit: float) -> int:
     """Log how many detections are close to the detector's smallest face (smaller faces may be missed)."""
+    from ..faceanon_core.faces.detect import NEAR_LIMIT_FACTOR, count_near_limit  # the library's one rule
+
     found = [f for frame in found_per_frame for f in frame]
-    near = near_limit_count(found, limit, NEAR_LIMIT_FACTOR)
+    near = count_near_limit(found, limit)
     if near:
         logger.warning("FaceAnon %s: %d of %d detection(s) are within %.1fx of the smallest face the detector "
                        "looks for (%.0f px): smaller faces may have been missed; lower detector_min_face to find "
@@ -97,6 +96,11 @@ class FaceSet:
 
     def __len__(self) -> int:
         return len(self.faces)
+
+    def _comfy_cache_tensors(self) -> list:
+        """For ComfyUI's RAM-pressure output cache: no tensors (landmarks and transforms are a few floats per face;
+        the crops travel as their own IMAGE output)."""
+        return []
 
 
 def to_uint8_frames(image: torch.Tensor, what: str = "image") -> list[np.ndarray]:
@@ -166,8 +170,10 @@ def detect_faces(image, threshold, min_face_size, crop_size, if_no_face, detecto
 class FaceAnonDetectFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FaceAnon_DetectFaces", display_name="Detect & Align Faces", category=CATEGORY,
+        return sockets.schema(
+            node_id="FaceAnon_DetectFaces", display_name="FaceAnon Detect & Align Faces",
+            search_aliases=["face detection", "align faces", "crop faces"],
+            category=sockets.CATEGORY_FACES,
             description=("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square "
                          "crop. Returns all crops of all frames as one IMAGE batch (in frame order) and the face "
                          "list for Paste Faces Back. Frames without a face are logged and contribute no crop; with "
@@ -196,6 +202,18 @@ class FaceAnonDetectFaces(io.ComfyNode):
                                            detector_min_face))
 
 
+def check_frames_match(frames, faces: FaceSet) -> None:
+    """The frames must be the ones the faces were found in: the same count and the same size each (faces found
+    on a resized copy would land in the wrong place and leave the real faces untouched)."""
+    if len(frames) != len(faces.frame_sizes):
+        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
+                         f"{len(faces.frame_sizes)} frames")
+    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
+        if tuple(frame.shape[:2]) != tuple(size):
+            raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
+                             f"on a {size[1]}x{size[0]} frame: connect the same image the faces came from")
+
+
 def paste_faces(image, crops, faces, feather, erode, color_match):
     """Paste Faces Back: (frames IMAGE, mask MASK); faces too small for the model are blurred."""
     from ..faceanon_core.faces import paste_back
@@ -204,13 +222,7 @@ def paste_faces(image, crops, faces, feather, erode, color_match):
     if not isinstance(faces, FaceSet):
         raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
     frames = to_uint8_frames(image)
-    if len(frames) != len(faces.frame_sizes):
-        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
-                         f"{len(faces.frame_sizes)} frames")
-    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
-        if tuple(frame.shape[:2]) != tuple(size):
-            raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
-                             f"on a {size[1]}x{size[0]} frame")
+    check_frames_match(frames, faces)
     if not len(faces) and is_placeholder(crops):
         crops = crops[:0]  # no face in any frame: the frames come back as they are (small faces blurred)
     if crops.shape[0] != len(faces):
@@ -241,7 +253,8 @@ class FaceAnonPasteFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_PasteFaces", display_name="Paste Faces Back", category=CATEGORY,
+            node_id="FaceAnon_PasteFaces", display_name="FaceAnon Paste Faces Back",
+            category=sockets.CATEGORY_FACES,
             description=("Warps processed crops back into the original frames and blends them with a feathered "
                          "face mask; pixels outside the mask stay exactly as they were. Returns the frames and the "
                          "blend mask."),
@@ -315,9 +328,8 @@ def redact_faces(image, method, strength, threshold, faces=None, detector_min_fa
     frames = to_uint8_frames(image)
     if faces is not None and not isinstance(faces, FaceSet):
         raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
-    if faces is not None and len(faces.frame_sizes) != len(frames):
-        raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
-                         f"{len(faces.frame_sizes)} frames")
+    if faces is not None:
+        check_frames_match(frames, faces)
     detector = None if faces is not None else _detector(float(threshold), float(detector_min_face))
     out, masks, found = [], [], []
     pbar = comfy.utils.ProgressBar(len(frames))
@@ -343,8 +355,10 @@ def redact_faces(image, method, strength, threshold, faces=None, detector_min_fa
 class FaceAnonRedactFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FaceAnon_RedactFaces", display_name="Redact Faces", category=CATEGORY,
+        return sockets.schema(
+            node_id="FaceAnon_RedactFaces", display_name="FaceAnon Redact Faces",
+            search_aliases=["blur faces", "pixelate faces", "redact", "censor faces"],
+            category=sockets.CATEGORY_FACES,
             description=("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid "
                          "fill of the whole head (the face box grown by the margin, an ellipse opaque inside and "
                          "feathered outward). strength 0 = the method's "

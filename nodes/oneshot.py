@@ -81,8 +81,10 @@ SWAP_TOOLTIPS = {
 class FaceAnonAnonymize(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FaceAnon_Anonymize", display_name="Face Anonymize", category=sockets.CATEGORY,
+        return sockets.schema(
+            node_id="FaceAnon_Anonymize", display_name="FaceAnon Anonymize",
+            search_aliases=["anonymize", "anonymize faces", "face anonymization", "privacy"],
+            category=sockets.CATEGORY_METHOD,
             description=("Anonymizes aligned face crops (use Detect & Align Faces first for photos): the same image "
                          "as source and driving with degree d (1 removes the identity, > 1 moves past it). Images "
                          "are resized to the model's resolution (512) and back. With the faces of Track Faces "
@@ -114,8 +116,10 @@ class FaceAnonAnonymize(io.ComfyNode):
 class FaceAnonSwap(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FaceAnon_Swap", display_name="Face Swap", category=sockets.CATEGORY,
+        return sockets.schema(
+            node_id="FaceAnon_Swap", display_name="FaceAnon Face Swap",
+            search_aliases=["face swap", "swap faces", "identity swap"],
+            category=sockets.CATEGORY_METHOD,
             description=("Face swap on aligned crops: the identity of source_image with the pose, expression and "
                          "background of driving_image (degree 0). A source batch of 1 is used for every driving "
                          "image. Swapping the faces of real people needs their consent."),

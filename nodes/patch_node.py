@@ -27,7 +27,6 @@ from ..faceanon_core.method.states import ReferenceStates
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = sockets.CATEGORY
 WRAPPER_KEY = "faceanon_references"
 
 TOOLTIPS = {
@@ -82,6 +81,15 @@ def _attn1_replaces(model_options: dict) -> dict:
     return model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
 
 
+def refuse_multigpu(model) -> None:
+    """The references are one set of tensors on one device and the patch sits on this model only: clones for
+    other GPUs (newest ComfyUI's MultiGPU nodes) would sample without them or on the wrong device. Refused."""
+    clones = getattr(model, "get_additional_models_with_key", lambda key: [])("multigpu")
+    if clones:
+        raise ValueError(f"this MODEL is set up for sampling on {len(clones) + 1} GPUs (a MultiGPU node); FaceAnon's "
+                         "references run on one GPU: remove the MultiGPU node from this model's path")
+
+
 class ReferenceRun:
     """``OUTER_SAMPLE`` wrapper of one patched MODEL: batch check, late stacking, memory accounting, cache life."""
 
@@ -123,6 +131,7 @@ class ReferenceRun:
         noise = args[0] if args else kwargs["noise"]
         self.check_batch(int(noise.shape[0]))
         guider = executor.class_obj
+        refuse_multigpu(guider.model_patcher)
         self.restack(guider.model_options)
         base = guider.model_patcher.model
         dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
@@ -202,6 +211,7 @@ def sigma_range_of(model, start_percent: float, end_percent: float):
 def apply_references(model, source_states, source_embeds, driving_states, driving_embeds,
                      start_percent: float = 0.0, end_percent: float = 1.0):
     """-> (patched MODEL clone, positive, negative CONDITIONING, batch, patch)."""
+    refuse_multigpu(model)
     unet_config, batch = check_reference_inputs(model, source_states, source_embeds, driving_states, driving_embeds)
     layout = comfy_layout.attn1_layout(unet_config)
     routing, _ = comfy_layout.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
@@ -219,7 +229,8 @@ class FaceAnonApplyReferences(io.ComfyNode):
     def define_schema(cls):
         t = TOOLTIPS
         return io.Schema(
-            node_id="FaceAnon_ApplyReferences", display_name="FaceAnon Apply References", category=CATEGORY,
+            node_id="FaceAnon_ApplyReferences", display_name="FaceAnon Apply References",
+            category=sockets.CATEGORY_METHOD,
             description=("The method as a model patch, for ComfyUI's own samplers: returns the MODEL with the "
                          "dual-reference self-attention (keys/values [own, source, driving] states of each block) "
                          "and the positive [Z'_src, Z_drv] and negative [0, Z_drv] conditioning. Connect them to "
@@ -232,9 +243,10 @@ class FaceAnonApplyReferences(io.ComfyNode):
                 sockets.Embeds.Input("source_embeds", tooltip=t["source_embeds"]),
                 sockets.States.Input("driving_states", tooltip=t["driving_states"]),
                 sockets.Embeds.Input("driving_embeds", tooltip=t["driving_embeds"]),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip=t["start_percent"]),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, tooltip=t["end_percent"]),
+                sockets.advanced(io.Float.Input, "start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                                 tooltip=t["start_percent"]),
+                sockets.advanced(io.Float.Input, "end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                                 tooltip=t["end_percent"]),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive"),
                      io.Conditioning.Output(display_name="negative")],

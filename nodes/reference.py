@@ -23,7 +23,6 @@ from ..faceanon_core.method.states import ReferenceStates, expand_batch
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = sockets.CATEGORY
 CHUNK = 8  # images per ReferenceNet / CLIP forward (bounds activation memory for long clips)
 NOISE_MODES = ("same for every image", "per image")
 
@@ -118,6 +117,10 @@ def mix(states: ReferenceStates, embeds: torch.Tensor, degree: float | None = No
     return reference_patch.mix_captured(states, embeds, degree)
 
 
+#: What a sampled LATENT does not carry on: as core's KSampler (the newest also drops the VAE's downscale ratios,
+#: which describe the input latent, not the sampled one).
+DROPPED_LATENT_KEYS = ("samples", "batch_index", "noise_mask", "downscale_ratio_spacial", "downscale_ratio_temporal")
+
 # The patch itself lives in patch_node (FaceAnon Apply References); the sampler below is built on it.
 install_reference_patch = patch_node.install_reference_patch
 
@@ -143,7 +146,7 @@ def dual_reference_sample(model, source_states: ReferenceStates, source_embeds: 
     out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                               denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
                               disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    result = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
+    result = {k: v for k, v in latent.items() if k not in DROPPED_LATENT_KEYS}
     result["samples"] = check_finite_tensor("Dual-Reference Sampler: the sampled latent", out)
     return result
 
@@ -190,7 +193,8 @@ class FaceAnonCLIPImageEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_CLIPImageEncode", display_name="FaceAnon CLIP Image Encode", category=CATEGORY,
+            node_id="FaceAnon_CLIPImageEncode", display_name="FaceAnon CLIP Image Encode",
+            category=sockets.CATEGORY_METHOD,
             description=("CLIP vision pooled output (post-layernorm CLS token, before the projection) of each image, "
                          "one token per image: what the FaceAnon UNet and ReferenceNets were trained with."),
             inputs=[
@@ -211,7 +215,8 @@ class FaceAnonCaptureStates(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_CaptureStates", display_name="FaceAnon ReferenceNet Capture", category=CATEGORY,
+            node_id="FaceAnon_CaptureStates", display_name="FaceAnon ReferenceNet Capture",
+            category=sockets.CATEGORY_METHOD,
             description=("Runs a FaceAnon ReferenceNet once at t = 0 on each image (VAE latents + its embedding) and "
                          "records its self-attention inputs, plus the unconditional branch (zero image, zero "
                          "embedding). degree: Eq. 1 applied to the embedding the ReferenceNet sees; use the "
@@ -239,7 +244,8 @@ class FaceAnonMixStates(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_MixStates", display_name="FaceAnon Mix States (degree)", category=CATEGORY,
+            node_id="FaceAnon_MixStates", display_name="FaceAnon Mix States (degree)",
+            category=sockets.CATEGORY_METHOD,
             description=("Anonymization degree d: S' = (1-d)·S + d·S_uncond (Eq. 2) on the source states and "
                          "Z' = (1-d)·Z (Eq. 1) on the source embedding. d = 1 removes the identity, d > 1 moves past "
                          "it (paper default 1.25). The degree is the one the source capture node was given; this "
@@ -283,7 +289,7 @@ class FaceAnonDualReferenceSampler(io.ComfyNode):
         tips = patch_node.TOOLTIPS
         return io.Schema(
             node_id="FaceAnon_DualReferenceSampler", display_name="FaceAnon Dual-Reference KSampler",
-            category=CATEGORY,
+            category=sockets.CATEGORY_METHOD,
             description=("KSampler for the FaceAnon UNet: every self-attention also attends to the source and "
                          "driving ReferenceNet states of its block (source states per row: S' for the positive, "
                          "S_uncond for the negative batch); context [Z'_src, Z_drv] vs [0, Z_drv]. noise 'same for "

@@ -6,9 +6,14 @@ The tooltips are the README's words for each input (the "Nodes" table and workfl
 
 from __future__ import annotations
 
+import inspect
+
 from comfy_api.latest import io
 
 CATEGORY = "FaceAnon"
+CATEGORY_FACES = f"{CATEGORY}/faces"  # detect, paste back, redact, verify
+CATEGORY_METHOD = f"{CATEGORY}/method"  # the diffusion method: loader, one-node samplers, building blocks
+CATEGORY_VIDEO = f"{CATEGORY}/video"  # tracks across frames
 
 RefNet = io.Custom("FACEANON_REFNET")
 Embeds = io.Custom("FACEANON_EMBEDS")
@@ -64,3 +69,30 @@ def check_choices(node: type, **values) -> bool | str:
             shown = options if len(options) <= 20 else options[:8] + [f"... ({len(options)} choices)"]
             return f"Value not in list: {spec.id}: {values[spec.id]!r} not in {shown}"
     return True
+
+
+def _takes(callable_, name: str) -> bool:
+    try:
+        return name in inspect.signature(callable_).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+#: Optional Schema fields of newer ComfyUI versions; left out where the running one lacks them (0.3.64 raises
+#: TypeError on an unknown field).
+NEWER_SCHEMA_FIELDS = ("search_aliases",)
+
+
+def schema(**fields) -> io.Schema:
+    """``io.Schema`` with only the fields this ComfyUI knows (feature-detected, not version-compared)."""
+    for name in NEWER_SCHEMA_FIELDS:
+        if name in fields and not _takes(io.Schema, name):
+            del fields[name]
+    return io.Schema(**fields)
+
+
+def advanced(input_class, *args, **kwargs):
+    """An input shown among the node's advanced inputs where this ComfyUI has them (``advanced=True``)."""
+    if _takes(input_class, "advanced"):
+        kwargs["advanced"] = True
+    return input_class(*args, **kwargs)

@@ -23,7 +23,7 @@ from comfy_api.latest import io
 
 from . import sockets
 from .checks import check_floats
-from .faces_nodes import CATEGORY, FaceSet, _detector, to_image, to_uint8_frames
+from .faces_nodes import FaceSet, _detector, placeholder, to_image, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ def track_faces_node(frames, threshold, max_gap, smoothing, min_face_size, crop_
     device = mm.intermediate_device()
     if len(crops):
         return to_image(crops).to(device), result, to_image(keys).to(device)
-    empty = torch.zeros((0, crop_size, crop_size, 3), device=device)
+    # no face in any frame: one black placeholder crop, as Detect & Align Faces gives (a Preview or Save of the
+    # crops still works; Face Anonymize passes it on and Paste Faces Back returns the frames unchanged)
+    empty = placeholder(torch.zeros((0, crop_size, crop_size, 3), device=device))
     return empty, result, empty.clone()
 
 
@@ -110,8 +112,10 @@ TOOLTIPS = {
 class FaceAnonTrackFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FaceAnon_TrackFaces", display_name="Track Faces (video)", category=CATEGORY,
+        return sockets.schema(
+            node_id="FaceAnon_TrackFaces", display_name="FaceAnon Track Faces",
+            search_aliases=["video faces", "face tracking"],
+            category=sockets.CATEGORY_VIDEO,
             description=("Finds the faces of a batch of video frames and links them into tracks (one per person). "
                          "A frame where the detector missed a tracked face still gets it (interpolated or held), "
                          "landmarks are smoothed along each track. Returns the aligned crops of every tracked face "

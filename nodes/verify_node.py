@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from . import sockets
 from .checks import check_floats
-from .faces_nodes import CATEGORY, FaceSet, to_image, to_uint8_frames
+from .faces_nodes import FaceSet, to_image, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class FaceAnonVerifyFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="FaceAnon_VerifyFaces", display_name="Verify Faces (identity-leak guard)", category=CATEGORY,
+            node_id="FaceAnon_VerifyFaces", display_name="FaceAnon Verify Faces (identity-leak guard)",
+            category=sockets.CATEGORY_FACES,
             description=("Compares every anonymized face with its original using a face recognizer (dlib ResNet, "
                          "offline; needs the 'verify' extra: pip install -r requirements-verify.txt in ComfyUI's "
                          "Python). A face whose identity distance is below the threshold is still recognizable: "

@@ -212,3 +212,35 @@ def test_installed_trainer_is_faceanon_training_not_training(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env=env)
     assert out.stdout.split() == ["True", "False"]
+
+
+CORE_RULES = ("NEAR_LIMIT_FACTOR", "SMALLEST_DETECTABLE_FACE", "DEFAULT_TILE")
+
+
+def test_the_nodes_define_no_rule_the_library_owns():
+    """The near-limit rule (and its factor) lives in faceanon_core.faces.detect only: no second formula or copy in
+    nodes/ (a copy drifted once: box width there, sqrt(area) here)."""
+    offenders = []
+    for path in sorted((REPO / "nodes").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in CORE_RULES
+                                                    for t in node.targets):
+                offenders.append(f"{path.name}:{node.lineno} assigns a core constant")
+            if isinstance(node, ast.FunctionDef) and "near_limit" in node.name and "log" not in node.name:
+                offenders.append(f"{path.name}:{node.lineno} defines {node.name}")
+    assert offenders == []
+
+
+def test_node_defaults_that_schemas_need_at_startup_equal_the_librarys():
+    """DETECTOR_MIN_FACE and IDENTITY_MODES are needed while ComfyUI builds the schemas, where the nodes import no
+    OpenCV (the library's modules that own them import it): these stay literal and must equal the library's."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from node_stubs import load_node_modules
+
+    from faceanon_core.faces.detect import DEFAULT_DETECTOR_MIN_FACE
+    from faceanon_core.faces.video import IDENTITY_MODES
+
+    nodes = load_node_modules("faces_nodes", "track_identity")
+    assert nodes["faces_nodes"].DETECTOR_MIN_FACE == DEFAULT_DETECTOR_MIN_FACE
+    assert nodes["track_identity"].IDENTITY_MODES == IDENTITY_MODES

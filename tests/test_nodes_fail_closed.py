@@ -223,13 +223,56 @@ def test_every_choice_input_is_validated(cls):
         assert isinstance(message, str) and f"{name}: 'no_such_choice' not in" in message, message
 
 
+HUB_REPOS = ("hkung/face-anon-simple", "stabilityai/sd-vae-ft-mse", "openai/clip-vit-large-patch14")
+
+
+def assert_says_how_to_install(message):
+    """A ComfyUI user's instructions: the folder relative to models/, the three hub repositories, commands of the
+    `hf` CLI (huggingface_hub, in ComfyUI's environment); not the CLI a Manager install lacks."""
+    assert isinstance(message, str) and "models/faceanon/<name>/" in message and "extra_model_paths.yaml" in message
+    assert all(repo in message for repo in HUB_REPOS), message
+    assert "hf download hkung/face-anon-simple" in message
+    assert "--local-dir ComfyUI/models/faceanon/face-anon-simple/vae" in message
+    assert "faceanon models download" not in message
+
+
 def test_the_loader_says_where_the_weights_go_when_none_are_installed():
     loader = NODES["models"].FaceAnonModelLoader
     assert loader.INPUT_TYPES()["required"]["model_folder"][1]["options"] == []  # no folder installed
     message = loader.validate_inputs(model_folder="face-anon-simple")
-    assert isinstance(message, str) and "found: none" in message and "models/faceanon/<name>/" in message
-    assert "faceanon models download --to" in message and "extra_model_paths.yaml" in message
-    assert "must be a folder name" in loader.validate_inputs(model_folder="../../etc")
+    assert_says_how_to_install(message)
+    assert "installed under models/faceanon/: none" in message
+    assert_says_how_to_install(loader.validate_inputs(model_folder="../../etc"))
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """A models/faceanon root holding one model folder, face-anon-simple (only the file the listing reads)."""
+    models = NODES["models"]
+    root = tmp_path / "server" / "models" / "faceanon"
+    (root / "face-anon-simple" / "unet").mkdir(parents=True)
+    (root / "face-anon-simple" / "unet" / "config.json").write_text("{}")
+    monkeypatch.setattr(models.folder_paths, "get_folder_paths", lambda name: [str(root)])
+    return models
+
+
+def test_only_the_listed_model_folder_names_pass_validation(installed):
+    loader = installed.FaceAnonModelLoader
+    assert loader.validate_inputs(model_folder="face-anon-simple") is True
+    for bad in ("", "face-anon-simple/unet", "./face-anon-simple", "face-anon-simple/", "../faceanon/face-anon-simple"):
+        message = loader.validate_inputs(model_folder=bad)
+        assert isinstance(message, str), bad
+        assert "installed under models/faceanon/: face-anon-simple" in message, (bad, message)
+    assert "no FaceAnon model folder was chosen" in loader.validate_inputs(model_folder="")
+
+
+def test_loader_messages_name_no_server_path(installed, tmp_path):
+    message = installed.FaceAnonModelLoader.validate_inputs(model_folder="other")
+    assert str(tmp_path) not in message and "/server/" not in message
+    error = installed.public_error(FileNotFoundError(f"{tmp_path}/server/models/faceanon/face-anon-simple/unet/x "
+                                                     "is missing"), tmp_path / "server/models/faceanon/face-anon-simple",
+                                   "face-anon-simple")
+    assert type(error) is FileNotFoundError and str(error) == "models/faceanon/face-anon-simple/unet/x is missing"
 
 
 @pytest.mark.parametrize("side", [1, 8, 15])
@@ -297,3 +340,66 @@ def test_a_1x1_photo_takes_the_no_face_path_in_the_library():
     res = process_faces(tiny, lambda crops: calls.append(crops) or crops)
     assert calls == [] and res.faces == [] and np.array_equal(res.image, tiny)
     assert np.array_equal(redact_image(tiny).image, tiny)
+
+
+def test_redact_refuses_faces_detected_on_a_different_size_copy():
+    """Faces found on a half-size copy would be redacted at the wrong place, leaving the real faces untouched."""
+    import cv2
+
+    full = astronaut()
+    half = cv2.resize(full, (full.shape[1] // 2, full.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    _crops, faces = detect(as_image(half))
+    assert len(faces) >= 1
+    with pytest.raises(ValueError, match="frame 0 is 512x512 but the faces were detected on a 256x256 frame"):
+        redact(as_image(full), faces=faces)
+
+
+def test_track_faces_on_a_clip_without_faces_gives_a_placeholder_crop_that_paste_ignores():
+    """Like Detect: one black crop (a Preview downstream needs one image), and Paste returns the frames as they are."""
+    frames = as_image(sky(), sky())
+    crops, faces, keyframes = run_node(NODES["tracks_node"].FaceAnonTrackFaces, frames=frames, threshold=0.95,
+                                       max_gap=5, smoothing=True, min_face_size=10.0, crop_size=64)
+    assert len(faces) == 0
+    for batch in (crops, keyframes):
+        assert batch.shape == (1, 64, 64, 3) and not batch.any()
+    image, mask = paste(frames, anonymize(crops), faces)
+    assert all(np.array_equal(a, b) for a, b in zip(as_uint8(image), as_uint8(frames), strict=True))
+    assert not mask.any()
+
+
+def test_cached_outputs_tell_comfyui_their_tensors():
+    """The newest ComfyUI's RAM-pressure cache sizes an output through _comfy_cache_tensors()."""
+    from faceanon_core.method.states import ReferenceStates
+
+    cond = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1": torch.zeros(2, 16, 32)}
+    uncond = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1": torch.zeros(1, 16, 32)}
+    tensors = ReferenceStates(cond=cond, uncond=uncond)._comfy_cache_tensors()
+    assert sum(t.numel() for t in tensors) == 3 * 16 * 32
+    assert fn.FaceSet()._comfy_cache_tensors() == []
+
+
+def test_newer_schema_fields_are_used_only_where_comfyui_has_them(monkeypatch):
+    """0.3.64 raises TypeError on an unknown Schema field or Input argument; the newest ComfyUI has
+    search_aliases and advanced inputs. Feature-detected from the signatures, not from a version number."""
+    sockets = NODES["faces_nodes"].sockets
+    io = sockets.io
+    redact = fn.FaceAnonRedactFaces
+    plain = redact.define_schema()  # the stand-in is 0.3.64's API: no search_aliases, no advanced
+    assert not hasattr(plain, "search_aliases")
+    seen = {}
+
+    class NewerSchema(io.Schema):
+        def __init__(self, *args, search_aliases=None, **kwargs):
+            seen["aliases"] = search_aliases
+            super().__init__(*args, **kwargs)
+
+    class NewerFloat(io.Float.Input):
+        def __init__(self, *args, advanced=False, **kwargs):
+            seen.setdefault("advanced", []).append((args[0], advanced))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(io, "Schema", NewerSchema)
+    monkeypatch.setattr(io.Float, "Input", NewerFloat)
+    redact.define_schema()
+    assert "blur faces" in seen["aliases"]
+    assert ("detector_min_face", True) in seen["advanced"]

@@ -23,13 +23,13 @@ DISPLAY_NAMES = {
     "FaceAnon_MixStates": "FaceAnon Mix States (degree)",
     "FaceAnon_DualReferenceSampler": "FaceAnon Dual-Reference KSampler",
     "FaceAnon_ApplyReferences": "FaceAnon Apply References",
-    "FaceAnon_Anonymize": "Face Anonymize",
-    "FaceAnon_Swap": "Face Swap",
-    "FaceAnon_DetectFaces": "Detect & Align Faces",
-    "FaceAnon_PasteFaces": "Paste Faces Back",
-    "FaceAnon_RedactFaces": "Redact Faces",
-    "FaceAnon_VerifyFaces": "Verify Faces (identity-leak guard)",
-    "FaceAnon_TrackFaces": "Track Faces (video)",
+    "FaceAnon_Anonymize": "FaceAnon Anonymize",
+    "FaceAnon_Swap": "FaceAnon Face Swap",
+    "FaceAnon_DetectFaces": "FaceAnon Detect & Align Faces",
+    "FaceAnon_PasteFaces": "FaceAnon Paste Faces Back",
+    "FaceAnon_RedactFaces": "FaceAnon Redact Faces",
+    "FaceAnon_VerifyFaces": "FaceAnon Verify Faces (identity-leak guard)",
+    "FaceAnon_TrackFaces": "FaceAnon Track Faces",
 }
 OUR_NODES = set(DISPLAY_NAMES)
 

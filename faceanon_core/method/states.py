@@ -131,6 +131,10 @@ class ReferenceStates:
     def layer_names(self) -> list[str]:
         return list(self.cond)
 
+    def _comfy_cache_tensors(self) -> list[torch.Tensor]:
+        """What ComfyUI's RAM-pressure output cache (newest ComfyUI) counts for a cached FACEANON_STATES."""
+        return [*self.cond.values(), *(self.uncond or {}).values()]
+
     @property
     def batch_size(self) -> int:
         return next(iter(self.cond.values())).shape[0]

@@ -181,7 +181,8 @@ def test_object_info_lists_every_node_with_its_types(server):
     for node, outputs in NODES.items():
         assert node in info, f"{node} missing; log:\n{server.log()[-3000:]}"
         assert info[node]["output"] == outputs
-        assert info[node]["category"] == "FaceAnon"
+        assert info[node]["category"] in ("FaceAnon/faces", "FaceAnon/method", "FaceAnon/video")
+        assert info[node]["display_name"].startswith("FaceAnon ")
     loader = info["FaceAnon_ModelLoader"]["input"]["required"]["model_folder"]
     assert loader[0] == "COMBO" and loader[1]["options"] == ["broken", "tiny"]  # V3 combos: the choices in the dict
     sampler = info["FaceAnon_DualReferenceSampler"]["input"]["required"]

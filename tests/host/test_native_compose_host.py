@@ -185,9 +185,11 @@ def test_missing_model_folder_says_where_it_goes_and_how_to_fetch_it(server):
     assert status == 400, answer
     text = str(answer)
     assert "Value not in list" not in text
-    for needle in ("models/faceanon/<name>/", "extra_model_paths.yaml",
-                   "faceanon models download --to", "face-anon-simple"):
+    for needle in ("models/faceanon/<name>/", "extra_model_paths.yaml", "hf download hkung/face-anon-simple",
+                   "--local-dir ComfyUI/models/faceanon/face-anon-simple", "stabilityai/sd-vae-ft-mse",
+                   "openai/clip-vit-large-patch14"):
         assert needle in text, (needle, text[:2000])
+    assert "faceanon models download" not in text and str(server.base) not in text
 
 
 def test_object_info_lists_apply_references_with_tooltips(server):
@@ -369,6 +371,32 @@ def test_loader_message_when_no_weights_are_installed(loaded, monkeypatch, tmp_p
     assert models.list_model_folders() == []
     message = models.FaceAnonModelLoader.validate_inputs(model_folder="face-anon-simple")
     assert isinstance(message, str)
-    assert "found: none" in message and "models/faceanon/<name>/" in message and "extra_model_paths.yaml" in message
-    assert f"faceanon models download --to {empty / 'face-anon-simple'}" in message
+    assert "installed under models/faceanon/: none" in message and "models/faceanon/<name>/" in message
+    assert "hf download hkung/face-anon-simple" in message and "extra_model_paths.yaml" in message
+    assert str(tmp_path) not in message and "faceanon models download" not in message
     assert models.FaceAnonModelLoader.validate_inputs(model_folder="../../etc") != True  # noqa: E712  (a path)
+
+
+def test_the_sampled_latent_drops_the_keys_core_drops(loaded):
+    """As core's KSampler on the newest ComfyUI: the VAE's downscale ratios describe the input, not the result."""
+    from faceanon_pack_under_test.nodes import reference
+
+    latent = {"samples": torch.zeros(2, 4, 8, 8), "downscale_ratio_spacial": 8, "downscale_ratio_temporal": 1,
+              "batch_index": [0, 1], "kept": "x"}
+    out = reference.dual_reference_sample(loaded["unet"], *loaded["refs"], latent, seed=1, steps=1, cfg=CFG,
+                                          sampler_name=SAMPLER, scheduler=SCHEDULER)
+    assert set(out) == {"samples", "kept"} and out["samples"].shape == (2, 4, 8, 8)
+
+
+def test_a_model_cloned_for_several_gpus_is_refused_before_sampling(loaded):
+    from faceanon_pack_under_test.nodes import patch_node
+
+    unet, refs = loaded["unet"], loaded["refs"]
+    patched, positive, negative, _batch, _patch = patch_node.apply_references(unet, *refs)
+    patched.set_additional_models("multigpu", [patched.clone()])  # what the newest ComfyUI's MultiGPU node adds
+    with pytest.raises(ValueError, match="set up for sampling on 2 GPUs"):
+        _sample(patched, positive, negative, steps=1)
+    multi = unet.clone()
+    multi.set_additional_models("multigpu", [unet.clone()])
+    with pytest.raises(ValueError, match="MultiGPU node"):
+        patch_node.apply_references(multi, *refs)

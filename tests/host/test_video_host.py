@@ -108,7 +108,7 @@ def test_track_faces_node_is_listed(served):
     info = srv.get("/object_info")["FaceAnon_TrackFaces"]
     assert info["output"] == ["IMAGE", "FACEANON_FACES", "IMAGE"]
     assert info["output_name"] == ["crops", "faces", "keyframes"]
-    assert info["display_name"] == "Track Faces (video)" and info["category"] == "FaceAnon"
+    assert info["display_name"] == "FaceAnon Track Faces" and info["category"] == "FaceAnon/video"
 
 
 def test_native_video_nodes_track_and_redact_every_frame(served):
