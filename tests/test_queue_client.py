@@ -23,7 +23,7 @@ import pytest
 
 from faceanon_core import client as queue_client
 from faceanon_core.cli import main
-from workflow_checks import WORKFLOWS, load_core, our_object_info
+from workflow_checks import WORKFLOWS, WORKFLOWS_API, load_core, our_object_info
 
 pytest.importorskip("requests")
 HAS_WEBSOCKET = importlib.util.find_spec("websocket") is not None
@@ -219,7 +219,7 @@ def queue(capsys, *args) -> tuple[int, str, str]:
 
 
 def api_file() -> Path:
-    return WORKFLOWS / "anonymize_crop_api.json"
+    return WORKFLOWS_API / "anonymize_crop_api.json"
 
 
 def files_under(folder: Path) -> list[str]:
@@ -353,7 +353,7 @@ def test_ui_format_is_converted_exactly(fake, capsys, tmp_path, object_info):
     code, _, stderr = queue(capsys, WORKFLOWS / "anonymize_group_photo.json", "--server", server.url, "--out",
                             tmp_path / "out", "--no-websocket", "--set", "4.steps=5")
     assert code == 0, stderr
-    expected = json.loads((WORKFLOWS / "anonymize_group_photo_api.json").read_text())
+    expected = json.loads((WORKFLOWS_API / "anonymize_group_photo_api.json").read_text())
     expected["4"]["inputs"]["steps"] = 5
     assert server.prompts[0] == expected
 
@@ -400,7 +400,7 @@ def test_set_errors_are_reported_before_anything_is_sent(fake, capsys, tmp_path,
 
 
 def test_set_by_title_and_ambiguous_class_type():
-    prompt = json.loads((WORKFLOWS / "degree_sweep_api.json").read_text())
+    prompt = json.loads((WORKFLOWS_API / "degree_sweep_api.json").read_text())
     changed = queue_client.apply_sets(prompt, ["Face Anonymize d = 1.5.degree=1.75", "SaveImage.filename_prefix=x"])
     assert changed["7"]["inputs"]["degree"] == 1.75 and changed["12"]["inputs"]["filename_prefix"] == "x"
     assert prompt["7"]["inputs"]["degree"] == 1.5  # the original is untouched

@@ -9,10 +9,10 @@ import json
 import pytest
 
 from faceanon_core.client.workflows import ui_to_api
-from workflow_checks import (PUBLIC_API, WORKFLOWS, api_breaks, check_api, check_ui, graph_differences,
+from workflow_checks import (PUBLIC_API, WORKFLOWS, WORKFLOWS_API, api_breaks, check_api, check_ui, graph_differences,
                              input_specs, load_core, missing_tooltips, our_object_info, public_api, sampler_lists)
 
-NAMES = sorted(p.name[:-len("_api.json")] for p in WORKFLOWS.glob("*_api.json"))
+NAMES = sorted(p.name[:-len("_api.json")] for p in WORKFLOWS_API.glob("*_api.json"))
 EXPECTED = {"anonymize_crop", "anonymize_crop_granular", "anonymize_crop_native", "anonymize_group_photo", "face_swap",
             "degree_sweep", "video_frames", "redact_faces"}
 #: Node ids and display names: a public API (saved workflows name the ids; users know the names).
@@ -46,7 +46,7 @@ OLD_WORKFLOWS = WORKFLOWS.parent / "tests" / "data" / "workflows-0.1"
 
 
 def load(name: str, api: bool) -> dict:
-    return json.loads((WORKFLOWS / f"{name}{'_api' if api else ''}.json").read_text())
+    return json.loads(((WORKFLOWS_API / f"{name}_api.json") if api else (WORKFLOWS / f"{name}.json")).read_text())
 
 
 def test_the_promised_workflows_ship_with_ui_file_preview_and_description():

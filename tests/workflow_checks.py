@@ -21,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
+# The API-format twins, one level down: ComfyUI's template browser lists only the top level of workflows/.
+WORKFLOWS_API = WORKFLOWS / "api"
 CORE_SUBSET = Path(__file__).resolve().parent / "data" / "core_object_info_subset.json"
 STUBBED = ("comfy", "comfy_api", "folder_paths", "latent_preview", "node_helpers")
 PACK = "faceanon_pack_definitions"

@@ -22,6 +22,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
+WORKFLOWS_API = WORKFLOWS / "api"  # the API-format twins (the template browser lists only the top level)
 # The shipped workflows as saved before the V3 nodes (never regenerated: tests/data/workflows-0.1/README.md).
 OLD_WORKFLOWS = REPO / "tests" / "data" / "workflows-0.1"
 MODEL_FOLDER = "face-anon-simple"  # the model folder name the shipped workflows use
@@ -31,8 +32,28 @@ VIDEO_FRAMES = 4
 VIDEO_FPS = 8
 
 
+def api_folder(folder: Path = WORKFLOWS) -> Path:
+    """Where a workflow folder keeps its API files: ``api/`` for the shipped ones, the folder itself for the
+    saved 0.1 workflows (frozen as they were)."""
+    sub = Path(folder) / "api"
+    return sub if sub.is_dir() else Path(folder)
+
+
+def api_path(folder: Path, name: str) -> Path:
+    return api_folder(folder) / f"{name}_api.json"
+
+
 def workflow_names(folder: Path = WORKFLOWS) -> list[str]:
-    return sorted(p.name[:-len("_api.json")] for p in Path(folder).glob("*_api.json"))
+    return sorted(p.name[:-len("_api.json")] for p in api_folder(folder).glob("*_api.json"))
+
+
+def write_thumbnail(preview: Path, thumbnail: Path, side: int = 512) -> None:
+    """The template browser's thumbnail (``<name>.jpg`` beside ``<name>.json``): the preview, at most ``side`` px."""
+    from PIL import Image
+
+    image = Image.open(preview).convert("RGB")
+    image.thumbnail((side, side), Image.LANCZOS)
+    image.save(thumbnail, quality=85, optimize=True)
 
 
 def load_json(path: Path) -> dict:
