@@ -25,8 +25,9 @@ def ours():
 
 
 def template_names(pack: Path) -> list[str]:
-    """What ComfyUI 0.3.64's ``/workflow_templates`` lists for the pack from this folder (app/custom_node_manager.py; frontend 1.27.10 shows ``<name>.jpg`` as the thumbnail:
-    ``<custom_nodes>/*/workflows/*.json``, one level deep, the name without ``.json``)."""
+    """What ComfyUI 0.3.64's ``/workflow_templates`` lists for the pack from this folder (app/custom_node_manager.py:
+    ``<custom_nodes>/*/workflows/*.json``, one level deep, the name without ``.json``); its frontend (1.27.10)
+    shows ``<name>.jpg`` beside each as the thumbnail (mediaSubtype "jpg" for custom node templates)."""
     return sorted(p.stem for p in (pack / "workflows").glob("*.json"))
 
 

@@ -361,7 +361,7 @@ def test_ui_format_is_converted_exactly(fake, capsys, tmp_path, object_info):
 def test_ui_format_that_cannot_be_converted_is_refused(fake, capsys, tmp_path, object_info):
     server = fake("ok", object_info=object_info)
     ui = json.loads((WORKFLOWS / "anonymize_crop.json").read_text())
-    ui["nodes"][-1]["mode"] = 4  # bypassed
+    next(n for n in reversed(ui["nodes"]) if n["type"] != "Note")["mode"] = 4  # bypassed (a node, not the note)
     path = tmp_path / "bypassed.json"
     path.write_text(json.dumps(ui))
     code, _, stderr = queue(capsys, path, "--server", server.url, "--out", tmp_path / "out")

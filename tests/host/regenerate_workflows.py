@@ -4,7 +4,8 @@
         /path/to/venv/bin/python tests/host/regenerate_workflows.py [NAME ...]
 
 The API files ``workflows/api/<name>_api.json`` are the source. For each, ComfyUI's own frontend (headless
-Chromium) imports it (``loadApiJson``), the nodes are laid out in columns and seeds set to "fixed", and
+Chromium) imports it (``loadApiJson``), the nodes are sized to their titles and widgets and laid out in
+columns, seeds set to "fixed", a Note (``workflow_host.NOTES``) added and the view fitted, and
 what the frontend serializes becomes ``workflows/<name>.json``; that UI file is loaded back
 (``loadGraphData``) and ``graphToPrompt`` must give the same prompt, which is then written as the API
 file (so both files are the frontend's own output). A screenshot of the graph goes to
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
                 for name in names:
                     api_path = wh.WORKFLOWS_API / f"{name}_api.json"
                     authored = wh.load_json(api_path)
-                    ui = frontend.api_to_ui(authored)
+                    ui = frontend.api_to_ui(authored, note=wh.NOTES[name])
                     back = frontend.load_ui(ui)
                     problems = same_graph(authored, back["prompt"])
                     if back["missing"]:
