@@ -100,6 +100,34 @@ def test_every_workflow_has_expectations():
         f"{name}{suffix}.json" for name in EXPECTED_0_1 for suffix in ("", "_api"))
 
 
+PACK = "ComfyUI-FaceAnon"  # the folder name under custom_nodes/ (host_helpers.make_base)
+
+
+def fetch(server, path: str) -> bytes:
+    with urllib.request.urlopen(server.url + path, timeout=30) as response:
+        return response.read()
+
+
+def test_the_template_browser_lists_only_the_ui_workflows_each_with_a_thumbnail(server):
+    """ComfyUI's own /workflow_templates (what the frontend's template browser lists) and the files it serves."""
+    listing = server.get("/workflow_templates")
+    assert sorted(listing[PACK]) == NAMES  # no *_api file, nothing else
+    for name in NAMES:
+        thumbnail = fetch(server, f"/api/workflow_templates/{PACK}/{name}.jpg")  # the frontend's thumbnail URL
+        assert thumbnail[:3] == b"\xff\xd8\xff", name
+        workflow = json.loads(fetch(server, f"/api/workflow_templates/{PACK}/{name}.json"))
+        assert any(n["type"] == "Note" for n in workflow["nodes"]), name
+
+
+def test_the_frontend_finds_a_help_page_for_every_node(server):
+    """The frontend fetches /extensions/<pack>/docs/<node id>.md for a custom node's help (from WEB_DIRECTORY)."""
+    ours = sorted(k for k, v in server.get("/object_info").items() if v["python_module"] == f"custom_nodes.{PACK}")
+    assert len(ours) == 13
+    for node in ours:
+        page = fetch(server, f"/extensions/{PACK}/docs/{node}.md").decode()
+        assert page.startswith("# ") and f"`{node}`" in page, node
+
+
 def check_outputs(server, base, entry: dict, expected: dict) -> None:
     """The prompt succeeded and wrote exactly the expected images (type, count, size) / video."""
     from host_helpers import error_message
