@@ -104,4 +104,7 @@ if "comfy.model_management" in sys.modules:
     if _register:
         from .nodes.registry import comfy_entrypoint  # noqa: F401
 
-__all__ = ["comfy_entrypoint"] if "comfy_entrypoint" in globals() else []
+# The frontend's node help: web/docs/<node id>.md (served from the pack's web directory).
+WEB_DIRECTORY = "./web"
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"] if "comfy_entrypoint" in globals() else ["WEB_DIRECTORY"]

@@ -126,7 +126,8 @@ def test_repository_url_and_readme_clone_command_agree():
     repo_url = PROJECT["urls"]["Repository"]
     assert re.fullmatch(r"https://github\.com/[A-Za-z0-9-]+/[A-Za-z0-9._-]+", repo_url), repo_url
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Install"):readme.index("### Nodes")]
+    start = readme.index("\n## Install")  # the README's Install section, up to the next section
+    section = readme[start:readme.index("\n## ", start + 1)]
     clone_lines = [line for line in section.splitlines() if "git clone" in line]
     assert clone_lines and not any("<" in line for line in clone_lines), "a placeholder in the clone command"
     clone = re.search(r"git clone (\S+) (\S+)", section)

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from workflow_checks import WORKFLOWS, load_core, our_object_info
+from workflow_checks import WORKFLOWS, WORKFLOWS_API, load_core, our_object_info
 
 from faceanon_core import client as queue_client
 from faceanon_core.cli import main
@@ -247,7 +247,7 @@ def queue(capsys, *args) -> tuple[int, str, str]:
 
 
 def api_file() -> Path:
-    return WORKFLOWS / "anonymize_crop_api.json"
+    return WORKFLOWS_API / "anonymize_crop_api.json"
 
 
 def files_under(folder: Path) -> list[str]:
@@ -385,7 +385,7 @@ def test_ui_format_is_converted_exactly(fake, capsys, tmp_path, object_info):
     code, _, stderr = queue(capsys, WORKFLOWS / "anonymize_group_photo.json", "--server", server.url, "--out",
                             tmp_path / "out", "--no-websocket", "--set", "4.steps=5")
     assert code == 0, stderr
-    expected = json.loads((WORKFLOWS / "anonymize_group_photo_api.json").read_text())
+    expected = json.loads((WORKFLOWS_API / "anonymize_group_photo_api.json").read_text())
     expected["4"]["inputs"]["steps"] = 5
     run_folder = server.prompts[0]["6"]["inputs"]["filename_prefix"].split("/faceanon/")[0]
     for node in ("6", "8"):  # the outputs are written in the run's own random folder
@@ -396,7 +396,7 @@ def test_ui_format_is_converted_exactly(fake, capsys, tmp_path, object_info):
 def test_ui_format_that_cannot_be_converted_is_refused(fake, capsys, tmp_path, object_info):
     server = fake("ok", object_info=object_info)
     ui = json.loads((WORKFLOWS / "anonymize_crop.json").read_text())
-    ui["nodes"][-1]["mode"] = 4  # bypassed
+    next(n for n in reversed(ui["nodes"]) if n["type"] != "Note")["mode"] = 4  # bypassed (a node, not the note)
     path = tmp_path / "bypassed.json"
     path.write_text(json.dumps(ui))
     code, _, stderr = queue(capsys, path, "--server", server.url, "--out", tmp_path / "out")
@@ -477,7 +477,7 @@ def test_set_may_name_a_file_this_run_uploads(object_info):
 
 
 def test_set_by_title_and_ambiguous_class_type():
-    prompt = json.loads((WORKFLOWS / "degree_sweep_api.json").read_text())
+    prompt = json.loads((WORKFLOWS_API / "degree_sweep_api.json").read_text())
     changed = queue_client.apply_sets(prompt, ["Face Anonymize d = 1.5.degree=1.75", "SaveImage.filename_prefix=x"])
     assert changed["7"]["inputs"]["degree"] == 1.75 and changed["12"]["inputs"]["filename_prefix"] == "x"
     assert prompt["7"]["inputs"]["degree"] == 1.5  # the original is untouched

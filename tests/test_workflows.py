@@ -9,10 +9,10 @@ import json
 import pytest
 
 from faceanon_core.client.workflows import ui_to_api
-from workflow_checks import (PUBLIC_API, WORKFLOWS, api_breaks, check_api, check_ui, graph_differences,
+from workflow_checks import (FRONTEND_ONLY, PUBLIC_API, WORKFLOWS, WORKFLOWS_API, api_breaks, check_api, check_ui, graph_differences,
                              input_specs, load_core, missing_tooltips, our_object_info, public_api, sampler_lists)
 
-NAMES = sorted(p.name[:-len("_api.json")] for p in WORKFLOWS.glob("*_api.json"))
+NAMES = sorted(p.name[:-len("_api.json")] for p in WORKFLOWS_API.glob("*_api.json"))
 EXPECTED = {"anonymize_crop", "anonymize_crop_granular", "anonymize_crop_native", "anonymize_group_photo", "face_swap",
             "degree_sweep", "video_frames", "redact_faces"}
 #: Node ids and display names: a public API (saved workflows name the ids; users know the names).
@@ -46,7 +46,12 @@ OLD_WORKFLOWS = WORKFLOWS.parent / "tests" / "data" / "workflows-0.1"
 
 
 def load(name: str, api: bool) -> dict:
-    return json.loads((WORKFLOWS / f"{name}{'_api' if api else ''}.json").read_text())
+    return json.loads(((WORKFLOWS_API / f"{name}_api.json") if api else (WORKFLOWS / f"{name}.json")).read_text())
+
+
+def graph_nodes(ui: dict) -> list[dict]:
+    """The UI file's nodes that are in the API prompt (not the notes)."""
+    return [n for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY]
 
 
 def test_the_promised_workflows_ship_with_ui_file_preview_and_description():
@@ -122,8 +127,8 @@ def test_ui_workflow_is_consistent_and_typed(name, info):
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_and_api_files_describe_the_same_graph(name, info):
     ui, api = load(name, api=False), load(name, api=True)
-    assert sorted(n["id"] for n in ui["nodes"]) == sorted(int(k) for k in api)
-    assert {n["id"]: n["type"] for n in ui["nodes"]} == {int(k): v["class_type"] for k, v in api.items()}
+    assert sorted(n["id"] for n in graph_nodes(ui)) == sorted(int(k) for k in api)
+    assert {n["id"]: n["type"] for n in graph_nodes(ui)} == {int(k): v["class_type"] for k, v in api.items()}
     links_ui = {(str(origin), oslot, str(target), next(i["name"] for i in ui_node["inputs"] if i.get("link") == lid))
                 for lid, origin, oslot, target, tslot, _ in ui["links"]
                 for ui_node in ui["nodes"] if ui_node["id"] == target}
@@ -138,7 +143,7 @@ def test_uses_one_model_folder_name_and_fixed_seeds(info):
         api, ui = load(name, api=True), load(name, api=False)
         folders = {n["inputs"]["model_folder"] for n in api.values() if n["class_type"] == "FaceAnon_ModelLoader"}
         assert folders <= {"face-anon-simple"}, name
-        for node in ui["nodes"]:
+        for node in graph_nodes(ui):
             if "control_after_generate" in json.dumps(input_specs(info[node["type"]])):
                 assert "fixed" in node["widgets_values"], (name, node["id"])  # same identity on every run
 
@@ -213,3 +218,59 @@ def test_the_workflows_saved_before_v3_are_unchanged():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, (
             f"{name} in {folder} changed: these files are what the earlier nodes saved; restore them "
             "(git checkout) and fix the nodes instead")
+
+
+# ------------------------------------------------------------------ how the UI files open in the frontend
+
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar sits above its pos
+# The canvas the files are saved fitted to (tests/host/workflow_host.FIT_VIEW, 1280x720 less the menus).
+FIT = {"width": 1200, "height": 600}
+# The title font is 14 px Arial; its average advance over titles like ours is about 7 px a character.
+# A node must be at least that wide plus the title bar's dot and padding (about 40 px), or the frontend
+# cuts the title with an ellipsis.
+TITLE_CHAR_PX, TITLE_PAD_PX = 7.0, 40
+
+
+def node_title(node: dict, info: dict) -> str:
+    return node.get("title") or info[node["type"]]["display_name"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_opens_fitted_to_the_view(name):
+    ui = load(name, api=False)
+    ds = ui["extra"]["ds"]
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    assert 0.3 <= scale <= 1.0, f"{name}: opens at {scale:.0%}"  # never zoomed in, never unreadably small
+    for node in ui["nodes"]:
+        (x, y), (w, h) = node["pos"], node["size"]
+        left, top = (x + ox) * scale, (y - TITLE_HEIGHT + oy) * scale
+        right, bottom = (x + w + ox) * scale, (y + h + oy) * scale
+        assert 0 <= left and right <= FIT["width"] and 0 <= top and bottom <= FIT["height"], \
+            f"{name}: node {node['id']} ({node['type']}) lies outside a {FIT['width']}x{FIT['height']} view"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_has_a_note_saying_what_to_load_and_what_to_expect(name):
+    ui, api = load(name, api=False), load(name, api=True)
+    notes = [n for n in ui["nodes"] if n["type"] in FRONTEND_ONLY]
+    assert len(notes) == 1, f"{name}: {len(notes)} notes"
+    text = notes[0]["widgets_values"][0]
+    assert "Load:" in text and "Expect:" in text, name
+    for node in api.values():  # every file the graph loads is named, and the model folder
+        if node["class_type"] in ("LoadImage", "LoadVideo"):
+            assert str(next(iter(v for k, v in node["inputs"].items() if k in ("image", "file")))) in text, name
+        if node["class_type"] == "FaceAnon_ModelLoader":
+            assert f"models/faceanon/{node['inputs']['model_folder']}/" in text, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_titles_are_whole_and_nodes_not_oversized(name, info):
+    ui = load(name, api=False)
+    for node in graph_nodes(ui):
+        title = node_title(node, info)
+        need = TITLE_CHAR_PX * len(title) + TITLE_PAD_PX
+        assert node["size"][0] >= need, f"{name}: {title!r} is cut ({node['size'][0]:.0f} px < {need:.0f} px)"
+        widgets = len([i for i in node.get("inputs", []) if i.get("widget")])
+        sockets = max(len(node.get("inputs", [])) - widgets, len(node.get("outputs", [])))
+        if node["type"].startswith("FaceAnon_"):  # no empty space: sockets and widgets, about 24 px each
+            assert node["size"][1] <= 24 * (sockets + widgets) + 40, f"{name}: {title!r} is {node['size']}"

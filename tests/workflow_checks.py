@@ -21,6 +21,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
+# The API-format twins, one level down: ComfyUI's template browser lists only the top level of workflows/.
+WORKFLOWS_API = WORKFLOWS / "api"
+# Nodes only the frontend knows (not in /object_info, dropped from the API prompt): the shipped notes.
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
 CORE_SUBSET = Path(__file__).resolve().parent / "data" / "core_object_info_subset.json"
 STUBBED = ("comfy", "comfy_api", "folder_paths", "latent_preview", "node_helpers")
 PACK = "faceanon_pack_definitions"
@@ -265,6 +269,8 @@ def check_ui(workflow: dict, info: dict) -> list[str]:
             problems.append(f"link {link_id}: {kind} into {nodes[target]['type']}.{inp['name']}")
     for node_id, node in nodes.items():
         kind = node["type"]
+        if kind in FRONTEND_ONLY:
+            continue
         if kind not in info:
             problems.append(f"node {node_id}: unknown node type {kind!r}")
             continue

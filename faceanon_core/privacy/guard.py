@@ -1,32 +1,10 @@
 """Identity-leak guard: never hand back a face that a recognizer still matches to its original.
 
-After a face is anonymized and pasted back, the guard embeds the face in the
-new photo (at the original landmarks: the anonymizer keeps pose and
-expression) and in the original, and compares. A distance below the
-threshold means the recognizer still takes them for the same person: the
-face is anonymized again with another seed and a larger degree, up to
-``retries`` more times. A face that still matches is never returned: either
-:class:`IdentityLeakError` is raised (``fallback="fail"``, the default) or the
-face is redacted (``fallback="redact"``: blurred, and filled solid if even the
-blur still matches), and that is recorded.
-
-Every face gets a :class:`FaceCheck` record: distance, threshold, tries, seed
-and degree of the result that was kept, plus the history of attempts.
-
-Default threshold: :data:`DEFAULT_THRESHOLD` = 0.6, dlib's own same/different
-decision distance, which our measurements confirm (``notes/guard_readme.md``):
-same person 0.23-0.46, different people 0.67-0.89, a face blurred past
-recognition or filled solid 0.65-0.83 from its original. The guard is as good
-as the recognizer it uses and no better: it proves that *this* recognizer no
-longer matches the face, not that no person or other model could.
-
-Two entry points:
-
-- :func:`guarded_process_faces`: detect -> anonymize -> paste -> check -> retry
-  (the CLI and an all-in-one node, which can call the model again).
-- :func:`check_faces`: check already anonymized frames against the originals
-  and fail or redact the faces that leak (a node placed after paste-back in a
-  graph, which cannot re-run the sampler).
+The face is embedded in the new photo and in the original, at the original landmarks; a distance below
+the threshold (:data:`DEFAULT_THRESHOLD`, dlib's 0.6) is a leak, retried with another seed and a larger
+degree, then failed (:class:`IdentityLeakError`) or redacted, and recorded per face (:class:`FaceCheck`).
+:func:`guarded_process_faces` retries (CLI, all-in-one node); :func:`check_faces` only checks (a node after
+paste-back). Design and measurements: docs/privacy.md, "How the guard works".
 """
 
 from __future__ import annotations

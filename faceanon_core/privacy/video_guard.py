@@ -1,21 +1,9 @@
 """The identity-leak guard on video: every tracked face of every frame checked against its original frame.
 
-:func:`faceanon_core.faces.video.process_frames` anonymizes a chunk of frames along face tracks;
-:class:`VideoGuard` then checks each face it processed -- detected, interpolated and held alike (on
-video the privacy unit is the track, and a filled-in face is as recognizable as a detected one) --
-with :func:`.guard.check_faces`: the face embedded in the original frame and in the anonymized one,
-at the same landmarks, a distance below the threshold is a leak.
-
-No retries with another seed, unlike photos (decision): with ``--identity per-track`` every frame of
-a track is a driving image against one source from the same initial noise, which is what keeps one
-stable anonymous identity per person. Re-sampling one leaking face-frame with another seed or degree
-would give that person another face in that frame (the flicker per-track identity exists to avoid),
-and re-sampling the whole track would mean re-encoding chunks already written: another pass over
-the video. So a leaking face-frame is either fatal (``fallback="fail"``, the default:
-:class:`.guard.IdentityLeakError`, and the caller publishes nothing) or redacted in that frame
-(``"redact"``: blurred, filled solid if the blur still matches), and counted.
-
-Memory: one chunk at a time; what is kept across chunks is a few counters per track.
+:class:`VideoGuard` checks each face :func:`faceanon_core.faces.video.process_frames` processed (detected,
+interpolated and held alike) with :func:`.guard.check_faces`; a leaking face-frame is fatal
+(``fallback="fail"``) or redacted in that frame, never re-sampled (that would break the one identity per
+track). Why, and memory: docs/privacy.md, "The guard on video".
 """
 
 from __future__ import annotations

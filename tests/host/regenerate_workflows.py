@@ -3,12 +3,14 @@
     COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/venv/bin/python \\
         /path/to/venv/bin/python tests/host/regenerate_workflows.py [NAME ...]
 
-The API files ``workflows/<name>_api.json`` are the source. For each, ComfyUI's own frontend (headless
-Chromium) imports it (``loadApiJson``), the nodes are laid out in columns and seeds set to "fixed", and
+The API files ``workflows/api/<name>_api.json`` are the source. For each, ComfyUI's own frontend (headless
+Chromium) imports it (``loadApiJson``), the nodes are sized to their titles and widgets and laid out in
+columns, seeds set to "fixed", a Note (``workflow_host.NOTES``) added and the view fitted, and
 what the frontend serializes becomes ``workflows/<name>.json``; that UI file is loaded back
 (``loadGraphData``) and ``graphToPrompt`` must give the same prompt, which is then written as the API
 file (so both files are the frontend's own output). A screenshot of the graph goes to
-``workflows/previews/<name>.png``. ``tests/data/core_object_info_subset.json`` gets the server's
+``workflows/previews/<name>.png`` and, scaled down, to ``workflows/<name>.jpg``: the thumbnail ComfyUI's
+template browser shows beside ``<name>.json``. ``tests/data/core_object_info_subset.json`` gets the server's
 ``/object_info`` entries of the core nodes the workflows use (plus KSampler, for the sampler lists).
 
 A server is started on a temporary base directory with the tiny models and the workflows' input files;
@@ -66,7 +68,7 @@ def without_file_lists(entry: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="workflow names (default: every workflows/*_api.json)")
+    parser.add_argument("names", nargs="*", help="workflow names (default: every workflows/api/*_api.json)")
     parser.add_argument("--no-previews", action="store_true")
     args = parser.parse_args(argv)
     names = args.names or wh.workflow_names()
@@ -81,9 +83,9 @@ def main(argv=None) -> int:
             failures = 0
             with wh.Frontend(server.url) as frontend:
                 for name in names:
-                    api_path = wh.WORKFLOWS / f"{name}_api.json"
+                    api_path = wh.WORKFLOWS_API / f"{name}_api.json"
                     authored = wh.load_json(api_path)
-                    ui = frontend.api_to_ui(authored)
+                    ui = frontend.api_to_ui(authored, note=wh.NOTES[name])
                     back = frontend.load_ui(ui)
                     problems = same_graph(authored, back["prompt"])
                     if back["missing"]:
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
                     api_path.write_text(json.dumps(back["prompt"], indent=2) + "\n")
                     if not args.no_previews:
                         frontend.screenshot(ui, wh.WORKFLOWS / "previews" / f"{name}.png")
+                        wh.write_thumbnail(wh.WORKFLOWS / "previews" / f"{name}.png", wh.WORKFLOWS / f"{name}.jpg")
                     core_types.update(n["class_type"] for n in authored.values()
                                       if info[n["class_type"]]["python_module"] == "nodes"
                                       or info[n["class_type"]]["python_module"].startswith("comfy_extras"))

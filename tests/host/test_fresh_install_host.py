@@ -139,7 +139,7 @@ def test_the_pack_loads_without_an_import_error(server):
 def test_redaction_runs_without_any_model_folder(server, base):
     """Redaction needs no diffusion weights: it runs before a model folder exists."""
     assert not (base / "models" / "faceanon").exists()
-    entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "redact_faces_api.json")), timeout=600)
+    entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "redact_faces_api.json")), timeout=600)
     check_outputs(server, base, entry, EXPECTED["redact_faces"])
     written = sorted(p.name for p in (base / "output").rglob("*.png"))
     assert len(written) == 1, written  # the redacted photo (the mask is a temp preview)
@@ -153,7 +153,7 @@ def model_server(server, base):
 
 @pytest.mark.parametrize("name", [n for n in wh.workflow_names() if n != "redact_faces"])
 def test_shipped_workflow_runs_on_the_fresh_host(model_server, base, name):
-    entry = model_server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json")), timeout=600)
+    entry = model_server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / f"{name}_api.json")), timeout=600)
     check_outputs(model_server, base, entry, EXPECTED[name])
 
 

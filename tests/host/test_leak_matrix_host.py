@@ -149,7 +149,7 @@ def test_shipped_workflows(server, base, name, scenario):
     from host_helpers import error_message
 
     load, save = WORKFLOWS[name]
-    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json"))
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / f"{name}_api.json"))
     prompt[load]["inputs"]["image"] = f"leak_{scenario}.png"
     entry = server.run(prompt, timeout=600)
     assert error_message(entry) is None, error_message(entry)
@@ -162,7 +162,7 @@ def test_video_workflow_on_a_clip_without_faces(server, base):
 
     import torch
 
-    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "video_frames_api.json"))
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "video_frames_api.json"))
     node = {n["class_type"]: k for k, n in prompt.items()}
     prompt[node["LoadVideo"]]["inputs"]["file"] = "leak_no_face.mp4"
     prompt["90"] = {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": [node["GetVideoComponents"], 0],
@@ -184,7 +184,7 @@ def test_face_swap_without_a_source_face_fails_and_writes_nothing(server, base):
     from host_helpers import error_message
 
     before = outputs_on_disk(base)
-    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "face_swap_api.json"))
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "face_swap_api.json"))
     prompt["2"]["inputs"]["image"] = "leak_no_face.png"
     entry = server.run(prompt)
     assert "no face" in (error_message(entry) or "")
@@ -196,7 +196,7 @@ def test_a_model_that_fails_writes_nothing(server, base):
     from host_helpers import error_message
 
     before = outputs_on_disk(base)
-    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "anonymize_group_photo_api.json"))
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "anonymize_group_photo_api.json"))
     prompt["1"]["inputs"]["model_folder"] = "broken"
     prompt["2"]["inputs"]["image"] = "leak_mixed_sizes.png"
     entry = server.run(prompt)

@@ -146,7 +146,7 @@ def test_shipped_video_workflow_anonymizes_every_tracked_face_in_every_frame(ser
     from test_leak_matrix import CHANGED
 
     srv, base, _ = served
-    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "video_frames_api.json"))
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "video_frames_api.json"))
     node = {n["class_type"]: k for k, n in prompt.items()}
     prompt[node["LoadVideo"]]["inputs"]["file"] = "faces.mp4"
     assert prompt[node["FaceAnon_Anonymize"]]["inputs"]["identity"] == "per-track"

@@ -100,6 +100,34 @@ def test_every_workflow_has_expectations():
         f"{name}{suffix}.json" for name in EXPECTED_0_1 for suffix in ("", "_api"))
 
 
+PACK = "ComfyUI-FaceAnon"  # the folder name under custom_nodes/ (host_helpers.make_base)
+
+
+def fetch(server, path: str) -> bytes:
+    with urllib.request.urlopen(server.url + path, timeout=30) as response:
+        return response.read()
+
+
+def test_the_template_browser_lists_only_the_ui_workflows_each_with_a_thumbnail(server):
+    """ComfyUI's own /workflow_templates (what the frontend's template browser lists) and the files it serves."""
+    listing = server.get("/workflow_templates")
+    assert sorted(listing[PACK]) == NAMES  # no *_api file, nothing else
+    for name in NAMES:
+        thumbnail = fetch(server, f"/api/workflow_templates/{PACK}/{name}.jpg")  # the frontend's thumbnail URL
+        assert thumbnail[:3] == b"\xff\xd8\xff", name
+        workflow = json.loads(fetch(server, f"/api/workflow_templates/{PACK}/{name}.json"))
+        assert any(n["type"] == "Note" for n in workflow["nodes"]), name
+
+
+def test_the_frontend_finds_a_help_page_for_every_node(server):
+    """The frontend fetches /extensions/<pack>/docs/<node id>.md for a custom node's help (from WEB_DIRECTORY)."""
+    ours = sorted(k for k, v in server.get("/object_info").items() if v["python_module"] == f"custom_nodes.{PACK}")
+    assert len(ours) == 13
+    for node in ours:
+        page = fetch(server, f"/extensions/{PACK}/docs/{node}.md").decode()
+        assert page.startswith("# ") and f"`{node}`" in page, node
+
+
 def check_outputs(server, base, entry: dict, expected: dict) -> None:
     """The prompt succeeded and wrote exactly the expected images (type, count, size) / video."""
     from host_helpers import error_message
@@ -127,7 +155,7 @@ def check_outputs(server, base, entry: dict, expected: dict) -> None:
 @pytest.mark.parametrize("folder_key,name", CASES, ids=CASE_IDS)
 def test_api_workflow_runs_on_comfyui(server, base, folder_key, name):
     folder, expected = FOLDERS[folder_key]
-    entry = server.run(wh.tiny_settings(wh.load_json(folder / f"{name}_api.json")), timeout=600)
+    entry = server.run(wh.tiny_settings(wh.load_json(wh.api_path(folder, name))), timeout=600)
     check_outputs(server, base, entry, expected[name])
 
 
@@ -135,7 +163,7 @@ def test_group_photo_changes_the_faces_only(server, base):
     import numpy as np
     from PIL import Image
 
-    entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / "anonymize_group_photo_api.json")))
+    entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "anonymize_group_photo_api.json")))
     photo = np.asarray(Image.open(io.BytesIO(view(server, entry["outputs"]["6"]["images"][0]))).convert("RGB"))
     mask = np.asarray(Image.open(io.BytesIO(view(server, entry["outputs"]["8"]["images"][0]))).convert("L"))
     original = np.asarray(Image.open(base / "input" / "group.jpg").convert("RGB"))
@@ -154,7 +182,7 @@ def test_native_workflow_gives_the_granular_image(server):
 
     images = {}
     for name, node in (("anonymize_crop_native", "11"), ("anonymize_crop_granular", "10")):
-        entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS / f"{name}_api.json")))
+        entry = server.run(wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / f"{name}_api.json")))
         item = entry["outputs"][node]["images"][0]
         images[name] = np.asarray(Image.open(io.BytesIO(view(server, item))).convert("RGB")).astype(int)
     native, granular = images["anonymize_crop_native"], images["anonymize_crop_granular"]
@@ -225,7 +253,7 @@ def test_ui_workflow_loads_in_comfyuis_frontend(frontend, server, base, folder_k
     result = frontend.load_ui(ui)
     assert result["missing"] == [], f"missing node types in the frontend: {result['missing']}"
     assert result["count"] == len(ui["nodes"])
-    api = wh.load_json(folder / f"{name}_api.json")
+    api = wh.load_json(wh.api_path(folder, name))
     if folder_key == "shipped":  # the shipped pair is the frontend's own output: the same prompt (optional
         info = server.get("/object_info")  # widgets newer than a file load with their defaults)
         assert wh.normalize_prompt(wh.without_defaults(result["prompt"], info)) == \
@@ -247,7 +275,7 @@ def test_faceanon_queue_runs_a_workflow_on_comfyui(server, tmp_path, capsys, cap
     Image.open(wh.WORKFLOWS.parent / "faceanon_core" / "data" / "samples" / "grace_hopper.jpg").convert(
         "RGB").resize((256, 256)).save(face)
     out = tmp_path / "out"
-    code = main(["queue", str(wh.WORKFLOWS / "anonymize_crop_api.json"), "--server", server.url, "--out", str(out),
+    code = main(["queue", str(wh.WORKFLOWS_API / "anonymize_crop_api.json"), "--server", server.url, "--out", str(out),
                  "--image", f"queue_face.png={face}", "--set", "2.image=queue_face.png", "--set", "3.steps=2",
                  "--set", "4.filename_prefix=queued/anon", "--no-progress", "--timeout", "300"])
     captured = capsys.readouterr()
@@ -264,13 +292,13 @@ def test_faceanon_queue_runs_a_workflow_on_comfyui(server, tmp_path, capsys, cap
     assert "UI-format" in caplog.text
     assert len([p for p in (tmp_path / "ui").rglob("*.png")]) == 2
     # the server's own validation message comes through
-    code = main(["queue", str(wh.WORKFLOWS / "anonymize_crop_api.json"), "--server", server.url, "--out",
+    code = main(["queue", str(wh.WORKFLOWS_API / "anonymize_crop_api.json"), "--server", server.url, "--out",
                  str(tmp_path / "bad"), "--set", "3.sampler_name=no_such_sampler", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 2 and "no_such_sampler" in captured.err and "3.sampler_name" in captured.err, captured.err
     assert not (tmp_path / "bad").exists()
     # what only the server can see (a required connection missing) comes back in its words, exit 2
-    broken = json.loads((wh.WORKFLOWS / "anonymize_crop_api.json").read_text())
+    broken = json.loads((wh.api_path(wh.WORKFLOWS, "anonymize_crop")).read_text())
     linked = next(name for name, value in broken["3"]["inputs"].items() if isinstance(value, list))
     del broken["3"]["inputs"][linked]
     (tmp_path / "broken_api.json").write_text(json.dumps(broken))

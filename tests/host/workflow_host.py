@@ -22,17 +22,79 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
+WORKFLOWS_API = WORKFLOWS / "api"  # the API-format twins (the template browser lists only the top level)
 # The shipped workflows as saved before the V3 nodes (never regenerated: tests/data/workflows-0.1/README.md).
 OLD_WORKFLOWS = REPO / "tests" / "data" / "workflows-0.1"
 MODEL_FOLDER = "face-anon-simple"  # the model folder name the shipped workflows use
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
 VIDEO_FRAMES = 4
+# The canvas a shipped UI workflow is saved fitted to (its extra.ds): a 1280x720 window less the frontend's
+# menus, so that the whole graph shows on opening in any larger window (tests/test_workflows.py checks it).
+FIT_VIEW = {"width": 1200, "height": 600, "margin": 20}
+# Node widths: at least this many px per title character (the frontend's 14 px title font averages about 7;
+# measured text may come from another font than the one drawn) and wide enough for a widget's label.
+TITLE_CHAR_PX = 7.5
+MIN_NODE_WIDTH = 260
 VIDEO_FPS = 8
 
 
+_MODEL = ("Load: the model folder models/faceanon/face-anon-simple/ (README, Models), picked in FaceAnon Model "
+          "Loader.")
+#: The Note node each shipped UI workflow opens with: what to load and what to expect (regenerate_workflows).
+NOTES = {
+    "redact_faces": "Load: any photo in Load Image (group.jpg here). No model weights needed.\n"
+                    "Expect: every face blurred (method: blur, pixelate or solid), saved to output/faceanon/; "
+                    "the preview shows the mask of what was covered. Faces the detector cannot see (smaller than "
+                    "detector_min_face) are not covered: lower it for crowds.",
+    "anonymize_group_photo": _MODEL + "\nThen any photo in Load Image (group.jpg here).\n"
+                             "Expect: every face replaced by a person who does not exist, same pose and expression; "
+                             "pixels outside the faces unchanged. Saves the photo and the blend mask; previews the "
+                             "anonymized crops. Same seed and degree: same result. 30 steps take a while on CPU.",
+    "video_frames": _MODEL + "\nThen a clip in Load Video (clip.mp4 here).\n"
+                    "Expect: a video with every tracked face anonymized, one stable identity per person, the "
+                    "original frame rate and audio. ComfyUI holds the whole clip in memory: for long clips use "
+                    "`faceanon anonymize clip.mp4`.",
+    "face_swap": _MODEL + "\nThen two photos: source.jpg (whose identity) and driving.jpg (whose pose, "
+                 "expression and scene).\nExpect: the driving photo with the source's face. Only with the "
+                 "consent of the people shown.",
+    "degree_sweep": _MODEL + "\nThen an aligned 512x512 face crop in Load Image (face.png here).\n"
+                    "Expect: one image with five results side by side, degree 0, 0.5, 1, 1.25 and 1.5: from the "
+                    "same person to further than anonymous.",
+    "anonymize_crop": _MODEL + "\nThen an aligned 512x512 face crop in Load Image (face.png here; for a "
+                      "photo use anonymize_group_photo).\nExpect: the anonymized crop (degree 1.25, cfg 4, 30 "
+                      "steps).",
+    "anonymize_crop_granular": _MODEL + "\nThen an aligned 512x512 face crop in Load Image (face.png here).\n"
+                               "Expect: the same result as anonymize_crop, step by step: the degree is set once, "
+                               "on the source capture; Mix States keeps -1 (the capture's degree).",
+    "anonymize_crop_native": _MODEL + "\nThen an aligned 512x512 face crop in Load Image (face.png here).\n"
+                             "Expect: the anonymized crop, sampled by ComfyUI's own KSampler from the patched "
+                             "MODEL and the positive/negative of FaceAnon Apply References (cfg 4).",
+}
+
+
+def api_folder(folder: Path = WORKFLOWS) -> Path:
+    """Where a workflow folder keeps its API files: ``api/`` for the shipped ones, the folder itself for the
+    saved 0.1 workflows (frozen as they were)."""
+    sub = Path(folder) / "api"
+    return sub if sub.is_dir() else Path(folder)
+
+
+def api_path(folder: Path, name: str) -> Path:
+    return api_folder(folder) / f"{name}_api.json"
+
+
 def workflow_names(folder: Path = WORKFLOWS) -> list[str]:
-    return sorted(p.name[:-len("_api.json")] for p in Path(folder).glob("*_api.json"))
+    return sorted(p.name[:-len("_api.json")] for p in api_folder(folder).glob("*_api.json"))
+
+
+def write_thumbnail(preview: Path, thumbnail: Path, side: int = 512) -> None:
+    """The template browser's thumbnail (``<name>.jpg`` beside ``<name>.json``): the preview, at most ``side`` px."""
+    from PIL import Image
+
+    image = Image.open(preview).convert("RGB")
+    image.thumbnail((side, side), Image.LANCZOS)
+    image.save(thumbnail, quality=85, optimize=True)
 
 
 def load_json(path: Path) -> dict:
@@ -273,24 +335,51 @@ class Frontend:
               " count: app.graph._nodes.length}); })()") % json.dumps(workflow)
         return json.loads(self.evaluate(js))
 
-    def api_to_ui(self, prompt: dict, fixed_seeds: bool = True) -> dict:
-        """loadApiJson(API prompt) (the frontend's own API import), nodes laid out in columns by their
-        depth in the graph, seeds set to "fixed", then the UI workflow exactly as the frontend
+    def api_to_ui(self, prompt: dict, fixed_seeds: bool = True, note: str | None = None) -> dict:
+        """loadApiJson(API prompt) (the frontend's own API import); every node made wide enough for its whole
+        title and no taller than its inputs and widgets need (nodes showing an image keep theirs), laid out in
+        columns by their depth in the graph, seeds set to "fixed", a Note node with ``note`` above the graph,
+        and the view saved fitted to a FIT_VIEW-sized canvas; then the UI workflow exactly as the frontend
         serializes it for saving."""
         js = ("(async () => { const app = window.comfyAPI.app.app; const api = %s; const cols = %s;"
+              " const note = %s; const view = %s; const titleH = window.LiteGraph.NODE_TITLE_HEIGHT;"
               " app.loadApiJson(api, 'workflow.json');"
               " await new Promise(r => setTimeout(r, 300));"
+              " const ctx = app.canvas.ctx; const L = window.LiteGraph;"
+              " for (const n of app.graph._nodes) { const text = n.getTitle ? n.getTitle() : n.title;"
+              # a preview widget ($$...) can linger from an earlier graph whose node had this id: not this node's size
+              "   const all = n.widgets; if (all) n.widgets = all.filter(w => !String(w.name).startsWith('$$'));"
+              "   const min = n.computeSize(); n.widgets = all;"
+              "   let measured = 0; for (const font of [app.canvas.title_text_font, n.titleFontStyle,"
+              "       (L.NODE_TEXT_SIZE || 14) + 'px ' + (L.NODE_FONT || 'Arial')]) {"
+              "     if (font) { ctx.font = font; measured = Math.max(measured, ctx.measureText(text).width); } }"
+              "   const title = Math.max(1.1 * measured, %s * text.length) + titleH + 40;"
+              "   const image = (n.widgets || []).some(w => w.name === 'image' || w.name === 'file' || w.type === 'preview');"
+              "   n.setSize([Math.max(min[0], title, %s, image ? n.size[0] : 0),"
+              "              image ? Math.max(n.size[1], min[1]) : min[1]]); }"
               " let x = 0;"
               " for (const col of cols) { let y = 0, w = 0;"
               "   for (const id of col) { const n = app.graph.getNodeById(+id);"
-              "     n.pos = [x, y]; y += n.size[1] + 80; w = Math.max(w, n.size[0]); }"
-              "   x += w + 70; }"
+              "     n.pos = [x, y]; y += n.size[1] + titleH + 50; w = Math.max(w, n.size[0]); }"
+              "   x += w + 50; }"
+              " if (note) { const n = window.LiteGraph.createNode('Note'); n.title = 'Read me';"
+              "   n.widgets[0].value = note; app.graph.add(n);"
+              "   const lines = note.split('\\n').reduce((k, l) => k + Math.max(1, Math.ceil(l.length / 90)), 0);"
+              "   n.setSize([Math.max(640, Math.min(x - 50, 900)), 30 + 20 * lines]);"
+              "   n.pos = [0, -n.size[1] - titleH - 40]; }"
               " for (const n of app.graph._nodes) { for (const w of (n.widgets || [])) {"
               "   if (%s && w.name === 'control_after_generate') { w.value = 'fixed'; } } }"
+              " let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;"
+              " for (const n of app.graph._nodes) { x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - titleH);"
+              "   x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]); }"
+              " const m = view.margin; const s = Math.min((view.width - 2 * m) / (x1 - x0),"
+              "   (view.height - 2 * m) / (y1 - y0), 1);"
               " app.graph.setDirtyCanvas(true, true);"
-              " const wf = app.graph.serialize();"
+              " const wf = app.graph.serialize(); wf.extra = wf.extra || {};"
+              " wf.extra.ds = {scale: s, offset: [m / s - x0, m / s - y0]};"
               " return JSON.stringify(wf); })()") % (json.dumps(prompt), json.dumps(layout_columns(prompt)),
-                                                      "true" if fixed_seeds else "false")
+                                                      json.dumps(note), json.dumps(FIT_VIEW), TITLE_CHAR_PX,
+                                                      MIN_NODE_WIDTH, "true" if fixed_seeds else "false")
         return json.loads(self.evaluate(js))
 
     def screenshot(self, workflow: dict, path: Path) -> None:
