@@ -21,7 +21,7 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 
-from faceanon_core.method.attention import ReferenceContext, attn1_names, capture_states, install_readers, route_states
+from faceanon_core.method.attention import ReferenceContext, attn1_names, capture_states, install_readers
 from faceanon_core.method.loading import (
     UNET_PARTS,
     WEIGHTS_NAME,
@@ -30,7 +30,7 @@ from faceanon_core.method.loading import (
     default_scheduler_config,
     image_processor_class,
 )
-from faceanon_core.method.states import ReferenceStates, sorted_in_forward_order
+from faceanon_core.method.states import ReferenceStates, route_states, sorted_in_forward_order
 
 from .config import ModelConfig
 

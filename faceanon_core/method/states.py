@@ -36,6 +36,30 @@ def parse_attn1_name(name: str) -> tuple[str, int, int, int]:
     return match["kind"], block, int(match["attn"]), int(match["tb"])
 
 
+ROUTING_MODES = ("as_trained", "per_layer")
+
+
+def route_states(unet_layers: list[str], mode: str = "as_trained") -> dict[str, str]:
+    """Map each UNet ``attn1`` layer to the ReferenceNet layer whose state it reads.
+
+    ``as_trained``: every attention of a block reads the state of the ReferenceNet's
+    *first* attention of the same block (``...attentions.0.transformer_blocks.t``): this
+    is how the published weights were trained.  ``per_layer``: each layer reads its own
+    counterpart, as the paper's prose describes.
+    """
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown state routing {mode!r}: choose one of {ROUTING_MODES}")
+    routing = {}
+    for name in unet_layers:
+        if mode == "per_layer":
+            routing[name] = name
+            continue
+        kind, block, _attn, tb = parse_attn1_name(name)
+        prefix = "mid_block" if kind == "mid_block" else f"{kind}.{block}"
+        routing[name] = f"{prefix}.attentions.0.transformer_blocks.{tb}.attn1"
+    return routing
+
+
 def forward_order_key(name: str) -> tuple[int, int, int, int]:
     """Sort key giving the order in which a UNet forward pass visits its attn1 layers."""
     kind, block, attn, tb = parse_attn1_name(name)
