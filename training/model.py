@@ -228,7 +228,7 @@ def reachable_parameters(refnet: torch.nn.Module, layers: list[str]) -> set[int]
             total = sum(s.float().square().mean() for s in states.values())
             params = [p for p in refnet.parameters()]
             grads = torch.autograd.grad(total, params, allow_unused=True)
-        return {id(p) for p, g in zip(params, grads) if g is not None}
+        return {id(p) for p, g in zip(params, grads, strict=True) if g is not None}
     finally:
         for p, flag in was.items():
             p.requires_grad_(flag)

@@ -99,7 +99,7 @@ def _safetensors_shapes(weights: Path, report: FolderReport) -> dict[str, tuple]
 
     try:
         with safe_open(str(weights), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as exc:  # safetensors raises several private error types
         report.problems.append(Problem(str(weights), f"not a readable safetensors file ({exc})"))
         return None

@@ -159,7 +159,7 @@ class ReferenceStates:
     def batch_size(self) -> int:
         return next(iter(self.cond.values())).shape[0]
 
-    def mixed(self, degree: float) -> "ReferenceStates":
+    def mixed(self, degree: float) -> ReferenceStates:
         """Apply Eq. 2 to the conditional states; the unconditional ones are kept for CFG."""
         if self.uncond is None:
             raise ValueError("these states have no unconditional branch, so the degree cannot be applied")
@@ -167,7 +167,7 @@ class ReferenceStates:
         meta = dict(self.meta, degree=str(float(degree)))
         return ReferenceStates(cond=cond, uncond=self.uncond, meta=meta)
 
-    def to(self, device=None, dtype=None) -> "ReferenceStates":
+    def to(self, device=None, dtype=None) -> ReferenceStates:
         def move(states):
             if states is None:
                 return None
@@ -175,7 +175,7 @@ class ReferenceStates:
 
         return ReferenceStates(cond=move(self.cond), uncond=move(self.uncond), meta=dict(self.meta))
 
-    def select(self, index) -> "ReferenceStates":
+    def select(self, index) -> ReferenceStates:
         """A sub-batch of the conditional states (the unconditional ones are shared)."""
         cond = {k: v[index] for k, v in self.cond.items()}
         return ReferenceStates(cond=cond, uncond=self.uncond, meta=dict(self.meta))
@@ -193,7 +193,7 @@ class ReferenceStates:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ReferenceStates":
+    def load(cls, path: str | os.PathLike) -> ReferenceStates:
         from safetensors import safe_open
 
         cond, uncond = {}, {}
@@ -201,7 +201,7 @@ class ReferenceStates:
             metadata = handle.metadata() or {}
             if "faceanon_states" not in metadata:
                 raise ValueError(f"{path} is not a reference-states file written by faceanon (no metadata)")
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (safe_open is no dict)
                 part, name = key.split("/", 1)
                 (cond if part == "cond" else uncond)[name] = handle.get_tensor(key)
         return cls(cond=cond, uncond=uncond or None, meta=json.loads(metadata["faceanon_states"]))

@@ -35,9 +35,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -135,7 +136,8 @@ def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((2 * ma * mb + c1) * (2 * sab + c2)) / ((ma * ma + mb * mb + c1) * (saa + sbb + c2))
 
 
-def psnr_ssim_outside(original: np.ndarray, output: np.ndarray, region: np.ndarray) -> tuple[float | None, float | None]:
+def psnr_ssim_outside(original: np.ndarray, output: np.ndarray,
+                      region: np.ndarray) -> tuple[float | None, float | None]:
     """PSNR (dB, capped at 100 for identical pixels) and mean SSIM where ``region`` is False.
     (None, None) when nothing is outside."""
     outside = ~region
@@ -152,7 +154,8 @@ def psnr_ssim_outside(original: np.ndarray, output: np.ndarray, region: np.ndarr
 # --------------------------------------------------------------------------- inputs
 
 
-def pair_inputs(originals: str | os.PathLike, anonymized: str | os.PathLike, *, recursive: bool = False) -> list[tuple[Path, Path, str]]:
+def pair_inputs(originals: str | os.PathLike, anonymized: str | os.PathLike, *,
+                recursive: bool = False) -> list[tuple[Path, Path, str]]:
     """(original, anonymized, key) pairs; ``key`` = relative path without the extension.
 
     Two files pair directly; two folders pair by key. Raises :class:`EvalError`
@@ -226,7 +229,7 @@ def _match_output_faces(orig: Sequence[AlignedFace], found: Sequence[np.ndarray]
                 pairs.append((d, i, j))
     out: list[int | None] = [None] * len(orig)
     used: set[int] = set()
-    for d, i, j in sorted(pairs):
+    for _d, i, j in sorted(pairs):
         if out[i] is None and j not in used:
             out[i] = j
             used.add(j)
@@ -287,7 +290,7 @@ def evaluate_images(
                 raise EvalError(f"{name}: no face found in the anonymized photo where the original has face(s) "
                                 f"{lost}; without --require-detection such faces are embedded at the original's "
                                 "landmarks")
-        out_lms = [found[m] if m is not None else f.landmarks for f, m in zip(aligned, match)]
+        out_lms = [found[m] if m is not None else f.landmarks for f, m in zip(aligned, match, strict=True)]
         if aligned:
             e_orig = recognizer.embed(orig, [f.landmarks for f in aligned])
             e_out = recognizer.embed(out, out_lms)
@@ -396,7 +399,7 @@ def _svg_histogram(values: Sequence[float], *, lo: float, hi: float, bins: int =
     sx = lambda x: pad_l + (x - lo) / (hi - lo) * pw  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
              f'font-family="sans-serif"><text x="{pad_l}" y="12">{html.escape(title)}</text>']
-    for c, e0, e1 in zip(counts, edges[:-1], edges[1:]):
+    for c, e0, e1 in zip(counts, edges[:-1], edges[1:], strict=True):
         bh = ph * c / top
         parts.append(f'<rect x="{sx(e0):.1f}" y="{pad_t + ph - bh:.1f}" width="{max(sx(e1) - sx(e0) - 1, 1):.1f}" '
                      f'height="{bh:.1f}" fill="#4a7ab5"/>')
@@ -421,7 +424,8 @@ def render_html(result: EvalResult) -> str:
     s = result.summary
     rows = [
         ("faces / photos", f"{s['faces']} / {s['images']}"),
-        ("re-identification rate (nearest original is its own)", f"{s['reid_rate']:.1%} (chance {s['chance_rate']:.1%})"),
+        ("re-identification rate (nearest original is its own)",
+         f"{s['reid_rate']:.1%} (chance {s['chance_rate']:.1%})"),
         (f"leak rate (distance < {s['threshold']:g})", f"{s['leak_rate']:.1%}"),
         ("identity distance to own original: median (min-max)",
          f"{_fmt(s['distance'], 'median')} ({_fmt(s['distance'], 'min')}-{_fmt(s['distance'], 'max')})"),
@@ -450,7 +454,8 @@ def render_html(result: EvalResult) -> str:
             '<figure><img src="data:image/png;base64,{}"><img src="data:image/png;base64,{}">'
             "<figcaption>{} face {}<br>distance {:.3f}{}{}</figcaption></figure>".format(
                 _png_b64(w["original"]), _png_b64(w["output"]), html.escape(r["image"]), r["face"], r["distance"],
-                " &middot; <b>re-identified</b>" if r.get("hit") else "", "" if r["detected"] else " &middot; not detected"))
+                " &middot; <b>re-identified</b>" if r.get("hit") else "",
+                "" if r["detected"] else " &middot; not detected"))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>faceanon eval</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1100px}td{padding:2px 12px}"
