@@ -21,6 +21,7 @@ _LAZY = {
     # method: the paper
     "FaceAnonPipeline": "faceanon_core.method.pipeline",
     "FaceAnonOutput": "faceanon_core.method.pipeline",
+    "FaceAnonPipelineOutput": "faceanon_core.method.pipeline",
     "ReferenceStates": "faceanon_core.method.states",
     "mix_embeds": "faceanon_core.method.states",
     "mix_states": "faceanon_core.method.states",

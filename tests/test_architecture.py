@@ -20,15 +20,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "faceanon_core"
 
-#: room -> the rooms it may import (besides itself). The method knows nothing of the product around it.
+#: room -> the rooms it may import (besides itself): today's graph, no wider. The method knows nothing of the
+#: product around it; faces/, media/ and privacy/ handle a pipeline only through the object they are given.
 ALLOWED = {
     "method": set(),
-    "media": {"method"},
-    "faces": {"method"},
-    "privacy": {"faces", "media", "method"},
+    "media": set(),
+    "faces": set(),
+    "privacy": {"faces", "media"},
     "client": set(),
     "testing": {"method"},
-    "cli": {"client", "privacy", "faces", "media", "method", "testing"},
+    "cli": {"client", "privacy", "faces", "media", "method"},
+}
+#: files longer than LONG_FILE_LINES, each with the reason it may be; everything else stays shorter.
+LONG_FILE_LINES = 600
+LONG_FILES = {
+    "faceanon_core/faces/tracks.py": "split pending: what a track is and how tracks are found (issue 24), "
+                                     "after the redaction-region work that is growing it lands",
 }
 #: top-level modules of faceanon_core that are not rooms (the public API and the moved-path table)
 TOP_LEVEL = {"__init__", "_moved", "samples"}
@@ -87,9 +94,8 @@ def test_rooms_import_one_way_only():
             continue
         for target, _ in imports_of(path):
             there = room_of(target)
-            if target.startswith("faceanon_core") and target.split(".")[1:2] == ["cli"] and here != "cli":
-                bad.append(f"{module_name(path)} -> {target}")
-            elif there and there != here and there not in ALLOWED[here]:
+            reaches_cli = target.startswith("faceanon_core") and target.split(".")[1:2] == ["cli"] and here != "cli"
+            if reaches_cli or (there and there != here and there not in ALLOWED[here]):
                 bad.append(f"{module_name(path)} -> {target}")
     assert not bad, "imports against the direction of the rooms:\n" + "\n".join(bad)
 
@@ -156,14 +162,32 @@ def test_node_math_modules_import_no_comfyui():
             assert target.split(".")[0] not in {"comfy", "folder_paths", "comfy_api"}, (name, target)
 
 
-def test_files_stay_small_unless_they_say_why():
-    big = []
-    for path in list(core_modules()) + sorted((REPO / "nodes").glob("*.py")):
-        lines = path.read_text().count("\n")
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        if lines > 520 and "one cohesive" not in doc:
-            big.append(f"{path.relative_to(REPO)}: {lines} lines")
-    assert not big, big
+def test_the_allowed_imports_are_the_ones_in_use():
+    """ALLOWED is today's graph: an allowance no module uses is a door left open, close it."""
+    used: dict[str, set[str]] = {room: set() for room in ALLOWED}
+    for path in core_modules():
+        here = room_of(module_name(path))
+        for target, _ in imports_of(path):
+            there = room_of(target)
+            if here and there and there != here:
+                used[here].add(there)
+    unused = {room: sorted(ALLOWED[room] - used[room]) for room in ALLOWED if ALLOWED[room] - used[room]}
+    assert not unused, f"allowed but unused (remove from ALLOWED): {unused}"
+
+
+def line_counts() -> dict[str, int]:
+    files = list(core_modules()) + sorted((REPO / "nodes").rglob("*.py")) + sorted((REPO / "training").rglob("*.py"))
+    return {path.relative_to(REPO).as_posix(): path.read_text().count("\n") for path in files
+            if "__pycache__" not in path.parts}
+
+
+def test_files_stay_small_unless_listed_with_a_reason():
+    counts = line_counts()
+    big = [f"{name}: {n} lines" for name, n in counts.items() if n > LONG_FILE_LINES and name not in LONG_FILES]
+    assert not big, f"split these by job, or list them in LONG_FILES with the reason: {big}"
+    stale = [name for name in LONG_FILES if counts.get(name, 0) <= LONG_FILE_LINES]
+    assert not stale, f"no longer long (or gone): remove from LONG_FILES: {stale}"
+    assert all(reason.strip() for reason in LONG_FILES.values())
 
 
 def test_public_api_is_listed_once_and_importable():

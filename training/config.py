@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         problems = []
         if not self.model.init_from:
             problems.append("model.init_from is required (a local SD 2.x or face-anon folder)")
@@ -122,7 +123,8 @@ class Config:
         if self.model.refnet_trainable not in ("attention", "transformer_blocks", "attentions", "all"):
             problems.append("model.refnet_trainable must be attention, transformer_blocks, attentions or all")
         if self.model.prediction_type not in (None, "v_prediction", "epsilon"):
-            problems.append(f"model.prediction_type must be v_prediction or epsilon, got {self.model.prediction_type!r}")
+            problems.append("model.prediction_type must be v_prediction or epsilon, "
+                            f"got {self.model.prediction_type!r}")
         if self.model.vae_latents not in ("sample", "mean"):
             problems.append("model.vae_latents must be sample or mean")
         if self.data.check not in ("quick", "full", "off"):
@@ -159,7 +161,7 @@ def parse_schedule(points) -> list[tuple[float, float]]:
         raise ConfigError("curriculum.real_driving must be a list of [step, probability] pairs") from None
     if any(not 0 <= p <= 1 for _, p in parsed):
         raise ConfigError("curriculum.real_driving probabilities must be within 0..1")
-    if any(b[0] < a[0] for a, b in zip(parsed, parsed[1:])):
+    if any(b[0] < a[0] for a, b in pairwise(parsed)):
         raise ConfigError("curriculum.real_driving steps must be in increasing order")
     return parsed
 
@@ -170,7 +172,7 @@ def schedule_value(points: list[tuple[float, float]], step: float) -> float | No
         return None
     if step <= points[0][0]:
         return points[0][1]
-    for (s0, p0), (s1, p1) in zip(points, points[1:]):
+    for (s0, p0), (s1, p1) in pairwise(points):
         if step <= s1:
             return p1 if s1 == s0 else p0 + (p1 - p0) * (step - s0) / (s1 - s0)
     return points[-1][1]

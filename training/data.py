@@ -37,7 +37,7 @@ DRIVING_KINDS = ("real", "synthetic")
 class DatasetError(ValueError):
     """A dataset failed its check; ``report`` holds the findings."""
 
-    def __init__(self, report: "DataReport"):
+    def __init__(self, report: DataReport):
         self.report = report
         super().__init__(report.format())
 
@@ -196,7 +196,7 @@ def check_dataset(jsonl: str | os.PathLike, images_dir: str | os.PathLike | None
         report.add("error", None, "the dataset holds no triplets")
     unique = sorted({p for t in triplets for p in t.paths(root).values()})
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        infos = dict(zip(unique, pool.map(lambda p: _inspect_image(p, mode == "full"), unique)))
+        infos = dict(zip(unique, pool.map(lambda p: _inspect_image(p, mode == "full"), unique), strict=True))
     report.images_checked = len(infos)
 
     bad_sizes: dict[Path, str] = {}
@@ -227,8 +227,10 @@ def check_dataset(jsonl: str | os.PathLike, images_dir: str | os.PathLike | None
             report.add("error", t.line, f"conditioning image {cond['size'][0]}x{cond['size'][1]} and ground truth "
                                         f"{truth['size'][0]}x{truth['size'][1]} differ in size: they must be "
                                         "pixel-aligned (same pose and background)")
-        same = lambda a, b: paths[a] == paths[b] or (  # noqa: E731
-            infos[paths[a]].get("sha1") is not None and infos[paths[a]].get("sha1") == infos[paths[b]].get("sha1"))
+        def same(a, b, paths=paths):
+            sha = infos[paths[a]].get("sha1")
+            return paths[a] == paths[b] or (sha is not None and sha == infos[paths[b]].get("sha1"))
+
         if same("source_image", "ground_truth"):
             report.add("error", t.line, "the source image is the ground truth: the model would learn to copy it")
         if same("conditioning_image", "ground_truth"):
@@ -330,7 +332,8 @@ class TripletDataset(torch.utils.data.Dataset):
         flip = bool(rng.random() < self.random_flip)
         drop = bool(rng.random() < self.dropout)
         noise_seed = int(rng.integers(0, 2**62))
-        images = {role: load_image(path, self.resolution, self.resize) for role, path in triplet.paths(self.root).items()}
+        images = {role: load_image(path, self.resolution, self.resize)
+                  for role, path in triplet.paths(self.root).items()}
         if flip:
             images = {role: image.flip(-1) for role, image in images.items()}
         return {

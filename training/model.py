@@ -21,7 +21,7 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 
-from faceanon_core.method.attention import ReferenceContext, attn1_names, capture_states, install_readers, route_states
+from faceanon_core.method.attention import ReferenceContext, attn1_names, capture_states, install_readers
 from faceanon_core.method.loading import (
     UNET_PARTS,
     WEIGHTS_NAME,
@@ -30,7 +30,7 @@ from faceanon_core.method.loading import (
     default_scheduler_config,
     image_processor_class,
 )
-from faceanon_core.method.states import ReferenceStates, sorted_in_forward_order
+from faceanon_core.method.states import ReferenceStates, route_states, sorted_in_forward_order
 
 from .config import ModelConfig
 
@@ -228,7 +228,7 @@ def reachable_parameters(refnet: torch.nn.Module, layers: list[str]) -> set[int]
             total = sum(s.float().square().mean() for s in states.values())
             params = [p for p in refnet.parameters()]
             grads = torch.autograd.grad(total, params, allow_unused=True)
-        return {id(p) for p, g in zip(params, grads) if g is not None}
+        return {id(p) for p, g in zip(params, grads, strict=True) if g is not None}
     finally:
         for p, flag in was.items():
             p.requires_grad_(flag)

@@ -14,9 +14,13 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from .states import CaptureComplete, StateCapture, parse_attn1_name, sorted_in_forward_order
-
-ROUTING_MODES = ("as_trained", "per_layer")
+from .states import (  # noqa: F401  (ROUTING_MODES, route_states: their old import path)
+    ROUTING_MODES,
+    CaptureComplete,
+    StateCapture,
+    route_states,
+    sorted_in_forward_order,
+)
 
 
 def attn1_names(unet: torch.nn.Module) -> list[str]:
@@ -27,27 +31,6 @@ def attn1_names(unet: torch.nn.Module) -> list[str]:
         if name.endswith("attn1") and isinstance(module, Attention) and ".transformer_blocks." in name
     ]
     return sorted_in_forward_order(names)
-
-
-def route_states(unet_layers: list[str], mode: str = "as_trained") -> dict[str, str]:
-    """Map each UNet ``attn1`` layer to the ReferenceNet layer whose state it reads.
-
-    ``as_trained``: every attention of a block reads the state of the ReferenceNet's
-    *first* attention of the same block (``...attentions.0.transformer_blocks.t``): this
-    is how the published weights were trained.  ``per_layer``: each layer reads its own
-    counterpart, as the paper's prose describes.
-    """
-    if mode not in ROUTING_MODES:
-        raise ValueError(f"unknown state routing {mode!r}: choose one of {ROUTING_MODES}")
-    routing = {}
-    for name in unet_layers:
-        if mode == "per_layer":
-            routing[name] = name
-            continue
-        kind, block, _attn, tb = parse_attn1_name(name)
-        prefix = "mid_block" if kind == "mid_block" else f"{kind}.{block}"
-        routing[name] = f"{prefix}.attentions.0.transformer_blocks.{tb}.attn1"
-    return routing
 
 
 def _heads(attn: Attention, tensor: torch.Tensor) -> torch.Tensor:

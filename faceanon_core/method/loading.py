@@ -99,7 +99,7 @@ def _safetensors_shapes(weights: Path, report: FolderReport) -> dict[str, tuple]
 
     try:
         with safe_open(str(weights), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as exc:  # safetensors raises several private error types
         report.problems.append(Problem(str(weights), f"not a readable safetensors file ({exc})"))
         return None
@@ -231,6 +231,29 @@ def resolve_source(source: str | os.PathLike, what: str, allow_download: bool, a
 
     logger.info("downloading %s from the hub: %s", what, source)
     return Path(snapshot_download(str(source), allow_patterns=allow_patterns))
+
+
+def recorded_routing(root: str | os.PathLike, unet_config) -> str | None:
+    """The state routing a model folder records, or None when it records none.
+
+    ``routing`` in ``model_index.json`` (written by ``FaceAnonPipeline.save_pretrained``) and
+    ``faceanon_routing`` in ``unet/config.json`` (written by the trainer's export); a folder in
+    which the two disagree is malformed.
+    """
+    from_unet = getattr(unet_config, "faceanon_routing", None)
+    index_path = Path(root) / "model_index.json"
+    from_index = None
+    if index_path.is_file():
+        try:
+            from_index = json.loads(index_path.read_text()).get("routing")
+        except (OSError, ValueError) as exc:
+            raise ModelFolderError(f"{index_path}: unreadable model_index.json ({exc})") from exc
+    if from_index and from_unet and from_index != from_unet:
+        raise ModelFolderError(
+            f"{root}: model_index.json records routing {from_index!r} but unet/config.json records "
+            f"faceanon_routing {from_unet!r}; fix one of them, or pass routing= explicitly"
+        )
+    return from_index or from_unet or None
 
 
 def load_components(

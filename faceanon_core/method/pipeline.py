@@ -17,11 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .attention import ReferenceContext, attn1_names, capture_states, install_readers, route_states
-from .states import ReferenceStates, expand_batch, mix_embeds
+from .attention import ReferenceContext, attn1_names, capture_states, install_readers
+from .states import ReferenceStates, expand_batch, mix_embeds, route_states
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,17 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 @dataclass
-class FaceAnonOutput:
-    images: list | np.ndarray | torch.Tensor
+class FaceAnonPipelineOutput(BaseOutput):
+    """What :class:`FaceAnonPipeline` returns (``return_dict=True``).
+
+    ``images``: a list of PIL images, a float32 ``[B,H,W,3]`` array in 0..1 (``"np"``) or a float32
+    ``[B,3,H,W]`` tensor in 0..1 (``"pt"``), one per driving image.
+    """
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+
+
+FaceAnonOutput = FaceAnonPipelineOutput  # the name before 0.3; kept for existing callers
 
 
 @dataclass
@@ -129,6 +140,7 @@ class FaceAnonPipeline(DiffusionPipeline):
     """Anonymize (same image as source and driving, degree d) or swap faces (d = 0)."""
 
     model_cpu_offload_seq = "image_encoder->referencenet->conditioning_referencenet->unet->vae"
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet, referencenet, conditioning_referencenet, vae, image_encoder, feature_extractor,
                  scheduler, routing: str = "as_trained"):
@@ -142,27 +154,38 @@ class FaceAnonPipeline(DiffusionPipeline):
             feature_extractor=feature_extractor,
             scheduler=scheduler,
         )
+        # The mode is a config entry, so save_pretrained writes it to model_index.json and
+        # from_pretrained reads it back; ``self.routing`` is the name map it gives.
+        self.register_to_config(routing=routing)
         self.routing_mode = routing
         self.routing = route_states(attn1_names(unet), routing)
         self.reference_layers = sorted(set(self.routing.values()))
         self.reference_context = ReferenceContext()
+        self._interrupt = False
+        self._num_timesteps = 0
         install_readers(unet, self.routing, self.reference_context)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @classmethod
     def from_pretrained(cls, model, *, vae=None, image_encoder=None, feature_extractor=None, scheduler=None,
-                        torch_dtype=None, routing: str | None = None, allow_download: bool = False, **_ignored):
+                        torch_dtype=None, routing: str | None = None, allow_download: bool = False, **kwargs):
         """Load the published layout from a local folder (or the hub when ``allow_download``).
 
-        ``routing`` defaults to the ``faceanon_routing`` recorded in ``unet/config.json`` by
-        our trainer, else ``as_trained`` (the published weights).
+        ``routing`` defaults to the one the folder records (``model_index.json`` written by
+        :meth:`save_pretrained`, or ``faceanon_routing`` in ``unet/config.json`` written by our
+        trainer), else ``as_trained`` (the published weights). Any other keyword is an error, not
+        silently ignored: a misspelt argument would otherwise load a different model than asked for.
         """
-        from .loading import load_components
+        if kwargs:
+            raise TypeError(_unexpected_keywords(cls.from_pretrained, kwargs))
+        from .loading import UNET_PARTS, load_components, recorded_routing, resolve_source
 
-        parts = load_components(model, vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor,
+        root = resolve_source(model, "the face-anon model", allow_download,
+                              allow_patterns=[f"{p}/*" for p in UNET_PARTS] + ["model_index.json"])
+        parts = load_components(root, vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor,
                                 scheduler=scheduler, torch_dtype=torch_dtype, allow_download=allow_download)
         if routing is None:
-            routing = getattr(parts["unet"].config, "faceanon_routing", None) or "as_trained"
+            routing = recorded_routing(root, parts["unet"].config) or "as_trained"
         return cls(**parts, routing=routing)
 
     # -- inputs -------------------------------------------------------------------------
@@ -175,7 +198,8 @@ class FaceAnonPipeline(DiffusionPipeline):
             batch = batch.clamp(0, 1)
         return batch
 
-    def check_inputs(self, height, width, degree, guidance_scale, num_inference_steps, output_type):
+    def check_inputs(self, height, width, degree, guidance_scale, num_inference_steps, output_type,
+                     callback_on_step_end_tensor_inputs=None):
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}")
@@ -187,6 +211,10 @@ class FaceAnonPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or () if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: {unknown} cannot be passed to a step callback; "
+                             f"choose from {self._callback_tensor_inputs}")
 
     # -- the method's pieces (also used by the trainer and the nodes' reference tests) ----
 
@@ -199,8 +227,12 @@ class FaceAnonPipeline(DiffusionPipeline):
         return out.pooler_output.unsqueeze(1)
 
     @torch.no_grad()
-    def encode_latents(self, images: torch.Tensor, generator=None) -> torch.Tensor:
-        """VAE posterior mean scaled by the VAE scaling factor."""
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mean scaled by the VAE scaling factor.
+
+        The mean, not a sample: deterministic, and what the ComfyUI backend's VAE encode gives, so both
+        backends see the same latents (the trainer can sample the posterior: ``model.vae_latents``).
+        """
         pixels = (images * 2 - 1).to(device=self._execution_device, dtype=self.vae.dtype)
         return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
 
@@ -243,6 +275,14 @@ class FaceAnonPipeline(DiffusionPipeline):
             latents = latents.to(device=self._execution_device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
     @torch.no_grad()
     def __call__(
         self,
@@ -258,12 +298,68 @@ class FaceAnonPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         same_image: bool = False,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ):
-        """``source`` may be a :class:`SourceIdentity` (from :meth:`encode_source`): its states and
-        embedding are used as they are, and ``degree`` is the one it was made with."""
+        r"""Sample the driving images with the identity of the source images.
+
+        :meth:`anonymize` (same image as source and driving) and :meth:`swap` call this.
+
+        Args:
+            source (PIL images, arrays, tensors, or `SourceIdentity`):
+                The identity. Images as :func:`to_image_batch` takes them (a batch of 1 broadcasts over the
+                driving batch), or a :class:`SourceIdentity` from :meth:`encode_source`, whose states and
+                embedding are used as they are (then `degree` is the one it was made with).
+            driving (PIL images, arrays or tensors):
+                The pose, expression and background: one output per driving image.
+            degree (`float`, *optional*, defaults to 0.0):
+                Anonymization degree d of Eq. 1 and 2: 0 keeps the source identity (face swap), 1 removes it,
+                above 1 goes past it (paper default 1.25 for anonymization).
+            guidance_scale (`float`, *optional*, defaults to 4.0):
+                Classifier-free guidance g over the source side, `(1-g)·uncond + g·cond`; 1.0 runs no
+                unconditional batch.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                Number of denoising steps of the scheduler.
+            generator (`torch.Generator` or list of them, *optional*):
+                Makes the initial noise (when `latents` is not given) and a stochastic scheduler's noise
+                reproducible.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise `[B, 4, height/8, width/8]`, scaled by the scheduler's `init_noise_sigma` here;
+                drawn from `generator` when not given.
+            height (`int`, *optional*, defaults to 512):
+                Working height, a multiple of the model's size step; images of another size are resized to
+                it (bicubic, antialiased).
+            width (`int`, *optional*, defaults to 512):
+                Working width, as `height`.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"` (list of PIL images), `"np"` (float32 `[B,H,W,3]` in 0..1) or `"pt"` (float32
+                `[B,3,H,W]` in 0..1).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return a :class:`FaceAnonPipelineOutput`; `False` returns the tuple `(images,)`.
+            same_image (`bool`, *optional*, defaults to `False`):
+                The source images are the driving images: their CLIP embeddings and latents are computed
+                once (what :meth:`anonymize` passes).
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after every denoising step as `callback_on_step_end(self, step, timestep,
+                callback_kwargs)` with the tensors named in `callback_on_step_end_tensor_inputs`; it returns a
+                dict, and a `"latents"` entry in it replaces the latents. Setting `pipe._interrupt = True`
+                skips the remaining steps.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`):
+                Which tensors the callback receives, from `FaceAnonPipeline._callback_tensor_inputs`.
+
+        Returns:
+            :class:`FaceAnonPipelineOutput` with `images`, or the tuple `(images,)` when `return_dict` is
+            False.
+        """
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if isinstance(source, SourceIdentity):
             degree = source.degree
-        self.check_inputs(height, width, degree, guidance_scale, num_inference_steps, output_type)
+        self.check_inputs(height, width, degree, guidance_scale, num_inference_steps, output_type,
+                          callback_on_step_end_tensor_inputs)
+        self._interrupt = False
         driving_px = self._prepare_images(driving, height, width, "driving image")
         batch = driving_px.shape[0]
 
@@ -293,11 +389,14 @@ class FaceAnonPipeline(DiffusionPipeline):
                                                  driving_embeds, batch, cfg, dtype)
         latents = self.prepare_latents(batch, height, width, dtype, generator, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        self._num_timesteps = len(self.scheduler.timesteps)
         extra_step = {"generator": generator} if "generator" in _step_params(self.scheduler) else {}
 
         self.reference_context.begin(tokens)
         try:
-            for t in self.progress_bar(self.scheduler.timesteps):
+            for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                if self.interrupt:
+                    continue
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 noise_pred = self.unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
@@ -305,12 +404,18 @@ class FaceAnonPipeline(DiffusionPipeline):
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = (1 - guidance_scale) * uncond + guidance_scale * cond
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents}
+                    callback_outputs = callback_on_step_end(
+                        self, step, t, {name: tensors[name] for name in callback_on_step_end_tensor_inputs})
+                    latents = callback_outputs.pop("latents", latents)
         finally:
             self.reference_context.end()
 
         images = self.decode_latents(latents)
         output = self._to_output(images, output_type)
-        return FaceAnonOutput(images=output) if return_dict else (output,)
+        self.maybe_free_model_hooks()
+        return FaceAnonPipelineOutput(images=output) if return_dict else (output,)
 
     def _reference_tokens(self, source: ReferenceStates, driving: dict, source_embeds, driving_embeds, batch, cfg,
                           dtype):
@@ -355,3 +460,18 @@ def _step_params(scheduler) -> set[str]:
     import inspect
 
     return set(inspect.signature(scheduler.step).parameters)
+
+
+def _unexpected_keywords(function, given: dict) -> str:
+    """The TypeError message for keywords ``function`` does not take, with the closest valid name."""
+    import difflib
+    import inspect
+
+    valid = [name for name, p in inspect.signature(function).parameters.items()
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    parts = []
+    for name in given:
+        close = difflib.get_close_matches(name, valid, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"{function.__qualname__}() got unexpected keyword argument(s) {', '.join(parts)}; "
+            f"it takes {', '.join(valid)}")

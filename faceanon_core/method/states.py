@@ -36,6 +36,30 @@ def parse_attn1_name(name: str) -> tuple[str, int, int, int]:
     return match["kind"], block, int(match["attn"]), int(match["tb"])
 
 
+ROUTING_MODES = ("as_trained", "per_layer")
+
+
+def route_states(unet_layers: list[str], mode: str = "as_trained") -> dict[str, str]:
+    """Map each UNet ``attn1`` layer to the ReferenceNet layer whose state it reads.
+
+    ``as_trained``: every attention of a block reads the state of the ReferenceNet's
+    *first* attention of the same block (``...attentions.0.transformer_blocks.t``): this
+    is how the published weights were trained.  ``per_layer``: each layer reads its own
+    counterpart, as the paper's prose describes.
+    """
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown state routing {mode!r}: choose one of {ROUTING_MODES}")
+    routing = {}
+    for name in unet_layers:
+        if mode == "per_layer":
+            routing[name] = name
+            continue
+        kind, block, _attn, tb = parse_attn1_name(name)
+        prefix = "mid_block" if kind == "mid_block" else f"{kind}.{block}"
+        routing[name] = f"{prefix}.attentions.0.transformer_blocks.{tb}.attn1"
+    return routing
+
+
 def forward_order_key(name: str) -> tuple[int, int, int, int]:
     """Sort key giving the order in which a UNet forward pass visits its attn1 layers."""
     kind, block, attn, tb = parse_attn1_name(name)
@@ -139,7 +163,7 @@ class ReferenceStates:
     def batch_size(self) -> int:
         return next(iter(self.cond.values())).shape[0]
 
-    def mixed(self, degree: float) -> "ReferenceStates":
+    def mixed(self, degree: float) -> ReferenceStates:
         """Apply Eq. 2 to the conditional states; the unconditional ones are kept for CFG."""
         if self.uncond is None:
             raise ValueError("these states have no unconditional branch, so the degree cannot be applied")
@@ -147,7 +171,7 @@ class ReferenceStates:
         meta = dict(self.meta, degree=str(float(degree)))
         return ReferenceStates(cond=cond, uncond=self.uncond, meta=meta)
 
-    def to(self, device=None, dtype=None) -> "ReferenceStates":
+    def to(self, device=None, dtype=None) -> ReferenceStates:
         def move(states):
             if states is None:
                 return None
@@ -155,7 +179,7 @@ class ReferenceStates:
 
         return ReferenceStates(cond=move(self.cond), uncond=move(self.uncond), meta=dict(self.meta))
 
-    def select(self, index) -> "ReferenceStates":
+    def select(self, index) -> ReferenceStates:
         """A sub-batch of the conditional states (the unconditional ones are shared)."""
         cond = {k: v[index] for k, v in self.cond.items()}
         return ReferenceStates(cond=cond, uncond=self.uncond, meta=dict(self.meta))
@@ -173,7 +197,7 @@ class ReferenceStates:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ReferenceStates":
+    def load(cls, path: str | os.PathLike) -> ReferenceStates:
         from safetensors import safe_open
 
         cond, uncond = {}, {}
@@ -181,7 +205,7 @@ class ReferenceStates:
             metadata = handle.metadata() or {}
             if "faceanon_states" not in metadata:
                 raise ValueError(f"{path} is not a reference-states file written by faceanon (no metadata)")
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (safe_open is no dict)
                 part, name = key.split("/", 1)
                 (cond if part == "cond" else uncond)[name] = handle.get_tensor(key)
         return cls(cond=cond, uncond=uncond or None, meta=json.loads(metadata["faceanon_states"]))

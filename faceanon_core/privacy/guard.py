@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,9 @@ class GuardConfig:
             raise ValueError(f"degree_step must be >= 0, got {self.degree_step}")
 
     def threshold_for(self, recognizer: FaceRecognizer) -> float:
-        return float(self.threshold if self.threshold is not None else getattr(recognizer, "threshold", DEFAULT_THRESHOLD))
+        if self.threshold is not None:
+            return float(self.threshold)
+        return float(getattr(recognizer, "threshold", DEFAULT_THRESHOLD))
 
     def attempt(self, k: int, seed: int, degree: float) -> tuple[int, float]:
         return int(seed) + k * self.seed_step, float(min(degree + k * self.degree_step, max(self.max_degree, degree)))
@@ -143,7 +146,8 @@ class GuardedResult(FacesResult):
         return dict(super().to_dict(), checks=[c.to_dict() for c in self.checks])
 
 
-def _distances(recognizer: FaceRecognizer, image: np.ndarray, faces: Sequence[AlignedFace], ref: np.ndarray) -> np.ndarray:
+def _distances(recognizer: FaceRecognizer, image: np.ndarray, faces: Sequence[AlignedFace],
+               ref: np.ndarray) -> np.ndarray:
     emb = recognizer.embed(image, [f.landmarks for f in faces])
     return np.asarray(recognizer.distance(emb, ref), dtype=np.float64).reshape(len(faces))
 
@@ -328,7 +332,7 @@ def check_faces(
     rec_name = getattr(recognizer, "name", type(recognizer).__name__)
     frames = [np.asarray(o) for o in outputs]
     checks: list[FaceCheck | None] = [None] * len(faces)
-    for fi, (orig, out) in enumerate(zip(originals, outputs)):
+    for fi, (orig, out) in enumerate(zip(originals, outputs, strict=True)):
         check_rgb(orig, names[fi])
         check_rgb(out, names[fi])
         if orig.shape != out.shape:
@@ -356,7 +360,7 @@ def check_faces(
             raise err
         lsub = [sub[j] for j in leaking]
         frames[fi], red_dist, methods = _fallback_redact(out, lsub, refs[leaking], recognizer, thr, config)
-        for j, rd, m in zip(leaking, red_dist, methods):
+        for j, rd, m in zip(leaking, red_dist, methods, strict=True):
             c = checks[idx[j]]
             c.history.append({"redact": m, "distance": round(float(rd), 4)})
             c.distance, c.passed, c.action = float(rd), bool(rd >= thr), "redacted"

@@ -135,7 +135,7 @@ def evaluate_video(
             lms = [f.landmarks5 for f in faces]
             eo = recognizer.embed(to_upright(fa.rgb, a.rotation), lms)
             ea = recognizer.embed(to_upright(fb.rgb, b.rotation), lms)
-            for f, x, y in zip(faces, eo, ea):
+            for f, x, y in zip(faces, eo, ea, strict=True):
                 emb_o[f.track_id].append(x)
                 emb_a[f.track_id].append(y)
     result = VideoEval(str(original), str(anonymized), thr)
