@@ -69,7 +69,8 @@ def check_video_redacted(src: Path, out: Path, threshold: float = 0.5) -> None:
 
 def test_a_mixed_folder_is_redacted_whole(mixed, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["redact", str(mixed), "-o", str(out), "-r", "--ext", "png"]) == 0
+    assert main(["redact", str(mixed), "-o", str(out), "-r", "--ext", "png",
+                 "--tracks-json", str(tmp_path / "tracks.json")]) == 0
     err = capsys.readouterr().err
     assert "4 written, 0 already done, 0 failed" in err and "skipped" not in err
     # Photos take --ext; a video keeps its own name and container.
@@ -84,6 +85,8 @@ def test_a_mixed_folder_is_redacted_whole(mixed, tmp_path, capsys):
     assert recs["walk.mp4"]["params"]["video"] == {"max_gap": 8, "smoothing": True}
     assert "video" not in recs["astronaut.png"]["params"]
     assert partials(out) == []
+    for name in ("tracks-walk.json", "tracks-trip_walk.json"):  # one file per video, named after it
+        assert len(json.loads((tmp_path / name).read_text())["tracks"]) == 1
 
 
 def test_rerun_skips_finished_videos_and_redoes_an_interrupted_one(mixed, tmp_path, monkeypatch, capsys):

@@ -120,8 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``redact`` and ``detect`` subcommands."""
     p = subparsers.add_parser(
         "redact",
-        help="blur, pixelate or fill the faces of photos (no diffusion model needed)",
-        description="Blur, pixelate or fill every detected face. Writes new files; never touches the inputs.",
+        help="blur, pixelate or fill the faces of photos and videos (no diffusion model needed)",
+        description="Blur, pixelate or fill every detected face (the whole head) of photos, videos and folders of "
+                    "them. Writes new files; never touches the inputs.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="photos, videos and/or folders of them (a folder's videos are redacted too)")
