@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faces_helpers import astronaut, grace_hopper
 
 from faceanon_core.cli import main
 from faceanon_core.media.images import load_image, save_image
 from faceanon_core.media.video import PARTIAL_PREFIX, probe_video
-from faces_helpers import astronaut, grace_hopper
 
 av = pytest.importorskip("av")
 
