@@ -81,12 +81,13 @@ def check_same(single: Path, on_ray: Path, photos: Path):
 
 
 def test_redact_on_ray_is_bit_identical_and_resumes(photos, tmp_path):
-    assert main(["redact", str(photos), "-o", str(tmp_path / "single")]) == 0
-    assert main(["redact", str(photos), "-o", str(tmp_path / "ray"), "--ray"]) == 0
+    margin = ["--margin", "0.7"]  # not the default: the workers must use it as the single process does
+    assert main(["redact", str(photos), "-o", str(tmp_path / "single"), *margin]) == 0
+    assert main(["redact", str(photos), "-o", str(tmp_path / "ray"), "--ray", *margin]) == 0
     check_same(tmp_path / "single", tmp_path / "ray", photos)
     assert {r["faces"] for r in records(tmp_path / "ray") if r["input"].endswith("collage.png")} == {4}
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir() if p.suffix != ".jsonl"}
-    assert main(["redact", str(photos), "-o", str(tmp_path / "ray"), "--ray"]) == 0  # rerun: all skipped
+    assert main(["redact", str(photos), "-o", str(tmp_path / "ray"), "--ray", *margin]) == 0  # rerun: all skipped
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir() if p.suffix != ".jsonl"} == stamps
     assert len(records(tmp_path / "ray")) == len(stamps)
 

@@ -190,8 +190,10 @@ def test_output_rules(clip, tmp_path, capsys):
     assert "video file" in capsys.readouterr().err
     photo = tmp_path / "p.png"
     photo.write_bytes(b"x")
-    assert main(["redact", str(clip), str(photo), "-o", str(tmp_path / "folder")]) == 2
-    assert "separate runs" in capsys.readouterr().err
+    # Photos and videos named together are a folder run (tests/test_folder_videos.py): the broken photo fails
+    # (code 1), the video is written.
+    assert main(["redact", str(clip), str(photo), "-o", str(tmp_path / "mixed")]) == 1
+    assert "p.png" in capsys.readouterr().err and probe_video(tmp_path / "mixed" / "clip.mp4").frames == N
     assert main(["redact", str(clip), "-o", str(tmp_path / "folder")]) == 0  # a folder: same name inside
     assert probe_video(tmp_path / "folder" / "clip.mp4").frames == N
 

@@ -34,12 +34,14 @@ from .common import (
     precheck_inputs,
     read_rgb,
     refuse_unusable,
+    refuse_videos_on_ray,
     require_diffusion,
     require_models,
+    video_params_of,
     write_rgb,
 )
 from .faces import add_detector_args, detector_from_args
-from .video import add_video_options, is_video_run, run_anonymize_video
+from .video import add_video_options, only_videos, run_anonymize_video
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,8 @@ def run_anonymize_photos(args) -> int:
     from .common import folder_run, model_identity, models_dir, plan_run
 
     run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, overwrite=args.overwrite,
-                   command="anonymize")
+                   command="anonymize", videos=True)
+    refuse_videos_on_ray(run, args, "anonymize")
     plan = run.plan
     detector = detector_from_args(args)
     manifest_path = args.manifest or (Path(args.output) / MANIFEST_NAME
@@ -138,19 +141,26 @@ def run_anonymize_photos(args) -> int:
                             "retries": args.verify_retries, "fallback": args.verify_fallback}
     else:
         params["verify"] = None
+    video_params = video_params_of(params, args)
     with folder_run(run, manifest_path, params, overwrite=args.overwrite, wait=args.wait,
-                    command="anonymize") as manifest:
-        return _anonymize_locked(args, run, manifest, manifest_path, params, detector, recognizer, guard_config)
+                    command="anonymize", video_params=video_params) as manifest:
+        return _anonymize_locked(args, run, manifest, manifest_path, params, video_params, detector, recognizer,
+                                 guard_config)
 
 
-def _anonymize_locked(args, run, manifest, manifest_path, params, detector, recognizer, guard_config) -> int:
+def _anonymize_locked(args, run, manifest, manifest_path, params, video_params, detector, recognizer,
+                      guard_config) -> int:
     from ..faces.detect import count_near_limit
-    from .common import report_near_limit, report_not_handled
+    from ..media.plans import is_video
+    from .common import params_of, report_near_limit, report_not_handled
+    from .video import anonymize_video, video_tracks
 
     plan = run.plan
-    todo = [(item, out) for item, out in plan if not (manifest and manifest.is_done(item.path, out, params))]
+    params_for = params_of(params, video_params)
+    todo = [(item, out) for item, out in plan
+            if not (manifest and manifest.is_done(item.path, out, params_for(item.path)))]
     if not todo:
-        print(f"anonymize: all {len(plan)} photo(s) already done (manifest {manifest_path})", file=sys.stderr)
+        print(f"anonymize: all {len(plan)} input(s) already done (manifest {manifest_path})", file=sys.stderr)
         report_not_handled(run, "anonymize")
         return 0
     problems = precheck_inputs(todo, args.overwrite)
@@ -166,9 +176,17 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, detector, reco
 
     min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
 
+    rel_of = {item.path: item.rel for item, _ in plan}
+
     def process(src: Path, dst: Path) -> dict[str, Any]:
         if str(src) in problems:
             raise ValueError(problems[str(src)])
+        if is_video(src):  # the single-video path: tracks, one identity per track, audio kept, atomic
+            from ..media.video import probe_video
+
+            info = probe_video(src)
+            tracks = video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
+            return anonymize_video(info, dst, args, tracks, pipe, recognizer, rel=rel_of[src])
         image = load_image(src)
         found = detector.detect(image.rgb)
         near = count_near_limit(found, args.min_face_size)
@@ -195,9 +213,10 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, detector, reco
 
     from tqdm import tqdm
 
-    with tqdm(total=len(plan), unit="photo", disable=len(plan) < 2) as bar:
+    kw = {"params_of": params_for} if runner is run_batch else {}  # --ray: photos only (videos refused)
+    with tqdm(total=len(plan), unit="input", disable=len(plan) < 2) as bar:
         summary = runner(plan, process, manifest=manifest, params=params, seed=args.seed,
-                         stop_on_error=args.stop_on_error, progress=lambda n, total, path: bar.update(1))
+                         stop_on_error=args.stop_on_error, progress=lambda n, total, path: bar.update(1), **kw)
     print(f"anonymize: {summary.done} written, {summary.skipped} already done, {summary.failed} failed",
           file=sys.stderr)
     report_not_handled(run, "anonymize")
@@ -218,7 +237,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "(the diffusion model; needs the 'diffusion' extra and the model weights). "
                                       "Writes new files; never touches the inputs.",
                           epilog=EXIT_CODES_EPILOG, formatter_class=HelpFormatter)
-    anon.add_argument("inputs", nargs="+", help="image files or folders")
+    anon.add_argument("inputs", nargs="+", help="photos, videos and/or folders of them (a folder's videos are "
+                                                "anonymized too)")
     anon.add_argument("--degree", type=float_at_least(0.0), default=1.25,
                       help="anonymization degree d >= 0: 0 keeps the identity, 1 removes it, >1 goes further "
                            "(default 1.25, the paper's)")
@@ -268,7 +288,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_anonymize(args) -> int:
     require_diffusion("anonymize")  # both before anything heavy is imported: answered in seconds
     require_models(args)
-    if is_video_run(args.inputs):  # videos: tracks, one identity per track, see cli/video.py
+    if only_videos(args.inputs):  # videos given by name: tracks, one identity per track, see cli/video.py
         return run_anonymize_video(args, detector_from_args, verification)
     if args.aligned:
         return run_anonymize_aligned(args)

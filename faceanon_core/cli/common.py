@@ -188,12 +188,17 @@ class RunPlan:
 
 
 def plan_run(inputs: list[str], out: str, suffix: str | None, recursive: bool = False,
-             format_flag: str = "--ext", overwrite: bool = True, command: str = "") -> RunPlan:
-    """Plan a photo run: ``-o`` names the output file for one input with a photo extension, else a folder.
+             format_flag: str = "--ext", overwrite: bool = True, command: str = "", videos: bool = False) -> RunPlan:
+    """Plan a run: ``-o`` names the output file for one input with a photo extension, else a folder.
 
+    ``videos``: the command also takes the videos of its inputs (``redact``, ``anonymize``): each goes
+    into the output folder under its own name and container (``--ext`` changes photos only); without
+    it a video among the inputs is refused (never a run that ends with a video untouched).
     Everything that can be checked without reading pixels is: inputs exist, the output folder is not
     an input folder, no two inputs share an output, every output format can be written.
     """
+    import dataclasses
+
     from ..media.files import check_output_file
     from ..media.images import WRITABLE_EXTENSIONS
     from ..media.plans import (
@@ -204,6 +209,7 @@ def plan_run(inputs: list[str], out: str, suffix: str | None, recursive: bool = 
     )
     from ..media.video import VIDEO_EXTENSIONS
 
+    sub = f"`faceanon {command}`" if command else "this command"
     out_path = Path(out).expanduser()
     if out_path.suffix.lower() in VIDEO_EXTENSIONS and not out_path.is_dir():
         raise CliError(f"{out_path}: a video name for photo outputs; name a photo file (e.g. out.png) for one "
@@ -212,18 +218,24 @@ def plan_run(inputs: list[str], out: str, suffix: str | None, recursive: bool = 
     try:
         scan = scan_inputs(inputs, recursive=recursive, exclude=None if as_file else out_path)
         items = scan.items
-        if scan.videos:  # never exit 0 with a video of the input folders untouched
+        if scan.videos and not videos:  # never exit 0 with a video of the inputs untouched
             names = ", ".join(str(v) for v in scan.videos[:5]) + (" ..." if len(scan.videos) > 5 else "")
-            sub = f"faceanon {command}" if command else "this command"
-            raise CliError(f"the input folder(s) hold {len(scan.videos)} video(s) ({names}) besides photos: videos "
-                           f"go in runs of their own (`{sub} VIDEO -o OUT.mp4`, or several videos -o FOLDER); "
-                           "move them out of the folder, or run them first and then the photos")
+            raise CliError(f"the inputs hold {len(scan.videos)} video(s) ({names}); {sub} takes photos: "
+                           "move the videos out of the folder, or run them with `faceanon redact` or "
+                           "`faceanon anonymize`")
+        if videos:
+            items = items + scan.video_items  # photos first, then videos (each in its folder's order)
+            scan = dataclasses.replace(scan, videos=[])  # handled: not named as left out
         if not items:
             extra = "; ".join(scan.not_handled_lines())
-            raise CliError("no photos found in the inputs" + (f" ({extra})" if extra else ""))
+            what = "photos or videos" if videos else "photos"
+            raise CliError(f"no {what} found in the inputs" + (f" ({extra})" if extra else ""))
         if as_file:
             if len(items) > 1:
                 raise CliError(f"{out_path}: {len(items)} inputs need an output folder, not a file name")
+            if items[0] in scan.video_items:
+                raise CliError(f"{out_path}: a photo name for the output of the video {items[0].path}; name a "
+                               f"video file (e.g. out{items[0].path.suffix.lower()}) or an output folder")
             plan = [(items[0], out_path)]
             check_output_formats(plan, None)
             check_output_file(out_path, CliError, overwrite=overwrite, inputs=[items[0].path])
@@ -240,10 +252,43 @@ def plan_images(inputs: list[str], out: str, suffix: str | None, recursive: bool
     return plan_run(inputs, out, suffix, recursive, overwrite=overwrite).plan
 
 
+def params_of(params: dict, video_params: dict | None):
+    """``input path -> parameters``: a video's (``video_params``: the photos' plus the video options)
+    or a photo's."""
+    from ..media.plans import is_video
+
+    return lambda path: video_params if video_params is not None and is_video(path) else params
+
+
+def video_params_of(params: dict, args) -> dict:
+    """A folder run's parameters for its videos: the photos' plus the options of the video path."""
+    video = {"max_gap": args.max_gap, "smoothing": not args.no_smoothing}
+    if hasattr(args, "identity"):
+        video["identity"] = args.identity
+    return {**params, "video": video}
+
+
+def refuse_videos_on_ray(run: RunPlan, args, command: str) -> None:
+    """``--ray`` runs photos only: a folder with videos is refused before any work (never a run that
+    ends with code 0 and a video untouched)."""
+    from ..media.plans import is_video
+
+    if getattr(args, "ray", None) is None:
+        return
+    vids = [str(item.path) for item, _ in run.plan if is_video(item.path)]
+    if vids:
+        names = ", ".join(vids[:5]) + (" ..." if len(vids) > 5 else "")
+        raise CliError(f"--ray runs photos, and the inputs hold {len(vids)} video(s) ({names}): run the folder "
+                       f"without --ray (`faceanon {command}` does its photos and videos), or move the videos out "
+                       "and run them on their own")
+
+
 @contextlib.contextmanager
-def folder_run(run: RunPlan, manifest_path, params: dict, *, overwrite: bool, wait: bool, command: str):
+def folder_run(run: RunPlan, manifest_path, params: dict, *, overwrite: bool, wait: bool, command: str,
+               video_params: dict | None = None):
     """Lock the output folder, clean our stale temporary files, open the manifest, refuse changed
-    parameters (unless ``overwrite``), record the files left out. Yields the manifest (or None)."""
+    parameters (unless ``overwrite``; videos against ``video_params``), record the files left out.
+    Yields the manifest (or None)."""
     from ..media.files import output_lock_name, remove_own_partials
     from ..media.images import remove_stale_partials
     from ..media.manifest import Manifest, RunLock
@@ -262,7 +307,8 @@ def folder_run(run: RunPlan, manifest_path, params: dict, *, overwrite: bool, wa
             logger.info("removed %s, left by a run that was killed while writing", stale)
         manifest = Manifest(manifest_path) if manifest_path else None
         if manifest is not None:
-            manifest.check_params([item.path for item, _ in run.plan], params, overwrite=overwrite)
+            manifest.check_params([item.path for item, _ in run.plan], params, overwrite=overwrite,
+                                  params_of=params_of(params, video_params))
             manifest.note_skipped(run.scan.unsupported, "not a photo format this command reads")
             manifest.note_skipped(run.scan.videos, "video")
     except InputError as exc:
@@ -275,13 +321,23 @@ def folder_run(run: RunPlan, manifest_path, params: dict, *, overwrite: bool, wa
 
 
 def precheck_inputs(todo, overwrite: bool) -> dict[str, str]:
-    """Problems found before any work: unreadable photos, outputs that exist. ``{input: message}``."""
+    """Problems found before any work: unreadable photos, unreadable or truncated videos (probed), outputs
+    that exist. ``{input: message}``."""
     from ..media.images import ImageReadError, probe_image
+    from ..media.plans import is_video
 
     problems = {}
     for item, out in todo:
         try:
-            probe_image(item.path)
+            if is_video(item.path):
+                from ..media.video import VideoReadError, probe_video
+
+                try:
+                    probe_video(item.path)
+                except VideoReadError as exc:
+                    raise ImageReadError(str(exc)) from exc
+            else:
+                probe_image(item.path)
         except ImageReadError as exc:
             problems[str(item.path)] = str(exc)
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ from ..faces.detect import (
     SMALLEST_DETECTABLE_FACE,
     count_near_limit,
 )
-from ..faces.redact import DEFAULT_STRENGTH, METHODS, check_strength, redact_image
+from ..faces.redact import DEFAULT_MARGIN, DEFAULT_STRENGTH, METHODS, check_strength, redact_image
 from ..media.images import ImageReadError, load_image, save_image
 from ..media.manifest import run_batch
+from ..media.plans import is_video
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -31,13 +33,16 @@ from .common import (
     add_format_option,
     add_run_options,
     folder_run,
+    params_of,
     plan_run,
     precheck_inputs,
     refuse_unusable,
+    refuse_videos_on_ray,
     report_near_limit,
     report_not_handled,
+    video_params_of,
 )
-from .video import add_video_options, is_video_run, run_redact_video
+from .video import add_video_options, only_videos, redact_video, run_redact_video
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +85,17 @@ def _probability(text: str) -> float:
     return v
 
 
+def _margin(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and 0.0 <= v <= 2.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number from 0 to 2 (the fraction of the face box added "
+                                         f"around it), got {text}")
+    return v
+
+
 def detector_from_args(args: argparse.Namespace) -> MTCNNDetector:
     return MTCNNDetector(min_face_size=args.min_face_size, thresholds=(0.6, 0.7, args.threshold))
 
@@ -104,25 +120,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``redact`` and ``detect`` subcommands."""
     p = subparsers.add_parser(
         "redact",
-        help="blur, pixelate or fill the faces of photos (no diffusion model needed)",
-        description="Blur, pixelate or fill every detected face. Writes new files; never touches the inputs.",
+        help="blur, pixelate or fill the faces of photos and videos (no diffusion model needed)",
+        description="Blur, pixelate or fill every detected face (the whole head) of photos, videos and folders of "
+                    "them. Writes new files; never touches the inputs.",
     )
-    p.add_argument("inputs", nargs="+", metavar="PHOTO_OR_DIR", help="photos and/or folders of photos")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="photos, videos and/or folders of them (a folder's videos are redacted too)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file for one photo (e.g. out.png), else output folder (created if needed)")
+                   help="output file for one photo or video (e.g. out.png, out.mp4), else output folder "
+                        "(created if needed)")
     p.add_argument("--method", choices=METHODS, default="blur", help="redaction style (default blur)")
     p.add_argument("--strength", type=_positive, default=None,
                    help=f"blur: sigma as a fraction of the eye distance (default {DEFAULT_STRENGTH['blur']}); "
                         f"pixelate: blocks across the face (default {DEFAULT_STRENGTH['pixelate']:.0f})")
+    p.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="M",
+                   help=f"how far the redacted head region reaches beyond the face box, as a fraction of the box "
+                        f"on each side (more above, for the hair), 0-2 (default {DEFAULT_MARGIN:g}; 0: the box's "
+                        "own ellipse)")
     p.add_argument("--color", type=_color, default=(0, 0, 0), help="fill colour for --method solid: R,G,B or #RRGGBB")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--manifest", metavar="PATH", default=None,
-                   help=f"resumable JSON-lines log (default OUT/{MANIFEST_NAME}); finished photos are skipped on rerun")
+                   help=f"resumable JSON-lines log (default OUT/{MANIFEST_NAME}); finished photos and videos are "
+                        "skipped on rerun")
     p.add_argument("--keep-metadata", action="store_true",
                    help="keep EXIF (camera, date) in outputs; GPS, maker notes and thumbnails are always removed")
     p.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
     add_format_option(p)
-    p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo that fails")
+    p.add_argument("--stop-on-error", action="store_true", help="stop at the first photo or video that fails")
     add_detector_args(p)
     add_run_options(p)
     add_video_options(p, anonymize=False)
@@ -146,11 +170,12 @@ def cmd_redact(args: argparse.Namespace) -> int:
         check_strength(args.method, args.strength)
     except ValueError as exc:
         return _fail("redact", str(exc))
-    if is_video_run(args.inputs):  # videos: tracks, see cli/video.py
+    if only_videos(args.inputs):  # videos given by name: tracks, see cli/video.py
         return run_redact_video(args, detector_from_args)
     try:
         run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, format_flag="--ext",
-                       overwrite=args.overwrite, command="redact")
+                       overwrite=args.overwrite, command="redact", videos=True)
+        refuse_videos_on_ray(run, args, "redact")
         detector = detector_from_args(args)
     except CliError as exc:
         return _fail("redact", str(exc), exc.code)
@@ -163,24 +188,33 @@ def cmd_redact(args: argparse.Namespace) -> int:
         "method": args.method,
         "strength": args.strength if args.strength is not None else DEFAULT_STRENGTH[args.method],
         "color": list(args.color) if args.method == "solid" else None,
+        "margin": args.margin,
         "min_face_size": args.min_face_size,
         "threshold": args.threshold,
         "keep_metadata": args.keep_metadata,
     }
+    video_params = video_params_of(params, args)
+    params_for = params_of(params, video_params)
 
     def process(src: Path, dst: Path) -> dict[str, Any]:
+        if is_video(src):  # the single-video path: tracks, audio kept, written atomically
+            from ..media.video import probe_video
+
+            return redact_video(probe_video(src), dst, args, detector, rel=rel_of[src])
         img = load_image(src)
         faces = detector.detect(img.rgb)
-        res = redact_image(img.rgb, args.method, args.strength, color=args.color, faces=faces, image_name=str(src))
+        res = redact_image(img.rgb, args.method, args.strength, color=args.color, faces=faces, margin=args.margin,
+                           image_name=str(src))
         save_image(dst, res.image, img.alpha, overwrite=args.overwrite, strip_metadata=not args.keep_metadata,
                    icc_profile=img.icc_profile, exif=img.exif)
         return {"faces": len(res.faces), "faces_near_min_size": count_near_limit(faces, args.min_face_size)}
 
+    rel_of = {item.path: item.rel for item, _ in run.plan}
     try:
         with folder_run(run, manifest_path, params, overwrite=args.overwrite, wait=args.wait,
-                        command="redact") as manifest:
-            todo = [(i, o) for i, o in run.plan if not (manifest and manifest.is_done(i.path, o, params))]
-            problems = precheck_inputs(todo, args.overwrite)  # unreadable photos, existing outputs
+                        command="redact", video_params=video_params) as manifest:
+            todo = [(i, o) for i, o in run.plan if not (manifest and manifest.is_done(i.path, o, params_for(i.path)))]
+            problems = precheck_inputs(todo, args.overwrite)  # unreadable photos and videos, existing outputs
             for path, message in problems.items():
                 print(f"faceanon redact: error: {message}" if path in message
                       else f"faceanon redact: error: {path}: {message}", file=sys.stderr)
@@ -191,9 +225,13 @@ def cmd_redact(args: argparse.Namespace) -> int:
                     raise ValueError(problems[str(src)])
                 return process(src, dst)
 
-            runner = getattr(args, "batch_runner", None) or run_batch  # --ray: cli.ray_runs
-            summary = runner(run.plan, checked, manifest=manifest, params=params,
-                             stop_on_error=args.stop_on_error)
+            runner = getattr(args, "batch_runner", None)  # --ray: cli.ray_runs (photos only)
+            if runner is None:
+                summary = run_batch(run.plan, checked, manifest=manifest, params=params, params_of=params_for,
+                                    stop_on_error=args.stop_on_error)
+            else:
+                summary = runner(run.plan, checked, manifest=manifest, params=params,
+                                 stop_on_error=args.stop_on_error)
     except CliError as exc:
         return _fail("redact", str(exc), exc.code)
     target = out_dir if out_dir is not None else run.plan[0][1]

@@ -39,7 +39,7 @@ from ..faces import FacesResult
 from ..faces.align import extract_crops
 from ..faces.paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
 from ..faces.process import locate_faces, run_crops
-from ..faces.redact import redact_image
+from ..faces.redact import DEFAULT_MARGIN, redact_image
 from ..media.images import load_image, save_image
 from ..media.manifest import RECOVERABLE, BatchSummary, Manifest
 from ..media.partials import staged_path
@@ -202,7 +202,7 @@ def paste_write(batch, settings: dict, mode: str) -> dict:
         staged = staged_path(Path(row["dst"]))
         if mode == "redact":
             res = redact_image(img.rgb, s["method"], s["strength"], color=s["color"], faces=row.pop("faces"),
-                               image_name=src)
+                               margin=s.get("margin", DEFAULT_MARGIN), image_name=src)
             save_image(staged, res.image, img.alpha, overwrite=True, strip_metadata=not s["keep_metadata"],
                        icc_profile=img.icc_profile, exif=img.exif)
             row["info"] = {"faces": len(res.faces)}

@@ -14,6 +14,10 @@ Encoding is :class:`media.video.VideoWriter`: same frame count, timestamps (VFR 
 rotation, audio copied, metadata stripped, written to a temporary file renamed at the end; an
 error or Ctrl-C leaves no output, so a rerun simply starts again. Errors are one line naming the
 file, exit code 1.
+
+Videos given by name (every input a video) run here; the videos of a folder, or of photos and videos
+named together, run in the folder run of ``cli/faces.py`` / ``cli/anonymize.py``, which calls
+:func:`redact_video` / :func:`anonymize_video` for each (its manifest makes them resumable).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ from ..media.video import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_video_options", "is_video_run", "run_anonymize_video", "run_eval_video", "run_redact_video", "video_tracks"]
+__all__ = ["add_video_options", "anonymize_video", "is_video_run", "only_videos", "redact_video", "run_anonymize_video",
+           "run_eval_video", "run_redact_video", "tracks_json_path", "video_tracks"]
 
 #: Frames decoded and processed together (the memory bound: a few 1080p frames).
 CHUNK = 8
@@ -59,6 +64,13 @@ _ERRORS = (VideoReadError, VideoWriteError, OutputExistsError, FaceProcessingErr
 def is_video_run(inputs) -> bool:
     """True when some input is a file with a video extension (the command then works on videos)."""
     return any(Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir() for p in inputs)
+
+
+def only_videos(inputs) -> bool:
+    """True when every input is a video file: ``redact``/``anonymize`` then run the video path alone
+    (``-o`` may name the output video). Folders, and photos mixed with videos, are folder runs
+    (``cli/common.plan_run``), which send each video through :func:`redact_video` / :func:`anonymize_video`."""
+    return bool(inputs) and all(Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir() for p in inputs)
 
 
 def add_video_options(parser: argparse.ArgumentParser, *, anonymize: bool) -> None:
@@ -83,10 +95,7 @@ def _fail(cmd: str, msg: str, code: int = 1) -> int:
 
 def _plan(cmd: str, args) -> list[tuple[VideoInfo, Path]]:
     """(probed input, output file) per video; raises ValueError with a message for the user."""
-    inputs = [Path(p) for p in args.inputs]
-    not_video = [str(p) for p in inputs if p.suffix.lower() not in VIDEO_EXTENSIONS or p.is_dir()]
-    if not_video:
-        raise ValueError(f"{', '.join(not_video)}: videos and photos go in separate runs of `faceanon {cmd}`")
+    inputs = [Path(p) for p in args.inputs]  # every one a video file (only_videos); mixed inputs are folder runs
     out = Path(args.output).expanduser()
     if len(inputs) == 1 and out.suffix.lower() in VIDEO_EXTENSIONS:
         pairs = [(inputs[0], out)]
@@ -169,7 +178,8 @@ def _encode_chunk(writer: VideoWriter, chunk, process_chunk, rotation: int) -> i
 
 def _write(info: VideoInfo, dst: Path, overwrite: bool, process_chunk, desc: str) -> Path:
     """Last pass: decode, ``process_chunk(upright frames, indices) -> upright frames``, encode."""
-    remove_stale_partials(dst.parent if dst.parent.exists() else Path("."))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(dst.parent)
     with VideoWriter(dst, info, overwrite=overwrite) as writer, _bar(info, desc) as bar:
         for chunk in iter_frames(info, CHUNK):
             bar.update(_encode_chunk(writer, chunk, process_chunk, info.rotation))
@@ -186,7 +196,31 @@ def _video_guard(recognizer, args):
     return VideoGuard(recognizer, threshold=args.verify_threshold, fallback=args.verify_fallback)
 
 
-def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args, guard=None) -> None:
+def tracks_json_path(args, info: VideoInfo, rel: Path | None = None) -> Path | None:
+    """Where ``--tracks-json`` goes for this video: as given for one input video, else with the video's
+    name (its path inside the input folder, ``rel``, for a folder run) added to the file's stem."""
+    if not args.tracks_json:
+        return None
+    path = Path(args.tracks_json)
+    if rel is not None:
+        tag = rel.with_suffix("").as_posix().replace("/", "_")
+        return path.with_name(f"{path.stem}-{tag}{path.suffix}")
+    if len(args.inputs) > 1:
+        return path.with_name(f"{path.stem}-{Path(info.path).stem}{path.suffix}")
+    return path
+
+
+def _facts(info: VideoInfo, tracks: FaceTracks, guard=None) -> dict:
+    """What a folder run's manifest records for a video (``faces``: its face tracks)."""
+    facts = {"kind": "video", "faces": len(tracks), "frames": info.frames, "face_frames": tracks.num_faces(),
+             "filled_face_frames": tracks.num_faces(filled_only=True)}
+    if guard is not None:
+        facts["identity"] = guard.summary()
+    return facts
+
+
+def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args, guard=None,
+            tracks_json: Path | None = None) -> None:
     filled = tracks.num_faces(filled_only=True)  # counted on the arrays: no face objects for a long video
     print(f"{cmd}: {info.path} -> {dst}: {info.frames} frames, {len(tracks)} face track(s), "
           f"{tracks.num_faces()} face-frames processed ({filled} filled in where the detector missed the face)",
@@ -195,16 +229,55 @@ def _report(cmd: str, info: VideoInfo, dst: Path, tracks: FaceTracks, args, guar
         print(f"{cmd}: {info.path}: identity check ({guard.summary()['recognizer']}, threshold "
               f"{guard.threshold:g}): {guard.checked} face-frames checked, {guard.leaks} leak(s) found, "
               f"{guard.redacted} redacted", file=sys.stderr)
-    if args.tracks_json:
-        path = Path(args.tracks_json)
-        if len(args.inputs) > 1:
-            path = path.with_name(f"{path.stem}-{Path(info.path).stem}{path.suffix}")
+    if tracks_json is not None:
+        path = tracks_json
         data = tracks.to_dict()
         if guard is not None:
             data["verify"] = guard.summary()
             for t in data["tracks"]:
                 t["verify"] = guard.per_track.get(t["track_id"])
         path.write_text(json.dumps(data))
+
+
+def redact_video(info: VideoInfo, dst: Path, args, detector, *, rel: Path | None = None) -> dict:
+    """One video: tracks, every tracked face of every frame redacted (``--margin``), audio kept, written
+    atomically to ``dst``. Raises (one of ``_ERRORS``) with nothing written when a face cannot be
+    handled. Returns the facts for a folder run's manifest."""
+    tracks = video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
+
+    def chunk_fn(frames, indices):
+        # Frame by frame, so only one full-size float mask is alive at a time (not a chunk's).
+        return [redact_frames([rgb], [t], tracks, args.method, args.strength, color=args.color, margin=args.margin,
+                              name=info.path)[0].image for rgb, t in zip(frames, indices, strict=True)]
+
+    _write(info, dst, args.overwrite, chunk_fn, "redact")
+    _report("redact", info, dst, tracks, args, tracks_json=tracks_json_path(args, info, rel))
+    return _facts(info, tracks)
+
+
+def anonymize_video(info: VideoInfo, dst: Path, args, tracks: FaceTracks, pipe, recognizer=None, *,
+                    rel: Path | None = None) -> dict:
+    """One video, its ``tracks`` found already: one anonymous identity per track (``--identity``), every
+    tracked face of every frame checked with ``recognizer`` when given (``--verify``), written atomically
+    to ``dst``. Returns the facts for a folder run's manifest."""
+    from ..faces.records import CROP_SIZE
+
+    min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
+    keys = _keyframe_crops(info, tracks, CROP_SIZE) if args.identity == "per-track" else None
+    anonymizer = TrackAnonymizer(pipe, keys, identity=args.identity, degree=args.degree, seed=args.seed,
+                                 guidance_scale=args.guidance, num_inference_steps=args.steps, size=args.size)
+    guard = _video_guard(recognizer, args)
+
+    def chunk_fn(frames, indices):
+        res = process_frames(frames, indices, tracks, anonymizer, batch_size=args.batch_size,
+                             small_faces=args.small_faces, name=info.path, **min_size)
+        if guard is None:
+            return [r.image for r in res]
+        return guard.check_chunk(frames, indices, res, tracks, name=str(info.path))  # against the originals
+
+    _write(info, dst, args.overwrite, chunk_fn, "anonymize")
+    _report("anonymize", info, dst, tracks, args, guard, tracks_json=tracks_json_path(args, info, rel))
+    return _facts(info, tracks, guard)
 
 
 def run_redact_video(args, detector_from_args) -> int:
@@ -218,15 +291,7 @@ def run_redact_video(args, detector_from_args) -> int:
         return _fail("redact", str(exc), 2)
     try:
         for info, dst in plan:
-            tracks = video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
-
-            def chunk_fn(frames, indices, tracks=tracks, info=info):
-                # Frame by frame, so only one full-size float mask is alive at a time (not a chunk's).
-                return [redact_frames([rgb], [t], tracks, args.method, args.strength, color=args.color,
-                                      name=info.path)[0].image for rgb, t in zip(frames, indices, strict=True)]
-
-            _write(info, dst, args.overwrite, chunk_fn, "redact")
-            _report("redact", info, dst, tracks, args)
+            redact_video(info, dst, args, detector)
     except _ERRORS as exc:
         return _fail("redact", str(exc))
     return 0
@@ -237,7 +302,6 @@ def run_anonymize_video(args, detector_from_args, verification=None) -> int:
 
     ``verification(args)`` gives the recognizer of the identity-leak guard or None (the photo commands'
     ``--verify`` rule); with one, every tracked face of every frame is checked (:class:`VideoGuard`)."""
-    from ..faces.records import CROP_SIZE
     from .common import CliError, load_pipeline
 
     if args.aligned:
@@ -256,25 +320,9 @@ def run_anonymize_video(args, detector_from_args, verification=None) -> int:
         return _fail("anonymize", str(exc))
     pipe = load_pipeline(args)
     pipe.set_progress_bar_config(disable=True)
-    min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
     try:
         for (info, dst), tracks in zip(plan, all_tracks):
-            keys = _keyframe_crops(info, tracks, CROP_SIZE) if args.identity == "per-track" else None
-            anonymizer = TrackAnonymizer(pipe, keys, identity=args.identity, degree=args.degree, seed=args.seed,
-                                         guidance_scale=args.guidance, num_inference_steps=args.steps,
-                                         size=args.size)
-
-            guard = _video_guard(recognizer, args)
-
-            def chunk_fn(frames, indices, tracks=tracks, info=info, anonymizer=anonymizer, guard=guard):
-                res = process_frames(frames, indices, tracks, anonymizer, batch_size=args.batch_size,
-                                     small_faces=args.small_faces, name=info.path, **min_size)
-                if guard is None:
-                    return [r.image for r in res]
-                return guard.check_chunk(frames, indices, res, tracks, name=str(info.path))  # against the originals
-
-            _write(info, dst, args.overwrite, chunk_fn, "anonymize")
-            _report("anonymize", info, dst, tracks, args, guard)
+            anonymize_video(info, dst, args, tracks, pipe, recognizer)
     except _ERRORS as exc:
         return _fail("anonymize", str(exc))
     return 0

@@ -35,7 +35,7 @@ from .align import align_faces, extract_crops
 from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
 from .process import run_crops
 from .records import CROP_SIZE, DEFAULT_MIN_FACE_SIZE, AlignedFace, FaceProcessingError, FacesResult, check_rgb
-from .redact import redact_image
+from .redact import DEFAULT_MARGIN, redact_image
 from .tracks import FaceTracks, TrackedFace
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,11 @@ def redact_frames(
     strength: float | None = None,
     *,
     color: Sequence[int] = (0, 0, 0),
+    margin: float = DEFAULT_MARGIN,
     name: str = "video",
 ) -> list[FacesResult]:
-    """Redact every tracked face (detected, interpolated, held) of each frame; any size."""
+    """Redact every tracked face (detected, interpolated, held) of each frame; any size.
+    ``margin``: the head region's growth around each face box, as in :func:`redact_image`."""
     out = []
     for rgb, t in zip(frames, frame_indices, strict=True):
         faces = _faces_of(tracks, t)
@@ -68,7 +70,8 @@ def redact_frames(
         if not faces:
             out.append(FacesResult(rgb.copy(), np.zeros(rgb.shape[:2], np.float32), [], []))
             continue
-        res = redact_image(rgb, method, strength, color=color, faces=faces, image_name=f"{name} frame {t}")
+        res = redact_image(rgb, method, strength, color=color, faces=faces, margin=margin,
+                           image_name=f"{name} frame {t}")
         if len(res.faces) != len(faces):  # degenerate landmarks: never pass a tracked face through
             raise FaceProcessingError(
                 f"{name} frame {t}: {len(faces) - len(res.faces)} tracked face(s) could not be aligned "

@@ -226,32 +226,46 @@ class Manifest:
         out = output if output is not None else rec.get("output")
         return bool(out) and Path(out).is_file()
 
-    def changed_params(self, inputs: Sequence[str | os.PathLike], params: dict[str, Any]) -> dict[str, tuple]:
-        """What differs between ``params`` and those of the finished photos among ``inputs``."""
+    def changed_params(self, inputs: Sequence[str | os.PathLike], params: dict[str, Any], *,
+                       params_of: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, tuple]:
+        """What differs between ``params`` (or each input's ``params_of(input)``) and those of the finished
+        inputs among ``inputs``."""
+        return self._changed(inputs, params, params_of)[0]
+
+    def _changed(self, inputs, params, params_of) -> tuple[dict[str, tuple], int, int]:
+        """(differences, finished inputs made with other parameters, of which videos)."""
+        from .plans import is_video
+
         diffs: dict[str, tuple] = {}
+        stale = videos = 0
         for p in inputs:
             rec = self.records.get(self.key(p))
             if rec and rec.get("status") == "done":
-                for k, v in params_diff(rec.get("params") or {}, params).items():
+                changed = params_diff(rec.get("params") or {}, params_of(Path(p)) if params_of else params)
+                for k, v in changed.items():
                     diffs.setdefault(k, v)
-        return diffs
+                if changed:
+                    stale += 1
+                    videos += is_video(p)
+        return diffs, stale, videos
 
-    def check_params(self, inputs: Sequence[str | os.PathLike], params: dict[str, Any], *, overwrite: bool) -> int:
-        """Refuse a rerun whose parameters differ from the finished photos' (:class:`ParamsChangedError`
-        listing what differs), unless ``overwrite``; returns how many finished photos will be redone."""
-        diffs = self.changed_params(inputs, params)
+    def check_params(self, inputs: Sequence[str | os.PathLike], params: dict[str, Any], *, overwrite: bool,
+                     params_of: Callable[[Path], dict[str, Any]] | None = None) -> int:
+        """Refuse a rerun whose parameters differ from the finished inputs' (:class:`ParamsChangedError`
+        listing what differs), unless ``overwrite``; returns how many finished inputs will be redone.
+        ``params_of(input)``, when given, gives each input's parameters (a folder's videos have more)."""
+        diffs, stale, videos = self._changed(inputs, params, params_of)
         if not diffs:
             return 0
-        stale = sum(1 for p in inputs if (r := self.records.get(self.key(p))) and r.get("status") == "done"
-                    and params_diff(r.get("params") or {}, params))
+        kinds = [f"{n} {name}(s)" for n, name in ((stale - videos, "photo"), (videos, "video")) if n]
+        what = " and ".join(kinds)
         if not overwrite:
             listed = "; ".join(f"{k}: {json.dumps(o, default=str)} then, {json.dumps(n, default=str)} now"
                                for k, (o, n) in diffs.items())
             raise ParamsChangedError(
-                f"{stale} photo(s) in {self.path.parent} were made with other parameters ({listed}); pass "
+                f"{what} in {self.path.parent} were made with other parameters ({listed}); pass "
                 "--overwrite to redo them with the new ones, or choose another output folder")
-        logger.warning("%d photo(s) made with other parameters (%s) are redone (--overwrite)", stale,
-                       ", ".join(diffs))
+        logger.warning("%s made with other parameters (%s) are redone (--overwrite)", what, ", ".join(diffs))
         return stale
 
     def note_skipped(self, paths: Sequence[str | os.PathLike], reason: str) -> None:
@@ -300,8 +314,12 @@ def run_batch(
     seed: int | None = None,
     stop_on_error: bool = False,
     progress: Callable[[int, int, Path], None] | None = None,
+    params_of: Callable[[Path], dict[str, Any]] | None = None,
 ) -> BatchSummary:
     """Run ``process(input, output)`` over ``plan``, resumably.
+
+    ``params_of(input)``, when given, gives each input's parameters instead of ``params`` (a folder run's
+    videos have parameters its photos do not: they are compared and recorded per input).
 
     Skips inputs the manifest records as done with an existing output.
     ``process`` must write atomically and refuse to replace an existing
@@ -316,7 +334,8 @@ def run_batch(
     for n, (item, out) in enumerate(plan, 1):
         if progress is not None:
             progress(n, total, item.path)
-        if manifest is not None and manifest.is_done(item.path, out, params):
+        item_params = params_of(item.path) if params_of is not None else params
+        if manifest is not None and manifest.is_done(item.path, out, item_params):
             summary.skipped += 1
             logger.debug("%s: done in a previous run; skipped", item.path)
             continue
@@ -324,7 +343,7 @@ def run_batch(
         record: dict[str, Any] = {
             "input": str(item.path),
             "output": str(out),
-            "params": params or {},
+            "params": item_params or {},
             "seed": seed,
         }
         try:

@@ -25,6 +25,7 @@ __all__ = [
     "InputItem",
     "Scan",
     "expand_inputs",
+    "is_video",
     "scan_inputs",
     "check_output_formats",
     "output_path",
@@ -50,13 +51,16 @@ def _is_image(p: Path, extensions: frozenset[str]) -> bool:
 @dataclass
 class Scan:
     """What the inputs hold: the photos to do, and the files of the input folders that are not
-    (``unsupported``: a .gif, .heic, .txt ...; ``videos``: for the video commands, not photos)."""
+    (``unsupported``: a .gif, .heic, .txt ...; ``videos``: the videos, which a photo-only command
+    leaves out; ``video_items``: the same videos with their paths relative to their input folder,
+    for the commands that take videos too)."""
 
     items: list[InputItem]
     unsupported: list[Path]
     videos: list[Path]
     #: Sub-folders of an input folder that a run without ``--recursive`` did not look into.
     subfolders: list[Path] = field(default_factory=list)
+    video_items: list[InputItem] = field(default_factory=list)
 
     def not_handled_lines(self) -> list[str]:
         """One line per kind of file left out, naming the files (the first 10 of each kind)."""
@@ -94,8 +98,8 @@ def scan_inputs(
     exts = frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     excl = Path(exclude).resolve() if exclude is not None else None
     items: list[InputItem] = []
+    video_items: list[InputItem] = []
     unsupported: list[Path] = []
-    videos: list[Path] = []
     subfolders: list[Path] = []
     seen: set[Path] = set()
     for raw in inputs:
@@ -107,7 +111,7 @@ def scan_inputs(
                 raise InputError(f"{p} is both an input folder and the output folder: the outputs would mix with "
                                  f"the originals; choose another output folder, e.g. -o {p.resolve().name}-out")
             it = p.rglob("*") if recursive else p.iterdir()
-            found = []
+            found, found_videos = [], []
             for f in it:
                 if f.name.startswith("."):
                     continue
@@ -124,23 +128,36 @@ def scan_inputs(
                     continue
                 if _is_image(f, exts):
                     found.append(InputItem(f, rel))
-                elif f.suffix.lower() in VIDEO_EXTENSIONS:
-                    videos.append(f)
+                elif is_video(f):
+                    found_videos.append(InputItem(f, rel))
                 else:
                     unsupported.append(f)
-            if not found:
+            if not found and not found_videos:
                 logger.warning("%s: no photos found (%s)", p, "recursive" if recursive else "use --recursive for subfolders")
             items.extend(sorted(found, key=lambda i: str(i.rel)))
+            video_items.extend(sorted(found_videos, key=lambda i: str(i.rel)))
+        elif is_video(p):  # a video given by name: the video commands take it, the others name it
+            video_items.append(InputItem(p, Path(p.name)))
         else:
             items.append(InputItem(p, Path(p.name)))
-    out: list[InputItem] = []
-    for item in items:
-        key = item.path.resolve()
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(item)
-    return Scan(out, sorted(unsupported), sorted(videos), sorted(subfolders))
+
+    def unique(found: list[InputItem]) -> list[InputItem]:
+        out: list[InputItem] = []
+        for item in found:
+            key = item.path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(item)
+        return out
+
+    photos, vids = unique(items), unique(video_items)
+    return Scan(photos, sorted(unsupported), [v.path for v in vids], sorted(subfolders), vids)
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """A file named like a video (mp4, mov, mkv, webm, avi, m4v): the video path of a run handles it."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 def expand_inputs(
@@ -158,9 +175,10 @@ def expand_inputs(
 
 
 def output_path(item: InputItem, out_dir: str | os.PathLike, ext: str | None = None) -> Path:
-    """Output path keeping the relative structure; ``ext`` (e.g. "png") replaces the extension."""
+    """Output path keeping the relative structure; ``ext`` (e.g. "png") replaces a photo's extension
+    (a video keeps its own: it stays a video, in the same container)."""
     rel = item.rel
-    if ext:
+    if ext and not is_video(item.path):
         e = ext.lower() if ext.startswith(".") else "." + ext.lower()
         rel = rel.with_suffix(e)
     return Path(out_dir) / rel
@@ -169,7 +187,8 @@ def output_path(item: InputItem, out_dir: str | os.PathLike, ext: str | None = N
 def check_output_formats(plan: Sequence[tuple[InputItem, Path]], format_flag: str | None = "--ext") -> None:
     """Refuse, before any work, outputs whose extension cannot be written (an input .gif, .heic ...).
     ``format_flag``: the option that picks the format, or None when ``-o`` names the output file itself."""
-    bad = [out for _, out in plan if out.suffix.lower() not in WRITABLE_EXTENSIONS]
+    bad = [out for item, out in plan if out.suffix.lower() not in WRITABLE_EXTENSIONS
+           and not (is_video(item.path) and out.suffix.lower() == item.path.suffix.lower())]
     if bad:
         names = ", ".join(str(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         fix = f"choose one with {format_flag} png" if format_flag else f"name the output e.g. {bad[0].stem}.png"
