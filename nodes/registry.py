@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .apply_references import FaceAnonApplyReferences
+from .backend.loading import register_model_folder
 from .faces_nodes import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
-from .models import FaceAnonModelLoader, register_model_folder
+from .loader import FaceAnonModelLoader
 from .oneshot import FaceAnonAnonymize, FaceAnonSwap
-from .patch_node import FaceAnonApplyReferences
-from .verify_node import FaceAnonVerifyFaces
+from .sampler import FaceAnonDualReferenceSampler
+from .states import FaceAnonCaptureStates, FaceAnonCLIPImageEncode, FaceAnonMixStates
 from .tracks_node import FaceAnonTrackFaces
-from .reference import (
-    FaceAnonCaptureStates,
-    FaceAnonCLIPImageEncode,
-    FaceAnonDualReferenceSampler,
-    FaceAnonMixStates,
-)
+from .verify_node import FaceAnonVerifyFaces
 
 register_model_folder()
 
