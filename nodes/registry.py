@@ -1,8 +1,9 @@
 """The node list ComfyUI reads (V3: ``comfy_entrypoint`` -> a ``ComfyExtension``; node ids and display names live
 in each node's ``define_schema``, a public API: saved workflows name them).
 
-Imported by the pack's root ``__init__.py`` only inside a running ComfyUI. Importing it registers the ``faceanon`` model folder with ``folder_paths`` (no folder is
-created, nothing is downloaded) and imports nothing heavier than ComfyUI itself already has.
+Imported by the pack's root ``__init__.py`` only inside a running ComfyUI. Importing it registers the ``faceanon``
+model folder with ``folder_paths`` (no folder is created, nothing is downloaded) and imports nothing heavier than
+ComfyUI itself already has.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from . import sockets
 from .backend import tracks
 
-TOOLTIPS = {
+TRACK_TOOLTIPS = {
     "frames": "The frames of a clip, in order (Get Video Components, or any frame batch).",
     "smoothing": "Smooth the landmarks along each track (zero-phase Savitzky-Golay, 9 frames) so that the aligned "
                  "crops do not jitter.",
@@ -28,11 +28,11 @@ class FaceAnonTrackFaces(io.ComfyNode):
                          "identity per-track, one stable anonymous identity per person), and per crop its track's "
                          "keyframe crop."),
             inputs=[
-                io.Image.Input("frames", tooltip=TOOLTIPS["frames"]),
+                io.Image.Input("frames", tooltip=TRACK_TOOLTIPS["frames"]),
                 sockets.threshold_input(),
                 io.Int.Input("max_gap", default=8, min=0, max=120, tooltip="frames a face may go undetected and keep "
                              "its track; as many are held at a track's ends"),
-                io.Boolean.Input("smoothing", default=True, tooltip=TOOLTIPS["smoothing"]),
+                io.Boolean.Input("smoothing", default=True, tooltip=TRACK_TOOLTIPS["smoothing"]),
                 io.Float.Input("min_face_size", default=10.0, min=0.0, max=1000.0, step=1.0,
                                tooltip="faces with fewer pixels between the eyes are blurred at paste-back instead"),
                 sockets.crop_size_input(),

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from . import sockets
 from .backend import verify
 
-TOOLTIPS = {
+VERIFY_TOOLTIPS = {
     "original": "The original photos or frames (before anonymization): what Detect & Align Faces was given.",
     "anonymized": "The anonymized photos or frames (e.g. Paste Faces Back's image): same batch and size.",
     "faces": "The faces of Detect & Align Faces: each is compared between original and anonymized at the same "
@@ -31,12 +31,13 @@ class FaceAnonVerifyFaces(io.ComfyNode):
                          "on_leak=fail stops the graph with an error naming the frame and face, redact blurs it, "
                          "report only records it. The report (JSON) gives distance and verdict per face."),
             inputs=[
-                io.Image.Input("original", tooltip=TOOLTIPS["original"]),
-                io.Image.Input("anonymized", tooltip=TOOLTIPS["anonymized"]),
-                sockets.Faces.Input("faces", tooltip=TOOLTIPS["faces"]),
-                io.Float.Input("threshold", default=0.6, min=0.05, max=1.5, step=0.01, tooltip=TOOLTIPS["threshold"]),
+                io.Image.Input("original", tooltip=VERIFY_TOOLTIPS["original"]),
+                io.Image.Input("anonymized", tooltip=VERIFY_TOOLTIPS["anonymized"]),
+                sockets.Faces.Input("faces", tooltip=VERIFY_TOOLTIPS["faces"]),
+                io.Float.Input("threshold", default=0.6, min=0.05, max=1.5, step=0.01,
+                               tooltip=VERIFY_TOOLTIPS["threshold"]),
                 io.Combo.Input("on_leak", options=["fail", "redact", "report"], default="fail",
-                               tooltip=TOOLTIPS["on_leak"]),
+                               tooltip=VERIFY_TOOLTIPS["on_leak"]),
             ],
             outputs=[io.Image.Output(display_name="image"), io.String.Output(display_name="report")],
         )

@@ -24,6 +24,20 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, -1, inner)
 
 
+def reference_rows(attention, cond_or_uncond, rows: int, source_cond, source_uncond, driving) -> torch.Tensor:
+    """The reference tokens ``[rows, N_src + N_drv, C]`` of one UNet call, assembled by the pack's own
+    ``extend_rows`` (no own tokens): S' in the positive, S_uncond in the negative chunks, the driving states in
+    both."""
+    chunks = attention.check_chunks(cond_or_uncond, rows)
+    own = source_cond.new_empty((rows, 0, source_cond.shape[-1]))
+    return attention.extend_rows(own, source_cond, source_uncond, driving, chunks)
+
+
+def cached_bytes(patch) -> int:
+    """Bytes a ReferenceKVPatch's key/value cache holds now."""
+    return sum(t.numel() * t.element_size() for parts in patch._kv.values() for kv in parts.values() for t in kv)
+
+
 def reference_patch(attention, layout, routing, source, driving):
     """The ``attn1_patch`` form of the method over the pack's :class:`ReferenceSet` (``attention`` is the pack's
     ``nodes.backend.attention`` module): keys/values ``[own(+earlier patches), source, driving]``."""
@@ -49,10 +63,9 @@ def reference_patch(attention, layout, routing, source, driving):
         def tokens(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
             _key, layer = self._layer(extra_options)
             ref = self.routing[layer]
-            tokens = attention.reference_rows(extra_options["cond_or_uncond"], n.shape[0],
-                                              self._tensor(self.source_cond, ref, n),
-                                              self._tensor(self.source_uncond, ref, n),
-                                              self._tensor(self.driving, ref, n))
+            tokens = reference_rows(attention, extra_options["cond_or_uncond"], n.shape[0],
+                                    self._tensor(self.source_cond, ref, n), self._tensor(self.source_uncond, ref, n),
+                                    self._tensor(self.driving, ref, n))
             if tokens.shape[-1] != n.shape[-1]:
                 raise ValueError(f"{layer}: reference states have {tokens.shape[-1]} channels, the UNet "
                                  f"{n.shape[-1]}")

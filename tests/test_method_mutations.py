@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 import torch
 from pack import pack_module
-from reference_attn1_patch import sdpa_attention
+from reference_attn1_patch import reference_rows, sdpa_attention
 
 from faceanon_core.method.attention import attn1_names, route_states
 from faceanon_core.method.states import ReferenceStates, mix_embeds, mix_states
@@ -264,7 +264,7 @@ def test_nodes_rows_get_s_prime_when_positive_and_s_uncond_when_negative():
     driving states dropped."""
     s_prime, s_unc, drv = torch.randn(2, 4, 8), torch.randn(1, 4, 8), torch.randn(2, 5, 8)
     for pattern in ([0, 1], [1, 0], [0], [1]):
-        rows = att.reference_rows(pattern, 2 * len(pattern), s_prime, s_unc, drv)
+        rows = reference_rows(att, pattern, 2 * len(pattern), s_prime, s_unc, drv)
         assert rows.shape == (2 * len(pattern), 9, 8)
         for i, c in enumerate(pattern):
             chunk = rows[2 * i:2 * i + 2]
@@ -306,8 +306,11 @@ def test_nodes_reference_keys_values_belong_to_their_own_states():
     for seed in (0, 1):
         source, driving = _states(seed), _states(seed + 10)
         patch, key, to_k, to_v = _kv_patch(source, driving, layer)
-        k, v = patch.reference_kv(q, opts)
-        tokens = att.reference_rows([1, 0], 2, source.cond[layer], source.uncond[layer], driving.cond[layer])
+        seen = {}
+        empty = q.new_empty((2, 0, 8))  # no own tokens: what the patch hands on is the reference K/V alone
+        patch(q, empty, empty, opts, inner=lambda q_, k_, v_, o_, seen=seen: seen.update(k=k_, v=v_))
+        k, v = seen["k"], seen["v"]
+        tokens = reference_rows(att, [1, 0], 2, source.cond[layer], source.uncond[layer], driving.cond[layer])
         torch.testing.assert_close(k, to_k(tokens))
         torch.testing.assert_close(v, to_v(tokens))
         results.append(k)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pack import pack_module
-from reference_attn1_patch import reference_patch, sdpa_attention
+from reference_attn1_patch import cached_bytes, reference_patch, reference_rows, sdpa_attention
 
 from faceanon_core.method.attention import attn1_names, project_reference, reference_attention, route_states
 from faceanon_core.method.states import ReferenceStates, mix_embeds, mix_states
@@ -101,7 +101,7 @@ def _states(batch, tokens=4, channels=8, seed=0):
 def test_reference_rows_select_source_by_cond_or_uncond(chunks):
     batch = 3
     src, unc, drv = _states(batch, seed=1), _states(1, seed=2), _states(batch, seed=3)
-    rows = att.reference_rows(chunks, batch * len(chunks), src, unc, drv)
+    rows = reference_rows(att, chunks, batch * len(chunks), src, unc, drv)
     assert rows.shape == (batch * len(chunks), 8, 8)
     for chunk_index, flag in enumerate(chunks):
         for image in range(batch):
@@ -112,12 +112,12 @@ def test_reference_rows_select_source_by_cond_or_uncond(chunks):
 
 
 def test_reference_rows_broadcast_and_mismatch():
-    rows = att.reference_rows([1, 0], 6, _states(1), _states(1), _states(3))
+    rows = reference_rows(att, [1, 0], 6, _states(1), _states(1), _states(3))
     assert torch.equal(rows[3, :4], rows[5, :4])  # source batch 1 broadcasts
     with pytest.raises(ValueError, match="batch of 2 but 3"):
-        att.reference_rows([1, 0], 6, _states(2), _states(1), _states(3))
+        reference_rows(att, [1, 0], 6, _states(2), _states(1), _states(3))
     with pytest.raises(ValueError, match="cannot be split"):
-        att.reference_rows([1, 0], 5, _states(1), _states(1), _states(1))
+        reference_rows(att, [1, 0], 5, _states(1), _states(1), _states(1))
 
 
 def _patch(batch=3, channels=8, mode="as_trained"):
@@ -188,7 +188,7 @@ def test_patched_comfy_style_attention_equals_core_reference_attention():
     with torch.no_grad():
         ref_k, ref_v = project_reference(attn, torch.cat([src, drv], 1))
         expected = reference_attention(attn, own, ref_k, ref_v)
-        patch_ctx = att.reference_rows([0], 2, src, torch.zeros(1, 4, 16), drv)
+        patch_ctx = reference_rows(att, [0], 2, src, torch.zeros(1, 4, 16), drv)
         context = torch.cat([own, patch_ctx], 1)
         q, k, v = attn.to_q(own), attn.to_k(context), attn.to_v(context)
         heads = lambda t: t.view(t.shape[0], t.shape[1], 2, 8).transpose(1, 2)  # noqa: E731
@@ -284,9 +284,9 @@ def test_kv_cache_holds_each_distinct_tensor_once(source_batch):
                 opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": 2}
                 kv(q, q, q, opts)
     per_layer = {key: 2 * (source_batch + 1 + 3) * tokens[routing[layer]] * 8 * 4 for key, layer in layout.items()}
-    assert kv.cached_bytes() == sum(per_layer.values())
+    assert cached_bytes(kv) == sum(per_layer.values())
     rows_copy = sum(2 * 6 * 2 * tokens[routing[layer]] * 8 * 4 for layer in layout.values())
-    assert kv.cached_bytes() < rows_copy  # what one entry per CFG row pattern held before
+    assert cached_bytes(kv) < rows_copy  # what one entry per CFG row pattern held before
     per_call = max(2 * 6 * 2 * tokens[routing[layer]] * 8 for layer in layout.values()) * 4
     assert kv.memory_bytes(rows=6, element_size=4) == sum(per_layer.values()) + per_call
 

@@ -56,14 +56,6 @@ def extend_rows(own: torch.Tensor, source: torch.Tensor, uncond: torch.Tensor, d
     return out
 
 
-def reference_rows(cond_or_uncond, rows: int, source_cond: torch.Tensor, source_uncond: torch.Tensor,
-                   driving: torch.Tensor) -> torch.Tensor:
-    """Reference tokens ``[rows, N_src + N_drv, C]`` of one UNet call: :func:`extend_rows` with no own tokens."""
-    chunks = check_chunks(cond_or_uncond, rows)
-    return extend_rows(source_cond.new_empty((rows, 0, source_cond.shape[-1])), source_cond, source_uncond,
-                       driving, chunks)
-
-
 class ReferenceSet:
     """The reference states a patched MODEL reads: the source ``S'`` and ``S_uncond`` and the driving states of
     every layer ``routing`` names (as trained: the ReferenceNet's first attention of the same block), checked once.
@@ -141,7 +133,7 @@ class ReferenceKVPatch(ReferenceSet):
         self.attention = attention
         self.sigma_range = sigma_range
         self._kv: dict = {}
-        self.projection_calls = 0  # layers whose reference K/V were projected (for tests and logging)
+        self.projection_calls = 0  # layers whose reference K/V were projected (logged at the end of a run)
 
     def to(self, device):
         """States stay where they are (cast on the fly for the one projection); the cache is dropped."""
@@ -192,16 +184,6 @@ class ReferenceKVPatch(ReferenceSet):
         """The source, unconditional and driving keys (index 0) or values (index 1) of a layer's cache."""
         return tuple(parts[w][index] for w in ("source", "uncond", "driving"))
 
-    def reference_kv(self, q: torch.Tensor, extra_options: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference keys/values ``[rows, N_src + N_drv, C]`` of this call (assembled from the cache)."""
-        key, layer = self._layer(extra_options)
-        chunks = check_chunks(extra_options["cond_or_uncond"], q.shape[0])
-        parts = self._distinct(key, layer, q)
-        rows = q.shape[0]
-        k = extend_rows(q.new_empty((rows, 0, parts["source"][0].shape[-1])), *self._side(parts, 0), chunks)
-        v = extend_rows(q.new_empty((rows, 0, parts["source"][1].shape[-1])), *self._side(parts, 1), chunks)
-        return k, v
-
     def __call__(self, q, k, v, extra_options, inner=None):
         key, layer = self._layer(extra_options)
         if self.active(extra_options):
@@ -227,10 +209,6 @@ class ReferenceKVPatch(ReferenceSet):
             cache += 2 * distinct * width
             per_call = max(per_call, 2 * rows * (src.shape[1] + drv.shape[1]) * width)
         return (cache + per_call) * int(element_size)
-
-    def cached_bytes(self) -> int:
-        """Bytes the cache holds now (for tests and logging)."""
-        return sum(t.numel() * t.element_size() for parts in self._kv.values() for kv in parts.values() for t in kv)
 
 
 class StackedReplace:

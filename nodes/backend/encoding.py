@@ -13,7 +13,7 @@ from . import layout as comfy_layout
 from .capture import CaptureDone, StateRecorder, capture_inputs, split_capture
 from .images import pooled_clip, resize_images
 
-CHUNK = 8  # images per ReferenceNet / CLIP forward (bounds activation memory for long clips)
+IMAGES_PER_FORWARD = 8  # images per ReferenceNet / CLIP forward (bounds activation memory for long clips)
 
 
 @torch.no_grad()
@@ -25,8 +25,8 @@ def encode_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
     ln = vision.post_layernorm
     pbar = comfy.utils.ProgressBar(image.shape[0])
     pooled = []
-    for start in range(0, image.shape[0], 4 * CHUNK):
-        chunk = image[start:start + 4 * CHUNK, :, :, :3]
+    for start in range(0, image.shape[0], 4 * IMAGES_PER_FORWARD):
+        chunk = image[start:start + 4 * IMAGES_PER_FORWARD, :, :, :3]
         out = clip_vision.encode_image(chunk, crop=True)
         pooled.append(pooled_clip(out["last_hidden_state"], ln.weight.detach(), ln.bias.detach(), ln.eps))
         pbar.update(chunk.shape[0])
@@ -72,9 +72,9 @@ def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, de
     store_dtype = torch.float16 if dtype == torch.float16 else torch.float32
     parts: list[dict] = []
     pbar = comfy.utils.ProgressBar(x_all.shape[0])
-    for start in range(0, x_all.shape[0], CHUNK):
-        x = x_all[start:start + CHUNK].to(device=device, dtype=dtype)
-        c = c_all[start:start + CHUNK].to(device=device, dtype=dtype)
+    for start in range(0, x_all.shape[0], IMAGES_PER_FORWARD):
+        x = x_all[start:start + IMAGES_PER_FORWARD].to(device=device, dtype=dtype)
+        c = c_all[start:start + IMAGES_PER_FORWARD].to(device=device, dtype=dtype)
         recorder = StateRecorder(wanted)
         options = {"patches": {"attn1_patch": [recorder]}}
         with torch.no_grad():

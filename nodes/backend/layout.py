@@ -150,7 +150,8 @@ def attn1_layout(unet_config: dict) -> dict[LayerKey, str]:
         for k in range(nrb[lvl] + 1):
             depth = depth_out.pop() if depth_out else 0
             for t in range(depth):
-                layout[("output", block, t)] = f"up_blocks.{levels - 1 - lvl}.attentions.{k}.transformer_blocks.{t}.attn1"
+                up = levels - 1 - lvl
+                layout[("output", block, t)] = f"up_blocks.{up}.attentions.{k}.transformer_blocks.{t}.attn1"
             block += 1
     return layout
 

@@ -30,13 +30,12 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ...faceanon_core.method.loading import WEIGHTS_NAME
 from . import layout as comfy_layout
 
 logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "faceanon"
-UNET_PARTS = ("unet", "referencenet", "conditioning_referencenet")
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 def register_model_folder() -> None:
@@ -298,7 +297,7 @@ def load_clip_vision(encoder: Path, extractor: Path | None):
 
 def check_folder(root: Path) -> None:
     """Validate the layout with the core's checker (every problem at once, with the expected paths)."""
-    from ...faceanon_core.method.loading import check_model_folder
+    from ...faceanon_core.method.loading import check_model_folder  # noqa: PLC0415 (imports diffusers lazily)
 
     report = check_model_folder(root)
     if not report.ok:

@@ -344,7 +344,7 @@ def test_memory_estimate_includes_the_reference_cache_and_the_cache_lives_one_ru
     assert with_refs - plain == pytest.approx(patch.memory_bytes(4, size), rel=1e-9)  # CFG rows of 2 images
     assert patch.memory_bytes(4, size) > 0
     assert "memory_required" not in vars(base), "the estimate is ours only during our sampling run"
-    assert patch.cached_bytes() == 0 and not patch._kv, "the reference K/V are dropped after the run"
+    assert not patch._kv, "the reference K/V are dropped after the run"
     calls_before = patch.projection_calls
     _sample(model, positive, negative, steps=3)
     assert patch.projection_calls - calls_before == len(patch.layout), "projected once per layer per run"
