@@ -12,13 +12,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply_references import FaceAnonApplyReferences
 from .backend.loading import register_model_folder
-from .faces_nodes import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
+from .faces import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
 from .loader import FaceAnonModelLoader
 from .oneshot import FaceAnonAnonymize, FaceAnonSwap
 from .sampler import FaceAnonDualReferenceSampler
 from .states import FaceAnonCaptureStates, FaceAnonCLIPImageEncode, FaceAnonMixStates
-from .tracks_node import FaceAnonTrackFaces
-from .verify_node import FaceAnonVerifyFaces
+from .tracks import FaceAnonTrackFaces
+from .verify import FaceAnonVerifyFaces
 
 register_model_folder()
 

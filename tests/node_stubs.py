@@ -13,7 +13,7 @@ PACK = "faceanon_pack_node_stubs"
 
 
 def load_node_modules(*names: str) -> dict[str, types.ModuleType]:
-    """``load_node_modules("faces_nodes", "oneshot")`` -> {name: module}. The stand-ins are removed from
+    """``load_node_modules("faces", "oneshot")`` -> {name: module}. The stand-ins are removed from
     ``sys.modules`` again; the loaded modules keep theirs. ``intermediate_device`` is the CPU, and
     ``folder_paths`` knows no model folder. ``comfy_api.latest`` is the stand-in V3 API (comfy_io_standin)."""
     from pack import load_pack

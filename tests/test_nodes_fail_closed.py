@@ -19,10 +19,10 @@ from faces_helpers import astronaut
 from node_stubs import load_node_modules, run_node
 from test_leak_matrix import CHANGED, box_change, detections, mixed, sky
 
-NODES = load_node_modules("faces_nodes", "oneshot", "states", "sampler", "verify_node", "backend.checks", "tracks_node",
+NODES = load_node_modules("faces", "oneshot", "states", "sampler", "verify", "backend.checks", "tracks",
                           "backend.patching", "backend.loading", "loader", "backend.anonymize", "backend.sampling",
                           "apply_references", "backend.faces", "backend.verify", "backend.tracks")
-fn, oneshot, states, checks = NODES["faces_nodes"], NODES["oneshot"], NODES["states"], NODES["backend.checks"]
+fn, oneshot, states, checks = NODES["faces"], NODES["oneshot"], NODES["states"], NODES["backend.checks"]
 
 
 def as_image(*frames: np.ndarray) -> torch.Tensor:
@@ -143,13 +143,13 @@ def test_face_nodes_refuse_non_finite_floats(value):
         with pytest.raises(ValueError, match=f"input '{name}'"):
             redact(img, kw["strength"], kw["threshold"])
     with pytest.raises(ValueError, match="input 'threshold'"):
-        run_node(NODES["verify_node"].FaceAnonVerifyFaces, original=img, anonymized=img, faces=faces,
+        run_node(NODES["verify"].FaceAnonVerifyFaces, original=img, anonymized=img, faces=faces,
                  threshold=value, on_leak="fail")
     for name in ("threshold", "min_face_size"):
         kw = dict(threshold=0.95, min_face_size=10.0)
         kw[name] = value
         with pytest.raises(ValueError, match=f"input '{name}'"):
-            run_node(NODES["tracks_node"].FaceAnonTrackFaces, frames=img, max_gap=8, smoothing=True, crop_size=512,
+            run_node(NODES["tracks"].FaceAnonTrackFaces, frames=img, max_gap=8, smoothing=True, crop_size=512,
                      **kw)
     for name in ("start_percent", "end_percent"):
         kw = dict(start_percent=0.0, end_percent=1.0)
@@ -165,8 +165,8 @@ def test_every_float_input_of_every_node_is_checked():
 
     backend = {oneshot: [NODES["backend.anonymize"], NODES["backend.sampling"]],
                NODES["sampler"]: [NODES["backend.sampling"]], fn: [NODES["backend.faces"]],
-               NODES["verify_node"]: [NODES["backend.verify"]], NODES["tracks_node"]: [NODES["backend.tracks"]]}
-    for module in (fn, oneshot, states, NODES["sampler"], NODES["verify_node"], NODES["tracks_node"]):
+               NODES["verify"]: [NODES["backend.verify"]], NODES["tracks"]: [NODES["backend.tracks"]]}
+    for module in (fn, oneshot, states, NODES["sampler"], NODES["verify"], NODES["tracks"]):
         source = "".join(inspect.getsource(m) for m in [module, *backend.get(module, [])])
         for cls in [c for c in vars(module).values() if isinstance(c, type) and hasattr(c, "INPUT_TYPES")]:
             types = cls.INPUT_TYPES()
@@ -364,7 +364,7 @@ def test_redact_refuses_faces_detected_on_a_different_size_copy():
 def test_track_faces_on_a_clip_without_faces_gives_a_placeholder_crop_that_paste_ignores():
     """Like Detect: one black crop (a Preview downstream needs one image), and Paste returns the frames as they are."""
     frames = as_image(sky(), sky())
-    crops, faces, keyframes = run_node(NODES["tracks_node"].FaceAnonTrackFaces, frames=frames, threshold=0.95,
+    crops, faces, keyframes = run_node(NODES["tracks"].FaceAnonTrackFaces, frames=frames, threshold=0.95,
                                        max_gap=5, smoothing=True, min_face_size=10.0, crop_size=64)
     assert len(faces) == 0
     for batch in (crops, keyframes):
@@ -388,7 +388,7 @@ def test_cached_outputs_tell_comfyui_their_tensors():
 def test_newer_schema_fields_are_used_only_where_comfyui_has_them(monkeypatch):
     """0.3.64 raises TypeError on an unknown Schema field or Input argument; the newest ComfyUI has
     search_aliases and advanced inputs. Feature-detected from the signatures, not from a version number."""
-    sockets = NODES["faces_nodes"].sockets
+    sockets = NODES["faces"].sockets
     io = sockets.io
     redact = fn.FaceAnonRedactFaces
     plain = redact.define_schema()  # the stand-in is 0.3.64's API: no search_aliases, no advanced

@@ -18,7 +18,7 @@ from node_stubs import load_node_modules, run_node
 from faceanon_core.method.states import ReferenceStates, expand_batch
 
 NODES = load_node_modules("oneshot", "backend.encoding", "backend.sampling", "backend.mixing", "backend.batching",
-                          "backend.images", "backend.track_identity", "backend.tracks", "faces_nodes", "backend.faces")
+                          "backend.images", "backend.track_identity", "backend.tracks", "faces", "backend.faces")
 oneshot, encoding, sampling, mixing, bat, img, ti, tn = (NODES[k] for k in (
     "oneshot", "backend.encoding", "backend.sampling", "backend.mixing", "backend.batching", "backend.images",
     "backend.track_identity", "backend.tracks"))
@@ -188,7 +188,7 @@ def test_a_track_whose_keyframe_is_a_filled_face_still_works(monkeypatch):
     torch.testing.assert_close(source["latents"], latents_of(image[3:4]), rtol=0, atol=0)
     assert out.shape == image.shape and torch.isfinite(out).all()
     video = torch.from_numpy(np.stack(frames).astype(np.float32) / 255)
-    pasted, mask = run_node(NODES["faces_nodes"].FaceAnonPasteFaces, image=video, crops=out.clamp(0, 1), faces=faces,
+    pasted, mask = run_node(NODES["faces"].FaceAnonPasteFaces, image=video, crops=out.clamp(0, 1), faces=faces,
                             feather=0.025, erode=0.02, color_match=False)
     for i in range(6):
         region = mask[i] > 0.5
