@@ -165,7 +165,7 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
             raise ValueError(f"{path} is not a self-attention module: the MODEL does not match the FaceAnon layout")
         projections[key] = (attn.to_k, attn.to_v)
     patch = ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
-                                             attention=_comfy_attention, sigma_range=sigma_range)
+                             attention=_comfy_attention, sigma_range=sigma_range)
     blocks_seen = {k for k in replaces if len(k) == 2}
     for key in layout:
         kind, number, index = key
@@ -182,8 +182,8 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
 
 def sigma_range_of(model, start_percent: float, end_percent: float):
     """``(sigma_start, sigma_end)`` from sampling percents (None for the whole run, 0 -> 1)."""
-    start_percent, end_percent = check_fraction("start_percent", start_percent), check_fraction("end_percent",
-                                                                                               end_percent)
+    start_percent = check_fraction("start_percent", start_percent)
+    end_percent = check_fraction("end_percent", end_percent)
     if float(start_percent) > float(end_percent):
         raise ValueError(f"start_percent {start_percent} is after end_percent {end_percent}")
     if float(start_percent) <= 0.0 and float(end_percent) >= 1.0:
