@@ -35,19 +35,21 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "host"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from comfy_inprocess import import_pack
+    from reference_attn1_patch import reference_patch
 
     import_pack()
     import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
-    from faceanon_pack_under_test.nodes import comfy_layout, reference_patch
     from faceanon_pack_under_test.faceanon_core.method.states import ReferenceStates
-    from faceanon_pack_under_test.nodes import models, reference
+    from faceanon_pack_under_test.nodes.backend import attention, capture, loading, patching
+    from faceanon_pack_under_test.nodes.backend import layout as comfy_layout
 
     torch.manual_seed(0)
     unet_config = comfy_layout.comfy_unet_config(SD21_UNET)
-    model_config = models.FaceAnonSD2Config(unet_config)
+    model_config = loading.FaceAnonSD2Config(unet_config)
     device = mm.get_torch_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model_config.set_inference_dtype(dtype, None)
@@ -65,22 +67,22 @@ def main() -> None:
     x = torch.randn(b, 4, h, h, device=device)
     ctx = torch.randn(b, 2, 1024, device=device)
     with torch.no_grad():  # realistic states: this UNet's own attn1 inputs at t = 0
-        recorder = reference_patch.StateRecorder({k: v for k, v in layout.items() if v in refs})
+        recorder = capture.StateRecorder({k: v for k, v in layout.items() if v in refs})
         try:
             model.diffusion_model(x.to(dtype), timesteps=torch.zeros(b, device=device), context=ctx.to(dtype),
                                   transformer_options={"patches": {"attn1_patch": [recorder]}})
-        except reference_patch.CaptureDone:
+        except capture.CaptureDone:
             pass
         states = recorder.result()
     src = ReferenceStates(cond=states, uncond={k: v[:1] * 0.5 for k, v in states.items()})
     drv = ReferenceStates(cond={k: v.flip(1) for k, v in states.items()})
 
     replaced = patcher.clone()
-    kv_patch = reference.install_reference_patch(replaced, layout, routing, src, drv)
-    assert isinstance(kv_patch, reference_patch.ReferenceKVPatch)
+    kv_patch = patching.install_reference_patch(replaced, layout, routing, src, drv)
+    assert isinstance(kv_patch, attention.ReferenceKVPatch)
     options = {
         "replace": dict(replaced.model_options["transformer_options"], cond_or_uncond=[1, 0]),
-        "patch": {"patches": {"attn1_patch": [reference_patch.ReferencePatch(layout, routing, src, drv)]},
+        "patch": {"patches": {"attn1_patch": [reference_patch(attention, layout, routing, src, drv)]},
                   "cond_or_uncond": [1, 0]},
     }
     sigma = model.model_sampling.sigma(torch.tensor([500.0])).repeat(2 * b).to(device)

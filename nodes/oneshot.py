@@ -1,68 +1,12 @@
-"""All-in-one nodes: Face Anonymize and Face Swap (the granular graph in one box)."""
+"""All-in-one nodes: Face Anonymize and Face Swap (the granular graph in one box, :mod:`.backend.anonymize`)."""
 
 from __future__ import annotations
 
-import logging
-
-import torch
-
 from comfy_api.latest import io
 
-from . import reference_patch
-from . import reference, sockets, track_identity
-from .checks import check_face_image_size, check_finite_tensor, check_floats
-from .faces_nodes import is_placeholder, placeholder
-
-logger = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def _run(model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree, seed, steps,
-         cfg, sampler_name, scheduler, same_image: bool, tracks=None):
-    """Both images resized to the model's resolution; the result resized back to the driving size.
-
-    No driving face (an empty batch, or Detect's black placeholder) gives one black placeholder without
-    running the model, so that previews work; Paste Faces Back then returns the photos unchanged."""
-    node = "Face Anonymize" if same_image else "Face Swap"
-    check_floats(node, degree=degree, cfg=cfg)
-    if isinstance(driving_image, torch.Tensor) and driving_image.ndim == 4 and is_placeholder(driving_image):
-        logger.warning("FaceAnon %s: no face crops (no face was detected, or an all-black image): nothing to "
-                       "anonymize; returning a black placeholder (Paste Faces Back returns the photos unchanged)",
-                       node)
-        return placeholder(driving_image)
-    reference.check_images(driving_image, "driving image")
-    what = "the driving image" if not same_image else "the image"
-    check_face_image_size(what, driving_image)
-    check_finite_tensor(f"{node}: {what}", driving_image)
-    if not same_image:
-        check_face_image_size("the source image", reference.check_images(source_image, "source image"))
-        check_finite_tensor(f"{node}: the source image", source_image)
-        if is_placeholder(source_image):
-            raise ValueError("Face Swap: the source image holds no face (Detect & Align Faces found none in it, or "
-                             "it is all black): there is no identity to swap in")
-    if vae is None or clip_vision is None:
-        raise ValueError("connect a VAE and a CLIP vision model (the model folder has no vae/ or image_encoder/)")
-    if tracks is not None:  # Face Anonymize on Track Faces' faces: one source per track (track_identity)
-        return track_identity.anonymize_tracks(model, source_refnet, driving_refnet, vae, clip_vision, driving_image,
-                                               tracks, degree, seed, steps, cfg, sampler_name, scheduler)
-    size = driving_refnet.resolution
-    driving_embeds, driving_latents = reference.encode_references(driving_refnet, vae, clip_vision, driving_image,
-                                                                  size)
-    if same_image:
-        source_embeds, source_latents = driving_embeds, driving_latents
-    else:
-        reference_patch.resolve_batch({"the source image": source_image.shape[0],
-                                       "the driving image": driving_image.shape[0]})
-        source_embeds, source_latents = reference.encode_references(source_refnet, vae, clip_vision, source_image,
-                                                                    size)
-    source = reference.capture_from_latents(source_refnet, source_latents, source_embeds, degree)
-    source, source_embeds = reference.mix(source, source_embeds, degree)
-    height, width = driving_image.shape[1:3]
-    images = reference.sample_against(model, driving_refnet, vae, source, source_embeds, driving_embeds,
-                                      driving_latents, seed, steps, cfg, sampler_name, scheduler, height, width,
-                                      f"{node}: the decoded image")
-    return images
-
+from . import sockets
+from .backend import anonymize, track_identity
+from .backend.sampling import Models, SamplingSettings
 
 ANONYMIZE_TOOLTIPS = {
     "image": "Aligned face crops (the crops of Detect & Align Faces; use it first for photos): each is source and "
@@ -76,6 +20,20 @@ SWAP_TOOLTIPS = {
     "degree": "Anonymization degree on the source: 0 for a face swap (the source identity as it is); 1.25 with "
               "Track Faces' keyframes as source for one stable anonymous identity per person.",
 }
+
+
+def identity_inputs() -> list:
+    """Face Anonymize's optional inputs (optional, so workflows saved without them keep loading), after its others."""
+    return [
+        sockets.Faces.Input("faces", optional=True, tooltip=(
+            "The faces of Track Faces (or Detect & Align Faces) that the crops belong to. With Track Faces' "
+            "faces and identity per-track, every person gets one anonymous identity across the clip.")),
+        io.Combo.Input("identity", options=list(track_identity.IDENTITY_MODES), default=track_identity.DEFAULT_IDENTITY,
+                       optional=True, tooltip=(
+                           "per-track: the source side runs once per face track, on its keyframe crop, and every "
+                           "frame of the track is anonymized against it (one identity per person). per-frame: every "
+                           "crop is its own source. Only matters when faces come from Track Faces.")),
+    ]
 
 
 class FaceAnonAnonymize(io.ComfyNode):
@@ -95,8 +53,8 @@ class FaceAnonAnonymize(io.ComfyNode):
                 io.Image.Input("image", tooltip=ANONYMIZE_TOOLTIPS["image"]),
                 io.Float.Input("degree", default=1.25, min=0.0, max=3.0, step=0.05,
                                tooltip=ANONYMIZE_TOOLTIPS["degree"]),
-                *reference.sampling_inputs(),
-                *track_identity.optional_inputs(),
+                *sockets.sampling_inputs(),
+                *identity_inputs(),
             ],
             outputs=[io.Image.Output()],
         )
@@ -109,8 +67,9 @@ class FaceAnonAnonymize(io.ComfyNode):
     def execute(cls, model, source_refnet, driving_refnet, vae, clip_vision, image, degree, seed, steps, cfg,
                 sampler_name, scheduler, faces=None, identity=track_identity.DEFAULT_IDENTITY):
         tracks = track_identity.tracks_for(faces, identity, image)
-        return io.NodeOutput(_run(model, source_refnet, driving_refnet, vae, clip_vision, image, image, degree, seed,
-                                  steps, cfg, sampler_name, scheduler, same_image=True, tracks=tracks))
+        models = Models(model, source_refnet, driving_refnet, vae, clip_vision)
+        settings = SamplingSettings.of("Face Anonymize", seed, steps, cfg, sampler_name, scheduler)
+        return io.NodeOutput(anonymize.anonymize(models, image, image, degree, settings, True, tracks))
 
 
 class FaceAnonSwap(io.ComfyNode):
@@ -128,7 +87,7 @@ class FaceAnonSwap(io.ComfyNode):
                 io.Image.Input("source_image", tooltip=SWAP_TOOLTIPS["source_image"]),
                 io.Image.Input("driving_image", tooltip=SWAP_TOOLTIPS["driving_image"]),
                 io.Float.Input("degree", default=0.0, min=0.0, max=3.0, step=0.05, tooltip=SWAP_TOOLTIPS["degree"]),
-                *reference.sampling_inputs(),
+                *sockets.sampling_inputs(),
             ],
             outputs=[io.Image.Output()],
         )
@@ -140,5 +99,6 @@ class FaceAnonSwap(io.ComfyNode):
     @classmethod
     def execute(cls, model, source_refnet, driving_refnet, vae, clip_vision, source_image, driving_image, degree,
                 seed, steps, cfg, sampler_name, scheduler):
-        return io.NodeOutput(_run(model, source_refnet, driving_refnet, vae, clip_vision, source_image,
-                                  driving_image, degree, seed, steps, cfg, sampler_name, scheduler, same_image=False))
+        models = Models(model, source_refnet, driving_refnet, vae, clip_vision)
+        settings = SamplingSettings.of("Face Swap", seed, steps, cfg, sampler_name, scheduler)
+        return io.NodeOutput(anonymize.anonymize(models, source_image, driving_image, degree, settings, False))

@@ -1,26 +1,24 @@
 """The node list ComfyUI reads (V3: ``comfy_entrypoint`` -> a ``ComfyExtension``; node ids and display names live
 in each node's ``define_schema``, a public API: saved workflows name them).
 
-Imported by the pack's root ``__init__.py`` only inside a running ComfyUI. Importing it registers the ``faceanon`` model folder with ``folder_paths`` (no folder is
-created, nothing is downloaded) and imports nothing heavier than ComfyUI itself already has.
+Imported by the pack's root ``__init__.py`` only inside a running ComfyUI. Importing it registers the ``faceanon``
+model folder with ``folder_paths`` (no folder is created, nothing is downloaded) and imports nothing heavier than
+ComfyUI itself already has.
 """
 
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .faces_nodes import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
-from .models import FaceAnonModelLoader, register_model_folder
+from .apply_references import FaceAnonApplyReferences
+from .backend.loading import register_model_folder
+from .faces import FaceAnonDetectFaces, FaceAnonPasteFaces, FaceAnonRedactFaces
+from .loader import FaceAnonModelLoader
 from .oneshot import FaceAnonAnonymize, FaceAnonSwap
-from .patch_node import FaceAnonApplyReferences
-from .verify_node import FaceAnonVerifyFaces
-from .tracks_node import FaceAnonTrackFaces
-from .reference import (
-    FaceAnonCaptureStates,
-    FaceAnonCLIPImageEncode,
-    FaceAnonDualReferenceSampler,
-    FaceAnonMixStates,
-)
+from .sampler import FaceAnonDualReferenceSampler
+from .states import FaceAnonCaptureStates, FaceAnonCLIPImageEncode, FaceAnonMixStates
+from .tracks import FaceAnonTrackFaces
+from .verify import FaceAnonVerifyFaces
 
 register_model_folder()
 

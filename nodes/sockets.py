@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+import comfy.samplers
 from comfy_api.latest import io
 
 CATEGORY = "FaceAnon"
@@ -42,6 +43,51 @@ def model_inputs() -> list:
         RefNet.Input("driving_refnet", tooltip=TOOLTIPS["driving_refnet"]),
         io.Vae.Input("vae", tooltip=TOOLTIPS["vae"]),
         io.ClipVision.Input("clip_vision", tooltip=TOOLTIPS["clip_vision"]),
+    ]
+
+
+REFERENCE_TOOLTIPS = {
+    "model": "The FaceAnon UNet (MODEL of the FaceAnon Model Loader); other model patches may come before or "
+             "after this node.",
+    "source_states": "States of the source ReferenceNet (ReferenceNet Capture with the source_refnet, then Mix "
+                     "States with the degree): the identity side, S' for the positive and S_uncond for the "
+                     "negative rows.",
+    "source_embeds": "Source embedding Z' = (1-d)·Z (the embeds output of Mix States; the CLIP embedding itself "
+                     "for a face swap at degree 0).",
+    "driving_states": "States of the driving ReferenceNet (ReferenceNet Capture with the driving_refnet, degree "
+                      "0): pose, expression and background.",
+    "driving_embeds": "CLIP embedding of the driving image (FaceAnon CLIP Image Encode).",
+    "start_percent": "Where in the sampling the references start to apply (0 = from the first step). Outside "
+                     "start/end each layer attends to its own tokens only.",
+    "end_percent": "Where the references stop applying (1 = until the last step).",
+}
+
+
+def reference_inputs() -> list:
+    """model and the four reference inputs of Apply References and the Dual-Reference KSampler."""
+    t = REFERENCE_TOOLTIPS
+    return [
+        io.Model.Input("model", tooltip=t["model"]),
+        States.Input("source_states", tooltip=t["source_states"]),
+        Embeds.Input("source_embeds", tooltip=t["source_embeds"]),
+        States.Input("driving_states", tooltip=t["driving_states"]),
+        Embeds.Input("driving_embeds", tooltip=t["driving_embeds"]),
+    ]
+
+
+def sampling_inputs() -> list:
+    """seed, steps, cfg, sampler_name, scheduler: KSampler's inputs, in its order."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Seed of the initial noise: with the degree it picks the anonymous identity."),
+        io.Int.Input("steps", default=30, min=1, max=1000, tooltip="Sampling steps; 25-50 are enough for photos."),
+        io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="Guidance scale g between the positive (S', Z') and negative (S_uncond, 0) rows; "
+                               "paper 4."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip=(
+            "Any ComfyUI sampler; deterministic ones (euler, dpmpp_2m, ddim) keep video frames consistent.")),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                       tooltip="Any ComfyUI scheduler."),
     ]
 
 

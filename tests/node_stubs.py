@@ -13,7 +13,7 @@ PACK = "faceanon_pack_node_stubs"
 
 
 def load_node_modules(*names: str) -> dict[str, types.ModuleType]:
-    """``load_node_modules("faces_nodes", "oneshot")`` -> {name: module}. The stand-ins are removed from
+    """``load_node_modules("faces", "oneshot")`` -> {name: module}. The stand-ins are removed from
     ``sys.modules`` again; the loaded modules keep theirs. ``intermediate_device`` is the CPU, and
     ``folder_paths`` knows no model folder. ``comfy_api.latest`` is the stand-in V3 API (comfy_io_standin)."""
     from pack import load_pack
@@ -39,7 +39,8 @@ def load_node_modules(*names: str) -> dict[str, types.ModuleType]:
     cpu = types.SimpleNamespace(intermediate_device=lambda: "cpu")
     no_models = types.SimpleNamespace(models_dir="models", get_folder_paths=lambda name: [],
                                       add_model_folder_path=lambda *a, **k: None)
-    for module in modules.values():
+    pack_modules = [m for k, m in sys.modules.items() if k.startswith(f"{PACK}.nodes")]  # the backend's too
+    for module in pack_modules:
         if hasattr(module, "mm"):
             module.mm = cpu
         if hasattr(module, "folder_paths"):

@@ -1,7 +1,7 @@
 """The repository root imported as a package, the way ComfyUI loads a custom node folder.
 
 ``nodes/`` imports the library relatively (``..faceanon_core``), so its pure-torch modules are
-imported through the pack: ``load_pack().nodes.reference_patch``. Nothing ComfyUI is imported.
+imported through the pack: ``load_pack().nodes.backend.attention``. Nothing ComfyUI is imported.
 """
 
 from __future__ import annotations
@@ -28,6 +28,6 @@ def load_pack(name: str = PACK_NAME):
 
 
 def pack_module(module: str, name: str = PACK_NAME):
-    """``pack_module("nodes.reference_patch")``: a submodule of the pack."""
+    """``pack_module("nodes.backend.attention")``: a submodule of the pack."""
     load_pack(name)
     return importlib.import_module(f"{name}.{module}")

@@ -7,7 +7,9 @@ new module that reaches up a level or across into another room's private names f
 from __future__ import annotations
 
 import ast
+import collections
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -138,7 +140,8 @@ def test_no_import_cycle_between_modules():
 
 def test_no_module_imports_another_modules_private_names():
     bad = []
-    for path in list(core_modules()) + sorted((REPO / "nodes").glob("*.py")) + sorted((REPO / "training").glob("*.py")):
+    product = sorted((REPO / "nodes").rglob("*.py")) + sorted((REPO / "training").glob("*.py"))
+    for path in list(core_modules()) + product:
         for target, imported in imports_of(path):
             for name in imported:
                 if name.startswith("_") and not name.startswith("__") and "faceanon" in target + module_name(path):
@@ -156,10 +159,167 @@ def test_library_never_imports_comfyui_or_the_nodes():
     assert not bad, bad
 
 
-def test_node_math_modules_import_no_comfyui():
-    for name in ("comfy_layout", "reference_patch"):
-        for target, _ in imports_of(REPO / "nodes" / f"{name}.py"):
-            assert target.split(".")[0] not in {"comfy", "folder_paths", "comfy_api"}, (name, target)
+COMFY_MODULES = {"comfy", "folder_paths", "comfy_api", "latent_preview", "nodes", "server", "execution"}
+NODES = REPO / "nodes"
+BACKEND = NODES / "backend"
+#: The backend room's modules that reach ComfyUI (its models, sampler, patcher, loaders, progress bars), directly or
+#: through another backend module, each with the reason; every other backend module imports no ComfyUI, so its unit
+#: tests run without the host.
+BACKEND_ON_COMFYUI = {
+    "encoding": "runs CLIP, the VAE and the ReferenceNet through ComfyUI's model management",
+    "loading": "loads through comfy.sd and registers the model folder with folder_paths",
+    "patching": "installs the attention on a ComfyUI MODEL (patcher wrappers, optimized_attention, memory estimate)",
+    "sampling": "samples with comfy.sample and ComfyUI's latent previews",
+    "faces": "ComfyUI's progress bar over the frames and its intermediate device for the outputs",
+    "tracks": "ComfyUI's progress bar over the frames and its intermediate device for the outputs",
+    "verify": "ComfyUI's intermediate device for the output frames",
+    "track_identity": "the all-in-one steps: encoding and sampling",
+    "anonymize": "the all-in-one steps: encoding and sampling",
+}
+#: Modules of nodes/ that are not node files: the node list and the sockets/inputs several node files share.
+NODE_HELPERS = {"__init__", "registry", "sockets"}
+NODE_FILE_LINES = 160  # a node file: its schemas (long descriptions and tooltips) and short execute methods
+EXECUTE_LINES = 8
+
+
+def backend_modules() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BACKEND.glob("*.py")) if p.stem != "__init__"}
+
+
+def node_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(NODES.glob("*.py")) if p.stem not in NODE_HELPERS}
+
+
+def comfy_imports(path: Path) -> list[str]:
+    # ComfyUI's own `nodes` is one module; nodes.* (relative imports resolved) is ours
+    return sorted({t for t, _ in imports_of(path) if t.split(".")[0] in COMFY_MODULES and not t.startswith("nodes.")})
+
+
+def backend_imports(path: Path) -> set[str]:
+    out = set()
+    for target, names in imports_of(path):
+        if target == "nodes.backend":
+            out |= set(names)
+        elif target.startswith("nodes.backend."):
+            out.add(target.split(".")[2])
+    return out
+
+
+def test_the_backend_room_imports_no_comfyui_where_it_can():
+    modules = backend_modules()
+    assert set(BACKEND_ON_COMFYUI) <= set(modules), set(BACKEND_ON_COMFYUI) - set(modules)
+    reaches = {name: bool(comfy_imports(path)) for name, path in modules.items()}
+    for _ in modules:  # through other backend modules
+        for name, path in modules.items():
+            reaches[name] = reaches[name] or any(reaches.get(dep, False) for dep in backend_imports(path))
+    for name, path in modules.items():
+        if name in BACKEND_ON_COMFYUI:
+            assert reaches[name], f"nodes/backend/{name}.py reaches no ComfyUI now: drop it from BACKEND_ON_COMFYUI"
+        else:
+            assert not reaches[name], (f"nodes/backend/{name}.py imports {comfy_imports(path)} or a module that does: "
+                                       "keep ComfyUI in the modules that need it")
+
+
+def test_the_pure_backend_modules_import_without_comfyui():
+    """What the AST check above says, checked by importing: no ComfyUI is installed here."""
+    from pack import pack_module
+
+    assert importlib.util.find_spec("comfy") is None, "this check needs an environment without ComfyUI"
+    pure = sorted(set(backend_modules()) - set(BACKEND_ON_COMFYUI))
+    assert {"attention", "capture", "mixing", "layout", "batching", "images", "checks"} <= set(pure)
+    for name in pure:
+        pack_module(f"nodes.backend.{name}")
+
+
+def test_the_backend_room_never_imports_the_node_classes():
+    """One way: node files -> backend -> faceanon_core. The backend knows no node class, socket or schema."""
+    for name, path in backend_modules().items():
+        for target, imported in imports_of(path):
+            parts = target.split(".")
+            inside_nodes = parts[0] == "nodes" and parts[1:2] != ["backend"] and len(parts) > 1
+            assert not inside_nodes and "io" not in imported, f"nodes/backend/{name}.py imports {target} {imported}"
+
+
+def test_node_files_are_short_node_classes_over_the_backend():
+    """Like comfy_extras/nodes_*.py: a node file holds V3 node classes (schema + an execute of a few lines) and the
+    input helpers of their schemas; what a node runs lives in nodes/backend/, and the library is reached through it."""
+    assert node_files(), "no node file found"
+    for name, path in node_files().items():
+        text = path.read_text()
+        lines = text.count("\n")
+        assert lines <= NODE_FILE_LINES, f"nodes/{name}.py: {lines} lines; move what the nodes run to backend/"
+        tree = ast.parse(text)
+        classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+        assert classes, f"nodes/{name}.py holds no node class: it belongs in nodes/backend/"
+        for cls in classes:
+            assert any(ast.unparse(b) == "io.ComfyNode" for b in cls.bases), f"nodes/{name}.py: {cls.name} is no node"
+            for method in (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "execute"):
+                lines = method.end_lineno - method.lineno + 1
+                assert lines <= EXECUTE_LINES, f"nodes/{name}.py: {cls.name}.execute has {lines} lines"
+        for func in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+            assert func.name.endswith(("_input", "_inputs")), f"nodes/{name}.py: {func.name} belongs in backend/"
+        for target, _ in imports_of(path):
+            assert "faceanon_core" not in target, f"nodes/{name}.py imports {target}: go through nodes/backend/"
+
+
+def product_names() -> collections.Counter:
+    """How often each name is used (read, called, imported, an attribute) in the product: nodes/ and the root."""
+    used: collections.Counter = collections.Counter()
+    for path in [*NODES.rglob("*.py"), REPO / "__init__.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name):
+                used[node.id] += 1
+            elif isinstance(node, ast.Attribute):
+                used[node.attr] += 1
+            elif isinstance(node, ast.alias):
+                used[node.name.split(".")[-1]] += 1
+    return used
+
+
+def test_no_test_only_code_in_the_product():
+    """Every function, class, method and constant that nodes/ defines is used by the product itself (a
+    reference implementation or a helper that only tests call belongs in tests/ or faceanon_core/testing)."""
+    used = product_names()
+    unused = []
+    for path in NODES.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        defined = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        defined += [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+        for name in defined:
+                dunder = name.startswith("__") and name.endswith("__")
+                if not dunder and name not in HOST_CALLED and used[name] == 0:
+                    unused.append(f"{path.relative_to(REPO)}: {name}")
+    assert not unused, f"defined in nodes/ but used only outside the product (tests?): {sorted(unused)}"
+
+
+#: Names ComfyUI calls on the pack's objects and classes (never called by the pack itself).
+HOST_CALLED = {"define_schema", "execute", "validate_inputs", "get_node_list", "_comfy_cache_tensors", "models",
+               "logger"}
+#: Defaults the schemas need while ComfyUI starts, where the library's module that owns them imports OpenCV: the
+#: nodes keep one copy each, equal to the library's (see test_node_defaults_that_schemas_need_at_startup_equal_...).
+STARTUP_COPIES = {"DETECTOR_MIN_FACE": "DEFAULT_DETECTOR_MIN_FACE", "IDENTITY_MODES": "IDENTITY_MODES"}
+
+
+def module_constants(root: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id.isupper():
+                    out[target.id].append(path.relative_to(REPO).as_posix())
+    return out
+
+
+def test_every_constant_of_the_nodes_is_defined_once_and_none_copies_the_librarys():
+    ours, core = module_constants(NODES), module_constants(CORE)
+    twice = {name: where for name, where in ours.items() if len(where) > 1}
+    assert not twice, f"defined more than once in nodes/: {twice}"
+    copies = {name: core[name] for name in ours if name in core and name not in STARTUP_COPIES}
+    assert not copies, f"nodes/ defines constants the library owns (import them): {copies}"
+    startup = {name for name in ours if name in STARTUP_COPIES}
+    assert startup == set(STARTUP_COPIES), startup
 
 
 def test_the_allowed_imports_are_the_ones_in_use():
@@ -265,6 +425,6 @@ def test_node_defaults_that_schemas_need_at_startup_equal_the_librarys():
     from faceanon_core.faces.detect import DEFAULT_DETECTOR_MIN_FACE
     from faceanon_core.faces.video import IDENTITY_MODES
 
-    nodes = load_node_modules("faces_nodes", "track_identity")
-    assert nodes["faces_nodes"].DETECTOR_MIN_FACE == DEFAULT_DETECTOR_MIN_FACE
-    assert nodes["track_identity"].IDENTITY_MODES == IDENTITY_MODES
+    nodes = load_node_modules("backend.faces", "backend.track_identity")
+    assert nodes["backend.faces"].DETECTOR_MIN_FACE == DEFAULT_DETECTOR_MIN_FACE
+    assert nodes["backend.track_identity"].IDENTITY_MODES == IDENTITY_MODES

@@ -34,14 +34,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pack import pack_module
+from reference_attn1_patch import reference_rows, sdpa_attention
 
 from faceanon_core.method.attention import attn1_names, route_states
 from faceanon_core.method.states import ReferenceStates, mix_embeds, mix_states
 from faceanon_core.testing.tiny_models import TINY_IMAGE_SIZE
-from pack import pack_module
 
-rp = pack_module("nodes.reference_patch")
-cl = pack_module("nodes.comfy_layout")
+cl = pack_module("nodes.backend.layout")
+att = pack_module("nodes.backend.attention")
+cap = pack_module("nodes.backend.capture")
+mixing = pack_module("nodes.backend.mixing")
+bat = pack_module("nodes.backend.batching")
+img = pack_module("nodes.backend.images")
 
 D = 1.25
 G = 4.0
@@ -189,7 +194,7 @@ def test_as_trained_routing_is_the_default_everywhere(tiny_model_dir, tiny_pipe)
     from pack import REPO
 
     # the node loader needs ComfyUI to import: its two defaults are read from the source
-    source = (REPO / "nodes" / "models.py").read_text()
+    source = (REPO / "nodes" / "backend" / "loading.py").read_text()
     assert re.search(r'routing_mode: str = "as_trained"', source)
     assert re.search(r'get\("faceanon_routing"\) or "as_trained"', source)
 
@@ -249,7 +254,7 @@ def test_nodes_negative_conditioning_has_a_zero_source_embedding():
     """Mutations (nodes): the real source embedding in the negative (unconditional) context; positive and
     negative swapped; the driving embedding dropped."""
     src, drv = torch.randn(2, 1, 8), torch.randn(2, 1, 8)
-    positive, negative = rp.sampler_conditioning(src, drv, 2)
+    positive, negative = bat.sampler_conditioning(src, drv, 2)
     assert torch.equal(positive, torch.cat([src, drv], dim=1))
     assert torch.equal(negative, torch.cat([torch.zeros_like(src), drv], dim=1))
 
@@ -259,7 +264,7 @@ def test_nodes_rows_get_s_prime_when_positive_and_s_uncond_when_negative():
     driving states dropped."""
     s_prime, s_unc, drv = torch.randn(2, 4, 8), torch.randn(1, 4, 8), torch.randn(2, 5, 8)
     for pattern in ([0, 1], [1, 0], [0], [1]):
-        rows = rp.reference_rows(pattern, 2 * len(pattern), s_prime, s_unc, drv)
+        rows = reference_rows(att, pattern, 2 * len(pattern), s_prime, s_unc, drv)
         assert rows.shape == (2 * len(pattern), 9, 8)
         for i, c in enumerate(pattern):
             chunk = rows[2 * i:2 * i + 2]
@@ -270,13 +275,13 @@ def test_nodes_rows_get_s_prime_when_positive_and_s_uncond_when_negative():
 def test_nodes_eq1_is_applied_before_the_referencenet_and_eq2_after():
     """Mutations (nodes): Eq. 1 after the source ReferenceNet (capture sees Z); Eq. 2 weights swapped."""
     latents, embeds = torch.randn(2, 4, 8, 8), torch.randn(2, 1, 8)
-    x, c = rp.capture_inputs(latents, embeds, D)
+    x, c = cap.capture_inputs(latents, embeds, D)
     torch.testing.assert_close(c[:2], (1 - D) * embeds)
     assert torch.equal(c[2:], torch.zeros_like(c[2:])) and torch.equal(x[2:], torch.zeros_like(x[2:]))
     assert torch.equal(x[:2], latents)
     states = _states(0, batch=2)
     states.meta["embed_degree"] = repr(0.25)
-    mixed, z = rp.mix_captured(states, embeds, 0.25)
+    mixed, z = mixing.mix_captured(states, embeds, 0.25)
     name = states.layer_names[0]
     torch.testing.assert_close(mixed.cond[name], 0.75 * states.cond[name] + 0.25 * states.uncond[name])
     assert torch.equal(mixed.uncond[name], states.uncond[name])
@@ -287,7 +292,8 @@ def _kv_patch(source, driving, layer):
     key = ("input", 1, 0)
     torch.manual_seed(0)
     to_k, to_v = torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False)
-    return rp.ReferenceKVPatch({key: layer}, {layer: layer}, source, driving, {key: (to_k, to_v)}), key, to_k, to_v
+    patch = att.ReferenceKVPatch({key: layer}, {layer: layer}, source, driving, {key: (to_k, to_v)}, sdpa_attention)
+    return patch, key, to_k, to_v
 
 
 def test_nodes_reference_keys_values_belong_to_their_own_states():
@@ -300,8 +306,11 @@ def test_nodes_reference_keys_values_belong_to_their_own_states():
     for seed in (0, 1):
         source, driving = _states(seed), _states(seed + 10)
         patch, key, to_k, to_v = _kv_patch(source, driving, layer)
-        k, v = patch.reference_kv(q, opts)
-        tokens = rp.reference_rows([1, 0], 2, source.cond[layer], source.uncond[layer], driving.cond[layer])
+        seen = {}
+        empty = q.new_empty((2, 0, 8))  # no own tokens: what the patch hands on is the reference K/V alone
+        patch(q, empty, empty, opts, inner=lambda q_, k_, v_, o_, seen=seen: seen.update(k=k_, v=v_))
+        k, v = seen["k"], seen["v"]
+        tokens = reference_rows(att, [1, 0], 2, source.cond[layer], source.uncond[layer], driving.cond[layer])
         torch.testing.assert_close(k, to_k(tokens))
         torch.testing.assert_close(v, to_v(tokens))
         results.append(k)

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
-
 from faces_helpers import astronaut
 from node_stubs import load_node_modules, run_node
 from test_leak_matrix import CHANGED, box_change, detections, mixed, sky
 
-NODES = load_node_modules("faces_nodes", "oneshot", "reference", "verify_node", "checks", "tracks_node",
-                          "patch_node", "models")
-fn, oneshot, reference, checks = NODES["faces_nodes"], NODES["oneshot"], NODES["reference"], NODES["checks"]
+NODES = load_node_modules("faces", "oneshot", "states", "sampler", "verify", "backend.checks", "tracks",
+                          "backend.patching", "backend.loading", "loader", "backend.anonymize", "backend.sampling",
+                          "apply_references", "backend.faces", "backend.verify", "backend.tracks")
+fn, oneshot, states, checks = NODES["faces"], NODES["oneshot"], NODES["states"], NODES["backend.checks"]
 
 
 def as_image(*frames: np.ndarray) -> torch.Tensor:
@@ -108,15 +109,17 @@ def test_face_anonymize_refuses_non_finite_floats_naming_the_input(name, value):
 @pytest.mark.parametrize("value", BAD)
 def test_granular_nodes_refuse_non_finite_floats(value):
     with pytest.raises(ValueError, match="input 'degree'"):
-        run_node(reference.FaceAnonMixStates, states=None, embeds=torch.zeros(1, 1, 8), degree=value)
+        run_node(states.FaceAnonMixStates, states=None, embeds=torch.zeros(1, 1, 8), degree=value)
     with pytest.raises(ValueError, match="input 'degree'"):
-        reference.capture_from_latents(None, torch.zeros(1, 4, 8, 8), torch.zeros(1, 1, 8), value)
+        run_node(states.FaceAnonCaptureStates, refnet=None, vae=None, image=torch.rand(1, 8, 8, 3),
+                 embeds=torch.zeros(1, 1, 8), degree=value)
     for name in ("cfg", "denoise"):
         kw = dict(cfg=4.0, denoise=1.0)
         kw[name] = value
         with pytest.raises(ValueError, match=f"input '{name}'"):
-            reference.dual_reference_sample(None, None, None, None, None, {}, 0, 2, kw["cfg"], "euler", "normal",
-                                            kw["denoise"])
+            run_node(NODES["sampler"].FaceAnonDualReferenceSampler, model=None, source_states=None,
+                     source_embeds=None, driving_states=None, driving_embeds=None, latent_image={}, seed=0, steps=2,
+                     sampler_name="euler", scheduler="normal", noise="per image", **kw)
 
 
 @pytest.mark.parametrize("value", BAD)
@@ -140,28 +143,31 @@ def test_face_nodes_refuse_non_finite_floats(value):
         with pytest.raises(ValueError, match=f"input '{name}'"):
             redact(img, kw["strength"], kw["threshold"])
     with pytest.raises(ValueError, match="input 'threshold'"):
-        run_node(NODES["verify_node"].FaceAnonVerifyFaces, original=img, anonymized=img, faces=faces,
+        run_node(NODES["verify"].FaceAnonVerifyFaces, original=img, anonymized=img, faces=faces,
                  threshold=value, on_leak="fail")
     for name in ("threshold", "min_face_size"):
         kw = dict(threshold=0.95, min_face_size=10.0)
         kw[name] = value
         with pytest.raises(ValueError, match=f"input '{name}'"):
-            run_node(NODES["tracks_node"].FaceAnonTrackFaces, frames=img, max_gap=8, smoothing=True, crop_size=512,
+            run_node(NODES["tracks"].FaceAnonTrackFaces, frames=img, max_gap=8, smoothing=True, crop_size=512,
                      **kw)
     for name in ("start_percent", "end_percent"):
         kw = dict(start_percent=0.0, end_percent=1.0)
         kw[name] = value
         with pytest.raises(ValueError, match=f"{name} must be between 0 and 1"):
-            NODES["patch_node"].sigma_range_of(None, kw["start_percent"], kw["end_percent"])
+            NODES["backend.patching"].sigma_range_of(None, kw["start_percent"], kw["end_percent"])
 
 
 def test_every_float_input_of_every_node_is_checked():
-    """Each FLOAT input of each node class is named in a check_floats call of its module (a new float input
-    without a check fails here)."""
+    """Each FLOAT input of each node class is named in a check_floats call of its module or of the backend module
+    its node runs (a new float input without a check fails here)."""
     import inspect
 
-    for module in (fn, oneshot, reference, NODES["verify_node"], NODES["tracks_node"]):
-        source = inspect.getsource(module)
+    backend = {oneshot: [NODES["backend.anonymize"], NODES["backend.sampling"]],
+               NODES["sampler"]: [NODES["backend.sampling"]], fn: [NODES["backend.faces"]],
+               NODES["verify"]: [NODES["backend.verify"]], NODES["tracks"]: [NODES["backend.tracks"]]}
+    for module in (fn, oneshot, states, NODES["sampler"], NODES["verify"], NODES["tracks"]):
+        source = "".join(inspect.getsource(m) for m in [module, *backend.get(module, [])])
         for cls in [c for c in vars(module).values() if isinstance(c, type) and hasattr(c, "INPUT_TYPES")]:
             types = cls.INPUT_TYPES()
             for section in types.values():
@@ -237,7 +243,7 @@ def assert_says_how_to_install(message):
 
 
 def test_the_loader_says_where_the_weights_go_when_none_are_installed():
-    loader = NODES["models"].FaceAnonModelLoader
+    loader = NODES["loader"].FaceAnonModelLoader
     assert loader.INPUT_TYPES()["required"]["model_folder"][1]["options"] == []  # no folder installed
     message = loader.validate_inputs(model_folder="face-anon-simple")
     assert_says_how_to_install(message)
@@ -248,12 +254,13 @@ def test_the_loader_says_where_the_weights_go_when_none_are_installed():
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """A models/faceanon root holding one model folder, face-anon-simple (only the file the listing reads)."""
-    models = NODES["models"]
+    loading = NODES["backend.loading"]
     root = tmp_path / "server" / "models" / "faceanon"
     (root / "face-anon-simple" / "unet").mkdir(parents=True)
     (root / "face-anon-simple" / "unet" / "config.json").write_text("{}")
-    monkeypatch.setattr(models.folder_paths, "get_folder_paths", lambda name: [str(root)])
-    return models
+    monkeypatch.setattr(loading.folder_paths, "get_folder_paths", lambda name: [str(root)])
+    return types.SimpleNamespace(FaceAnonModelLoader=NODES["loader"].FaceAnonModelLoader,
+                                 public_error=loading.public_error)
 
 
 def test_only_the_listed_model_folder_names_pass_validation(installed):
@@ -309,7 +316,7 @@ def test_near_limit_detections_are_logged(caplog):
 
 
 def test_detector_min_face_reaches_the_detector():
-    assert fn._detector(0.95, 40.0).min_face_size == 40.0
+    assert NODES["backend.faces"].mtcnn(0.95, 40.0).min_face_size == 40.0
     spec = fn.FaceAnonDetectFaces.INPUT_TYPES()["optional"]["detector_min_face"]
     assert spec[1]["default"] == 20.0  # the CLI's --min-face-size default
     assert fn.FaceAnonRedactFaces.INPUT_TYPES()["optional"]["detector_min_face"][1]["default"] == 20.0
@@ -357,7 +364,7 @@ def test_redact_refuses_faces_detected_on_a_different_size_copy():
 def test_track_faces_on_a_clip_without_faces_gives_a_placeholder_crop_that_paste_ignores():
     """Like Detect: one black crop (a Preview downstream needs one image), and Paste returns the frames as they are."""
     frames = as_image(sky(), sky())
-    crops, faces, keyframes = run_node(NODES["tracks_node"].FaceAnonTrackFaces, frames=frames, threshold=0.95,
+    crops, faces, keyframes = run_node(NODES["tracks"].FaceAnonTrackFaces, frames=frames, threshold=0.95,
                                        max_gap=5, smoothing=True, min_face_size=10.0, crop_size=64)
     assert len(faces) == 0
     for batch in (crops, keyframes):
@@ -375,13 +382,13 @@ def test_cached_outputs_tell_comfyui_their_tensors():
     uncond = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1": torch.zeros(1, 16, 32)}
     tensors = ReferenceStates(cond=cond, uncond=uncond)._comfy_cache_tensors()
     assert sum(t.numel() for t in tensors) == 3 * 16 * 32
-    assert fn.FaceSet()._comfy_cache_tensors() == []
+    assert NODES["backend.faces"].FaceSet()._comfy_cache_tensors() == []
 
 
 def test_newer_schema_fields_are_used_only_where_comfyui_has_them(monkeypatch):
     """0.3.64 raises TypeError on an unknown Schema field or Input argument; the newest ComfyUI has
     search_aliases and advanced inputs. Feature-detected from the signatures, not from a version number."""
-    sockets = NODES["faces_nodes"].sockets
+    sockets = NODES["faces"].sockets
     io = sockets.io
     redact = fn.FaceAnonRedactFaces
     plain = redact.define_schema()  # the stand-in is 0.3.64's API: no search_aliases, no advanced

@@ -1,4 +1,5 @@
-"""The node pack's pure-torch pieces (nodes/comfy_layout.py, nodes/reference_patch.py), without ComfyUI."""
+"""The node backend's pure-torch pieces (nodes/backend/: layout, attention, capture, mixing, batching, images),
+without ComfyUI."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from pack import pack_module
+from reference_attn1_patch import cached_bytes, reference_patch, reference_rows, sdpa_attention
 
 from faceanon_core.method.attention import attn1_names, project_reference, reference_attention, route_states
 from faceanon_core.method.states import ReferenceStates, mix_embeds, mix_states
 from faceanon_core.testing.tiny_models import tiny_unet_config
-from pack import pack_module
 
-cl = pack_module("nodes.comfy_layout")
-rp = pack_module("nodes.reference_patch")
+cl = pack_module("nodes.backend.layout")
+att = pack_module("nodes.backend.attention")
+cap = pack_module("nodes.backend.capture")
+mixing = pack_module("nodes.backend.mixing")
+bat = pack_module("nodes.backend.batching")
+img = pack_module("nodes.backend.images")
+chk = pack_module("nodes.backend.checks")
 
 SD21_UNET = {
     "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "cross_attention_dim": 1024,
@@ -94,7 +101,7 @@ def _states(batch, tokens=4, channels=8, seed=0):
 def test_reference_rows_select_source_by_cond_or_uncond(chunks):
     batch = 3
     src, unc, drv = _states(batch, seed=1), _states(1, seed=2), _states(batch, seed=3)
-    rows = rp.reference_rows(chunks, batch * len(chunks), src, unc, drv)
+    rows = reference_rows(att, chunks, batch * len(chunks), src, unc, drv)
     assert rows.shape == (batch * len(chunks), 8, 8)
     for chunk_index, flag in enumerate(chunks):
         for image in range(batch):
@@ -105,12 +112,12 @@ def test_reference_rows_select_source_by_cond_or_uncond(chunks):
 
 
 def test_reference_rows_broadcast_and_mismatch():
-    rows = rp.reference_rows([1, 0], 6, _states(1), _states(1), _states(3))
+    rows = reference_rows(att, [1, 0], 6, _states(1), _states(1), _states(3))
     assert torch.equal(rows[3, :4], rows[5, :4])  # source batch 1 broadcasts
     with pytest.raises(ValueError, match="batch of 2 but 3"):
-        rp.reference_rows([1, 0], 6, _states(2), _states(1), _states(3))
+        reference_rows(att, [1, 0], 6, _states(2), _states(1), _states(3))
     with pytest.raises(ValueError, match="cannot be split"):
-        rp.reference_rows([1, 0], 5, _states(1), _states(1), _states(1))
+        reference_rows(att, [1, 0], 5, _states(1), _states(1), _states(1))
 
 
 def _patch(batch=3, channels=8, mode="as_trained"):
@@ -120,7 +127,7 @@ def _patch(batch=3, channels=8, mode="as_trained"):
                              uncond={r: _states(1, channels=channels, seed=50 + i) for i, r in enumerate(refs)},
                              meta={"role": "source"})
     driving = ReferenceStates(cond={r: _states(batch, channels=channels, seed=90 + i) for i, r in enumerate(refs)})
-    return rp.ReferencePatch(layout, routing, source, driving), layout, routing, source, driving
+    return reference_patch(att, layout, routing, source, driving), layout, routing, source, driving
 
 
 def test_patch_extends_context_and_value_for_the_routed_block():
@@ -168,7 +175,7 @@ def test_patch_errors_are_clear():
     routing, refs = cl.routed_layers(layout, "as_trained")
     partial = ReferenceStates(cond={refs[0]: _states(1)}, uncond={refs[0]: _states(1)})
     with pytest.raises(ValueError, match="lack the layer"):
-        rp.ReferencePatch(layout, routing, partial, partial)
+        reference_patch(att, layout, routing, partial, partial)
 
 
 def test_patched_comfy_style_attention_equals_core_reference_attention():
@@ -181,7 +188,7 @@ def test_patched_comfy_style_attention_equals_core_reference_attention():
     with torch.no_grad():
         ref_k, ref_v = project_reference(attn, torch.cat([src, drv], 1))
         expected = reference_attention(attn, own, ref_k, ref_v)
-        patch_ctx = rp.reference_rows([0], 2, src, torch.zeros(1, 4, 16), drv)
+        patch_ctx = reference_rows(att, [0], 2, src, torch.zeros(1, 4, 16), drv)
         context = torch.cat([own, patch_ctx], 1)
         q, k, v = attn.to_q(own), attn.to_k(context), attn.to_v(context)
         heads = lambda t: t.view(t.shape[0], t.shape[1], 2, 8).transpose(1, 2)  # noqa: E731
@@ -205,7 +212,7 @@ def _kv_patch(channels=8, heads=2, batch=3):
     torch.manual_seed(1)
     modules = {key: tuple(_Counting(channels, channels, bias=False) for _ in range(3)) for key in layout}
     projections = {key: (m[1], m[2]) for key, m in modules.items()}
-    kv = rp.ReferenceKVPatch(layout, routing, source, driving, projections)
+    kv = att.ReferenceKVPatch(layout, routing, source, driving, projections, sdpa_attention)
     return kv, patch, layout, modules
 
 
@@ -221,7 +228,7 @@ def test_replace_path_equals_the_attn1_patch_path(chunks):
             opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": heads}
             with torch.no_grad():
                 _, ctx, val = patch(n, n, n, opts)  # the attn1_patch path
-                expected = rp.sdpa_attention(to_q(n), to_k(ctx), to_v(val), heads)
+                expected = sdpa_attention(to_q(n), to_k(ctx), to_v(val), heads)
                 got = kv(to_q(n), to_k(n), to_v(n), opts)  # the replace path
             assert got.shape == expected.shape == (batch * len(chunks), 5, 8)
             assert torch.allclose(got, expected, atol=1e-6), (key, step, float((got - expected).abs().max()))
@@ -267,7 +274,8 @@ def test_kv_cache_holds_each_distinct_tensor_once(source_batch):
         source = ReferenceStates(cond={k: v[:1] for k, v in source.cond.items()}, uncond=source.uncond,
                                  meta=source.meta)
     modules = {key: tuple(torch.nn.Linear(8, 8, bias=False) for _ in range(3)) for key in layout}
-    kv = rp.ReferenceKVPatch(layout, routing, source, driving, {k: (m[1], m[2]) for k, m in modules.items()})
+    kv = att.ReferenceKVPatch(layout, routing, source, driving, {k: (m[1], m[2]) for k, m in modules.items()},
+                           sdpa_attention)
     tokens = {routing[layer]: source.cond[routing[layer]].shape[1] for layer in layout.values()}
     with torch.no_grad():
         for chunks in ([1, 0], [0], [1]):
@@ -276,9 +284,9 @@ def test_kv_cache_holds_each_distinct_tensor_once(source_batch):
                 opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": 2}
                 kv(q, q, q, opts)
     per_layer = {key: 2 * (source_batch + 1 + 3) * tokens[routing[layer]] * 8 * 4 for key, layer in layout.items()}
-    assert kv.cached_bytes() == sum(per_layer.values())
+    assert cached_bytes(kv) == sum(per_layer.values())
     rows_copy = sum(2 * 6 * 2 * tokens[routing[layer]] * 8 * 4 for layer in layout.values())
-    assert kv.cached_bytes() < rows_copy  # what one entry per CFG row pattern held before
+    assert cached_bytes(kv) < rows_copy  # what one entry per CFG row pattern held before
     per_call = max(2 * 6 * 2 * tokens[routing[layer]] * 8 for layer in layout.values()) * 4
     assert kv.memory_bytes(rows=6, element_size=4) == sum(per_layer.values()) + per_call
 
@@ -289,9 +297,9 @@ def test_stacked_replace_hands_the_extended_keys_to_the_replace_installed_before
 
     def recorder(q, k, v, extra_options):  # e.g. an attention-recording replace of another node
         seen.append((k.shape, v.shape))
-        return rp.sdpa_attention(q, k, v, extra_options["n_heads"])
+        return sdpa_attention(q, k, v, extra_options["n_heads"])
 
-    stacked = rp.StackedReplace(kv, recorder)
+    stacked = att.StackedReplace(kv, recorder)
     key = ("input", 1, 0)
     to_q, to_k, to_v = modules[key]
     n = torch.randn(6, 5, 8)
@@ -302,18 +310,19 @@ def test_stacked_replace_hands_the_extended_keys_to_the_replace_installed_before
     assert torch.equal(got, expected)
     n_ref = kv.source_cond[kv.routing[layout[key]]].shape[1] + kv.driving[kv.routing[layout[key]]].shape[1]
     assert seen == [((6, 5 + n_ref, 8), (6, 5 + n_ref, 8))]
-    assert rp.owner_of(stacked) is kv and rp.owner_of(kv) is kv and rp.owner_of(recorder) is None
+    assert att.owner_of(stacked) is kv and att.owner_of(kv) is kv and att.owner_of(recorder) is None
     assert copy.deepcopy(stacked) is stacked and stacked.to(torch.device("cpu")) is stacked
     with pytest.raises(ValueError, match="not callable"):
-        rp.StackedReplace(kv, object())
+        att.StackedReplace(kv, object())
 
 
 def test_sigma_range_switches_the_references_on_and_off():
     patch, layout, routing, source, driving = _patch()
     modules = {key: tuple(torch.nn.Linear(8, 8, bias=False) for _ in range(3)) for key in layout}
     projections = {k: (m[1], m[2]) for k, m in modules.items()}
-    ranged = rp.ReferenceKVPatch(layout, routing, source, driving, projections, sigma_range=(5.0, 1.0))
-    always = rp.ReferenceKVPatch(layout, routing, source, driving, projections)
+    ranged = att.ReferenceKVPatch(layout, routing, source, driving, projections, sdpa_attention,
+                                  sigma_range=(5.0, 1.0))
+    always = att.ReferenceKVPatch(layout, routing, source, driving, projections, sdpa_attention)
     key = ("output", 4, 0)
     to_q, to_k, to_v = modules[key]
     n = torch.randn(6, 5, 8)
@@ -322,11 +331,12 @@ def test_sigma_range_switches_the_references_on_and_off():
         for sigma, refs in ((5.0, True), (2.0, True), (1.0, True), (7.0, False), (0.5, False)):
             opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": [1, 0], "n_heads": 2,
                     "sigmas": torch.full((6,), sigma)}
-            expected = always(q, k, v, opts) if refs else rp.sdpa_attention(q, k, v, 2)
+            expected = always(q, k, v, opts) if refs else sdpa_attention(q, k, v, 2)
             assert torch.equal(ranged(q, k, v, opts), expected), sigma
-    assert not torch.equal(always(q, k, v, opts), rp.sdpa_attention(q, k, v, 2))  # the references matter
+    assert not torch.equal(always(q, k, v, opts), sdpa_attention(q, k, v, 2))  # the references matter
     with pytest.raises(ValueError, match="start_percent"):
-        rp.ReferenceKVPatch(layout, routing, source, driving, projections, sigma_range=(1.0, 5.0))
+        att.ReferenceKVPatch(layout, routing, source, driving, projections, sdpa_attention,
+                             sigma_range=(1.0, 5.0))
 
 
 def test_kv_patch_errors_and_comfy_paths():
@@ -336,7 +346,7 @@ def test_kv_patch_errors_and_comfy_paths():
         kv(q, q, q, {"block": ("input", 1), "block_index": 0, "n_heads": 2})
     _patch_obj, layout, routing, source, driving = _patch()
     with pytest.raises(ValueError, match="no to_k/to_v"):
-        rp.ReferenceKVPatch(layout, routing, source, driving, {})
+        att.ReferenceKVPatch(layout, routing, source, driving, {}, sdpa_attention)
     assert cl.comfy_attn1_path(("input", 4, 0)) == "input_blocks.4.1.transformer_blocks.0.attn1"
     assert cl.comfy_attn1_path(("middle", 0, 1)) == "middle_block.1.transformer_blocks.1.attn1"
     assert cl.comfy_attn1_path(("output", 9, 0)) == "output_blocks.9.1.transformer_blocks.0.attn1"
@@ -349,9 +359,9 @@ def test_state_recorder_records_wanted_layers_and_stops_after_the_last():
     layout = cl.attn1_layout(cl.comfy_unet_config(_tiny_config()))
     _, refs = cl.routed_layers(layout, "as_trained")
     wanted = {k: v for k, v in layout.items() if v in refs}
-    recorder = rp.StateRecorder(wanted)
+    recorder = cap.StateRecorder(wanted)
     visited = []
-    with pytest.raises(rp.CaptureDone):
+    with pytest.raises(cap.CaptureDone):
         for key in layout:  # forward order
             visited.append(key)
             n = torch.full((2, 3, 4), float(len(visited)))
@@ -363,23 +373,23 @@ def test_state_recorder_records_wanted_layers_and_stops_after_the_last():
 
 def test_capture_inputs_split_and_mixing_via_the_node_path():
     latents, embeds = torch.randn(3, 4, 8, 8), torch.randn(3, 1, 32)
-    x, c = rp.capture_inputs(latents, embeds, 1.25)
+    x, c = cap.capture_inputs(latents, embeds, 1.25)
     assert x.shape[0] == 4 and torch.equal(x[3], torch.zeros(4, 8, 8)) and torch.equal(c[3], torch.zeros(1, 32))
     assert torch.allclose(c[:3], mix_embeds(embeds, 1.25))
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
     rows = torch.randn(4, 5, 6)
-    cond, uncond = rp.split_capture({name: rows}, 3)
+    cond, uncond = cap.split_capture({name: rows}, 3)
     assert torch.equal(cond[name], rows[:3]) and torch.equal(uncond[name], rows[3:])
     states = ReferenceStates(cond=cond, uncond=uncond, meta={"embed_degree": "1.25", "role": "source"})
-    mixed, mixed_embeds = rp.mix_captured(states, embeds, 1.25)
+    mixed, mixed_embeds = mixing.mix_captured(states, embeds, 1.25)
     assert torch.allclose(mixed.cond[name], mix_states(rows[:3], rows[3:], 1.25))
     assert torch.allclose(mixed_embeds, -0.25 * embeds)
     with pytest.raises(ValueError, match="captured with degree 1.25 but Mix States says 1"):
-        rp.mix_captured(states, embeds, 1.0)
+        mixing.mix_captured(states, embeds, 1.0)
     with pytest.raises(ValueError, match="already mixed"):
-        rp.mix_captured(mixed, embeds, 1.25)
+        mixing.mix_captured(mixed, embeds, 1.25)
     with pytest.raises(ValueError, match="batch of 2 but"):
-        rp.mix_captured(states, embeds[:2], 1.25)
+        mixing.mix_captured(states, embeds[:2], 1.25)
 
 
 def test_the_degree_is_a_property_of_the_captured_states():
@@ -388,21 +398,21 @@ def test_the_degree_is_a_property_of_the_captured_states():
     rows, embeds = torch.randn(3, 5, 6), torch.randn(2, 1, 32)
     states = ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]},
                              meta={"embed_degree": "0.75", "role": "source"})
-    for degree in (None, rp.FROM_CAPTURE, 0.75):  # new graphs, the Mix default, a saved workflow's value
-        mixed, mixed_embeds = rp.mix_captured(states, embeds, degree)
+    for degree in (None, mixing.FROM_CAPTURE, 0.75):  # new graphs, the Mix default, a saved workflow's value
+        mixed, mixed_embeds = mixing.mix_captured(states, embeds, degree)
         assert mixed.meta["degree"] == "0.75" and torch.allclose(mixed_embeds, 0.25 * embeds)
         assert torch.allclose(mixed.cond[name], mix_states(rows[:2], rows[2:], 0.75))
-    assert rp.captured_degree(states) == 0.75
+    assert mixing.captured_degree(states) == 0.75
     # a sampler given states captured with a degree but never mixed would use half the method
     with pytest.raises(ValueError, match="never mixed"):
-        rp.check_source_degree(states)
-    rp.check_source_degree(mixed)
-    rp.check_source_degree(ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]}, meta={}))  # a swap
+        mixing.check_source_degree(states)
+    mixing.check_source_degree(mixed)
+    mixing.check_source_degree(ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]}, meta={}))  # a swap
     with pytest.raises(ValueError, match="driving side keeps the real image"):
-        rp.check_driving_degree(states)
+        mixing.check_driving_degree(states)
     with pytest.raises(ValueError, match="driving side keeps the real image"):
-        rp.check_driving_degree(mixed)
-    rp.check_driving_degree(ReferenceStates(cond={name: rows[:2]}, meta={"embed_degree": "0.0"}))
+        mixing.check_driving_degree(mixed)
+    mixing.check_driving_degree(ReferenceStates(cond={name: rows[:2]}, meta={"embed_degree": "0.0"}))
 
 
 # ------------------------------------------------------------------ sampler inputs
@@ -410,19 +420,19 @@ def test_the_degree_is_a_property_of_the_captured_states():
 
 def test_conditioning_noise_and_batches():
     src, drv = torch.randn(1, 1, 8), torch.randn(3, 1, 8)
-    pos, neg = rp.sampler_conditioning(src, drv, 3)
+    pos, neg = bat.sampler_conditioning(src, drv, 3)
     assert pos.shape == neg.shape == (3, 2, 8)
     assert torch.equal(pos[2, 0], src[0, 0]) and torch.equal(neg[:, 0], torch.zeros(3, 8))
     assert torch.equal(pos[:, 1], drv[:, 0]) and torch.equal(neg[:, 1], drv[:, 0])
-    shared = rp.seeded_noise((3, 4, 8, 8), 7)
+    shared = bat.seeded_noise((3, 4, 8, 8), 7)
     assert torch.equal(shared[0], shared[2])
-    assert torch.equal(rp.seeded_noise((5, 4, 8, 8), 7)[4], shared[0])  # any batch, same frame noise
-    per = rp.seeded_noise((3, 4, 8, 8), 7, per_image=True)
+    assert torch.equal(bat.seeded_noise((5, 4, 8, 8), 7)[4], shared[0])  # any batch, same frame noise
+    per = bat.seeded_noise((3, 4, 8, 8), 7, per_image=True)
     assert torch.equal(per, torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(7)))
     assert not torch.equal(per[0], per[1])
-    assert rp.resolve_batch({"the latent": 1, "the driving states": 3}) == 3
+    assert bat.resolve_batch({"the latent": 1, "the driving states": 3}) == 3
     with pytest.raises(ValueError, match="batch of 2 but the driving states has 3"):
-        rp.resolve_batch({"the latent": 2, "the driving states": 3})
+        bat.resolve_batch({"the latent": 2, "the driving states": 3})
 
 
 def test_pooled_clip_equals_transformers_pooler_output():
@@ -435,7 +445,7 @@ def test_pooled_clip_equals_transformers_pooler_output():
     with torch.no_grad():
         out = model(pixel_values=pixels)
         ln = getattr(model, "vision_model", model).post_layernorm
-        pooled = rp.pooled_clip(out.last_hidden_state, ln.weight, ln.bias, ln.eps)
+        pooled = img.pooled_clip(out.last_hidden_state, ln.weight, ln.bias, ln.eps)
     assert pooled.shape == (3, 1, 32)
     # transformers' last_hidden_state is before post_layernorm, like ComfyUI's
     assert torch.allclose(pooled[:, 0], out.pooler_output, atol=1e-6)
@@ -443,11 +453,21 @@ def test_pooled_clip_equals_transformers_pooler_output():
 
 def test_resize_images():
     images = torch.rand(2, 40, 50, 4)
-    out = rp.resize_images(images, 64, 64)
+    out = img.resize_images(images, 64, 64)
     assert out.shape == (2, 64, 64, 3) and out.min() >= 0 and out.max() <= 1
     same = torch.rand(1, 64, 64, 3)
-    assert torch.equal(rp.resize_images(same, 64, 64), same)
-    with pytest.raises(ValueError, match="empty"):
-        rp.resize_images(torch.zeros(0, 8, 8, 3), 8, 8)
-    with pytest.raises(ValueError, match="NaN"):
-        rp.resize_images(torch.full((1, 8, 8, 3), float("nan")), 8, 8)
+    assert torch.equal(img.resize_images(same, 64, 64), same)
+
+
+def test_images_are_checked_where_they_enter_a_node():
+    """One check of an IMAGE input (the functions behind the nodes convert, they do not check again)."""
+    assert chk.check_images(torch.rand(2, 8, 8, 3)).shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match="image: the batch is empty"):
+        chk.check_images(torch.zeros(0, 8, 8, 3))
+    with pytest.raises(ValueError, match="Face Swap: the source image holds 1 NaN"):
+        chk.check_face_images("Face Swap", "the source image", torch.rand(1, 16, 16, 3).index_put_(
+            (torch.tensor([0]), torch.tensor([2]), torch.tensor([2]), torch.tensor([0])), torch.tensor(float("nan"))))
+    with pytest.raises(ValueError, match="expected an IMAGE batch"):
+        chk.check_images(torch.rand(2, 8, 8, 2))
+    with pytest.raises(ValueError, match="15x16: too small to hold a face"):
+        chk.check_face_images("Face Anonymize", "the image", torch.rand(1, 16, 15, 3))

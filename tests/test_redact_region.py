@@ -153,7 +153,7 @@ def test_cli_covers_the_whole_head(tmp_path, capsys):
 def test_node_covers_the_whole_head_and_clamps_old_strengths(caplog):
     from node_stubs import load_node_modules, run_node
 
-    fn = load_node_modules("faces_nodes", "checks")["faces_nodes"]
+    fn = load_node_modules("faces", "backend.checks")["faces"]
     img = astronaut()
     image = torch.from_numpy(img[None].astype(np.float32) / 255.0)
 

@@ -1,4 +1,4 @@
-"""Face Anonymize with the faces of Track Faces: per-track identity (nodes/track_identity.py), without a host.
+"""Face Anonymize with the faces of Track Faces: per-track identity (nodes/backend/track_identity.py), without a host.
 
 The method's steps (CLIP encode, VAE encode, ReferenceNet capture, sampling, VAE decode) are replaced by
 fakes that record their calls and whose output says which source and noise each crop got; Eq. 1/2 (Mix)
@@ -13,12 +13,15 @@ import types
 import numpy as np
 import pytest
 import torch
-
 from node_stubs import load_node_modules, run_node
 
-NODES = load_node_modules("oneshot", "reference", "reference_patch", "track_identity", "tracks_node", "faces_nodes")
-oneshot, reference, rp, ti, tn = (NODES[k] for k in ("oneshot", "reference", "reference_patch", "track_identity",
-                                                       "tracks_node"))
+from faceanon_core.method.states import ReferenceStates, expand_batch
+
+NODES = load_node_modules("oneshot", "backend.encoding", "backend.sampling", "backend.mixing", "backend.batching",
+                          "backend.images", "backend.track_identity", "backend.tracks", "faces", "backend.faces")
+oneshot, encoding, sampling, mixing, bat, img, ti, tn = (NODES[k] for k in (
+    "oneshot", "backend.encoding", "backend.sampling", "backend.mixing", "backend.batching", "backend.images",
+    "backend.track_identity", "backend.tracks"))
 LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
 RES = 32  # the fake model's resolution; the crops are 48 px (resized to it and back)
 SOURCE = types.SimpleNamespace(role="source", resolution=RES)
@@ -32,15 +35,16 @@ class Fakes:
 
     def __init__(self, monkeypatch):
         self.captures, self.samples, self.mixes = [], [], 0
-        for name in ("encode_embeds", "encode_latents", "capture_from_latents", "dual_reference_sample"):
-            monkeypatch.setattr(reference, name, getattr(self, name))
-        real_mix = reference.mix
+        for name in ("encode_embeds", "encode_latents", "capture_from_latents"):
+            monkeypatch.setattr(encoding, name, getattr(self, name))
+        monkeypatch.setattr(sampling, "dual_reference_sample", self.dual_reference_sample)
+        real_mix = mixing.mix_captured
 
         def mix(*args):
             self.mixes += 1
             return real_mix(*args)
 
-        monkeypatch.setattr(reference, "mix", mix)
+        monkeypatch.setattr(mixing, "mix_captured", mix)
         self.vae = types.SimpleNamespace(decode=self.decode)
 
     @staticmethod
@@ -56,15 +60,14 @@ class Fakes:
         self.captures.append({"role": refnet.role, "latents": latents.clone(), "degree": degree})
         cond = {LAYER: latents.flatten(2).transpose(1, 2).contiguous()}
         uncond = {LAYER: torch.zeros_like(cond[LAYER][:1])}
-        return reference.ReferenceStates(cond=cond, uncond=uncond, meta={"embed_degree": repr(float(degree)),
+        return ReferenceStates(cond=cond, uncond=uncond, meta={"embed_degree": repr(float(degree)),
                                                                           "role": refnet.role})
 
-    def dual_reference_sample(self, model, source, source_embeds, driving, driving_embeds, latent, seed, steps, cfg,
-                              sampler_name, scheduler, denoise=1.0, noise_mode=reference.NOISE_MODES[0]):
+    def dual_reference_sample(self, model, source, source_embeds, driving, driving_embeds, latent, settings):
         shape = latent["samples"].shape
-        noise = rp.seeded_noise(shape, seed, per_image=noise_mode == "per image")
+        noise = bat.seeded_noise(shape, settings.seed, per_image=settings.noise_mode == "per image")
         self.samples.append({"source": source, "batch": shape[0], "noise": noise})
-        src = rp.expand_batch(source.cond[LAYER], shape[0], "the source states").transpose(1, 2).reshape(shape)
+        src = expand_batch(source.cond[LAYER], shape[0], "the source states").transpose(1, 2).reshape(shape)
         drv = driving.cond[LAYER].transpose(1, 2).reshape(shape)
         return {"samples": drv + src + 0.01 * noise}
 
@@ -95,7 +98,7 @@ def tracked(track_ids, keyframes, filled=None) -> object:
 
 
 def latents_of(image: torch.Tensor) -> torch.Tensor:
-    return Fakes.encode_latents(SOURCE, None, rp.resize_images(image, RES, RES))
+    return Fakes.encode_latents(SOURCE, None, img.resize_images(image, RES, RES))
 
 
 # two people, interleaved as Track Faces lists them (frame order): track 4 in frames 0-3, track 9 in 1-3
@@ -123,7 +126,7 @@ def test_per_track_runs_the_source_branch_once_per_track_on_its_keyframe(monkeyp
         key = KEYFRAMES[track]
         s_key = (1 - DEGREE) * latents_of(image[key:key + 1])  # Eq. 2 with S_uncond = 0 in the fakes
         expected = latents_of(image[row:row + 1]) + s_key + 0.01 * fakes.samples[0]["noise"][:1]
-        expected = rp.resize_images(Fakes.decode(expected), 48, 48)
+        expected = img.resize_images(Fakes.decode(expected), 48, 48)
         torch.testing.assert_close(out[row:row + 1], expected, rtol=0, atol=1e-6, msg=f"row {row}")
 
 
@@ -141,7 +144,7 @@ def test_per_frame_no_faces_and_detect_faces_are_todays_path(monkeypatch):
     image = crops(len(TRACK_IDS))
     today = fakes.anonymize(image)  # no faces: the node as it was, each crop its own source
     assert [c["latents"].shape[0] for c in fakes.captures] == [7, 7] and len(fakes.samples) == 1
-    detect_faces = NODES["faces_nodes"].FaceSet(faces=[object()] * 7, frame_sizes=[(96, 96)] * 7, crop_size=48)
+    detect_faces = NODES["backend.faces"].FaceSet(faces=[object()] * 7, frame_sizes=[(96, 96)] * 7, crop_size=48)
     for faces, identity in ((None, "per-track"), (tracked(TRACK_IDS, KEYFRAMES), "per-frame"),
                             (detect_faces, "per-track")):
         fakes.captures.clear()
@@ -150,7 +153,7 @@ def test_per_frame_no_faces_and_detect_faces_are_todays_path(monkeypatch):
     # and it is the same-image path of Face Anonymize: the source of each crop is the crop itself
     for row in range(7):
         s_own = (1 - DEGREE) * latents_of(image[row:row + 1])
-        expected = rp.resize_images(Fakes.decode(latents_of(image[row:row + 1]) + s_own
+        expected = img.resize_images(Fakes.decode(latents_of(image[row:row + 1]) + s_own
                                                  + 0.01 * fakes.samples[0]["noise"][:1]), 48, 48)
         torch.testing.assert_close(today[row:row + 1], expected, rtol=0, atol=1e-6)
 
@@ -185,7 +188,7 @@ def test_a_track_whose_keyframe_is_a_filled_face_still_works(monkeypatch):
     torch.testing.assert_close(source["latents"], latents_of(image[3:4]), rtol=0, atol=0)
     assert out.shape == image.shape and torch.isfinite(out).all()
     video = torch.from_numpy(np.stack(frames).astype(np.float32) / 255)
-    pasted, mask = run_node(NODES["faces_nodes"].FaceAnonPasteFaces, image=video, crops=out.clamp(0, 1), faces=faces,
+    pasted, mask = run_node(NODES["faces"].FaceAnonPasteFaces, image=video, crops=out.clamp(0, 1), faces=faces,
                             feather=0.025, erode=0.02, color_match=False)
     for i in range(6):
         region = mask[i] > 0.5

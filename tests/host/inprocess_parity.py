@@ -67,24 +67,29 @@ def noise_prediction_diffs(tiny_folder: Path) -> dict[str, float]:
     folder_paths.add_model_folder_path("faceanon", str(tiny_folder.parent))
     from importlib import import_module
 
-    comfy_layout = import_module(f"{PACK_NAME}.nodes.comfy_layout")
-    reference_patch = import_module(f"{PACK_NAME}.nodes.reference_patch")
-    models = import_module(f"{PACK_NAME}.nodes.models")
-    reference = import_module(f"{PACK_NAME}.nodes.reference")
+    from reference_attn1_patch import reference_patch
+
+    comfy_layout = import_module(f"{PACK_NAME}.nodes.backend.layout")
+    attention = import_module(f"{PACK_NAME}.nodes.backend.attention")
+    batching = import_module(f"{PACK_NAME}.nodes.backend.batching")
+    loading = import_module(f"{PACK_NAME}.nodes.backend.loading")
+    encoding = import_module(f"{PACK_NAME}.nodes.backend.encoding")
+    mixing = import_module(f"{PACK_NAME}.nodes.backend.mixing")
+    patching = import_module(f"{PACK_NAME}.nodes.backend.patching")
 
     core_pipe = FaceAnonPipeline.from_pretrained(tiny_folder)
     core_pipe.set_progress_bar_config(disable=True)
-    unet, src_refnet, drv_refnet, vae, clip = models.load_model_folder(tiny_folder.name)
+    unet, src_refnet, drv_refnet, vae, clip = loading.load_model_folder(tiny_folder.name)
     images = test_images(3, 0)
     pixels = torch.from_numpy(images.astype(np.float32) / 255)
     degree, g = 1.25, 4.0
 
     # node path
-    embeds = reference.encode_embeds(clip, pixels)
-    latents = reference.encode_latents(src_refnet, vae, pixels)
-    src = reference.capture_from_latents(src_refnet, latents, embeds, degree)
-    src, src_embeds = reference.mix(src, embeds, degree)
-    drv = reference.capture_from_latents(drv_refnet, latents, embeds, 0.0)
+    embeds = encoding.encode_embeds(clip, pixels)
+    latents = encoding.encode_latents(src_refnet, vae, pixels)
+    src = encoding.capture_from_latents(src_refnet, latents, embeds, degree)
+    src, src_embeds = mixing.mix_captured(src, embeds, degree)
+    drv = encoding.capture_from_latents(drv_refnet, latents, embeds, 0.0)
 
     # core path
     px = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
@@ -103,7 +108,7 @@ def noise_prediction_diffs(tiny_folder: Path) -> dict[str, float]:
     # one UNet call at t = 500 through ComfyUI's apply_model with the patch, rows [uncond; cond]
     layout = comfy_layout.attn1_layout(unet.model.model_config.unet_config)
     routing, _ = comfy_layout.routed_layers(layout, "as_trained")
-    positive, negative = reference_patch.sampler_conditioning(src_embeds, embeds, 3)
+    positive, negative = batching.sampler_conditioning(src_embeds, embeds, 3)
     sampling = unet.model.model_sampling
     sigma = sampling.sigma(torch.tensor([500.0])).repeat(6)
     x = torch.randn(3, 4, 8, 8, generator=torch.manual_seed(0)) * (sigma[0] ** 2 + 1) ** 0.5
@@ -111,11 +116,11 @@ def noise_prediction_diffs(tiny_folder: Path) -> dict[str, float]:
 
     # the sampler node's path: attn1 replace with cached reference K/V (installed on a clone, as the node does)
     patched = unet.clone()
-    kv_patch = reference.install_reference_patch(patched, layout, routing, src, drv)
-    assert isinstance(kv_patch, reference_patch.ReferenceKVPatch), type(kv_patch)
+    kv_patch = patching.install_reference_patch(patched, layout, routing, src, drv)
+    assert isinstance(kv_patch, attention.ReferenceKVPatch), type(kv_patch)
     replace_options = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0])
     # the fallback path: attn1_patch, ComfyUI projects the extended context
-    patch_options = {"patches": {"attn1_patch": [reference_patch.ReferencePatch(layout, routing, src, drv)]},
+    patch_options = {"patches": {"attn1_patch": [reference_patch(attention, layout, routing, src, drv)]},
                      "cond_or_uncond": [1, 0]}
 
     mm.load_models_gpu([patched])

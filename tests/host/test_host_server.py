@@ -164,7 +164,7 @@ def core_pipe(tiny_folder):
 def core_anonymize(pipe, sigmas, images, seed, degree, cfg):
     from pack import pack_module
 
-    seeded_noise = pack_module("nodes.reference_patch").seeded_noise  # pure torch: no ComfyUI import
+    seeded_noise = pack_module("nodes.backend.batching").seeded_noise  # pure torch: no ComfyUI import
 
     pipe.scheduler = fixed_sigma_scheduler(pipe, sigmas)
     noise = seeded_noise((images.shape[0], 4, 8, 8), seed)

@@ -236,15 +236,15 @@ def loaded(base):
     import folder_paths
 
     folder_paths.add_model_folder_path("faceanon", str(base / "models" / "faceanon"))
-    from faceanon_pack_under_test.nodes import models, reference
+    from faceanon_pack_under_test.nodes.backend import encoding, loading, mixing
 
-    unet, src_refnet, drv_refnet, vae, clip = models.load_model_folder("tiny")
+    unet, src_refnet, drv_refnet, vae, clip = loading.load_model_folder("tiny")
     pixels = torch.from_numpy(test_images(2, 0).astype(np.float32) / 255)
-    embeds = reference.encode_embeds(clip, pixels)
-    latents = reference.encode_latents(src_refnet, vae, pixels)
-    src = reference.capture_from_latents(src_refnet, latents, embeds, DEGREE)
-    src, src_embeds = reference.mix(src, embeds, DEGREE)
-    drv = reference.capture_from_latents(drv_refnet, latents, embeds, 0.0)
+    embeds = encoding.encode_embeds(clip, pixels)
+    latents = encoding.encode_latents(src_refnet, vae, pixels)
+    src = encoding.capture_from_latents(src_refnet, latents, embeds, DEGREE)
+    src, src_embeds = mixing.mix_captured(src, embeds, DEGREE)
+    drv = encoding.capture_from_latents(drv_refnet, latents, embeds, 0.0)
     return {"unet": unet, "refs": (src, src_embeds, drv, embeds)}
 
 
@@ -275,10 +275,10 @@ def _sample(model, positive, negative, seed=3, steps=2):
 
 
 def test_replaces_installed_before_or_after_ours_keep_working(loaded):
-    from faceanon_pack_under_test.nodes import patch_node
+    from faceanon_pack_under_test.nodes.backend import patching
 
     unet, refs = loaded["unet"], loaded["refs"]
-    model, positive, negative, _b, patch = patch_node.apply_references(unet, *refs)
+    model, positive, negative, _b, patch = patching.apply_references(unet, *refs)
     expected = _sample(model, positive, negative)
     key = next(iter(patch.layout))
     n_ref = (patch.source_cond[patch.routing[patch.layout[key]]].shape[1]
@@ -287,7 +287,7 @@ def test_replaces_installed_before_or_after_ours_keep_working(loaded):
     before = unet.clone()
     first = Recorder()
     before.set_model_attn1_replace(first, *key)
-    stacked, positive, negative, _b, _p = patch_node.apply_references(before, *refs)
+    stacked, positive, negative, _b, _p = patching.apply_references(before, *refs)
     assert torch.equal(_sample(stacked, positive, negative), expected)
     assert first.keys and all(k > n_ref for k in first.keys), "the earlier replace must see the reference keys"
 
@@ -301,14 +301,14 @@ def test_replaces_installed_before_or_after_ours_keep_working(loaded):
         assert replaces[late_key] is later  # stacking happens in the run's copy: the MODEL itself is unchanged
 
     with pytest.raises(ValueError, match="already has FaceAnon references"):
-        patch_node.apply_references(model, *refs)
+        patching.apply_references(model, *refs)
 
 
 def test_an_attn1_patch_before_ours_keeps_working(loaded):
-    from faceanon_pack_under_test.nodes import patch_node
+    from faceanon_pack_under_test.nodes.backend import patching
 
     unet, refs = loaded["unet"], loaded["refs"]
-    model, positive, negative, _b, _p = patch_node.apply_references(unet, *refs)
+    model, positive, negative, _b, _p = patching.apply_references(unet, *refs)
     expected = _sample(model, positive, negative)
     calls = []
 
@@ -318,13 +318,13 @@ def test_an_attn1_patch_before_ours_keeps_working(loaded):
 
     with_patch = unet.clone()
     with_patch.set_model_attn1_patch(identity_patch)
-    model2, positive, negative, _b, _p = patch_node.apply_references(with_patch, *refs)
+    model2, positive, negative, _b, _p = patching.apply_references(with_patch, *refs)
     assert torch.equal(_sample(model2, positive, negative), expected) and calls
 
 
 def test_memory_estimate_includes_the_reference_cache_and_the_cache_lives_one_run(loaded, monkeypatch):
     import comfy.model_management as mm
-    from faceanon_pack_under_test.nodes import patch_node
+    from faceanon_pack_under_test.nodes.backend import patching
 
     unet, refs = loaded["unet"], loaded["refs"]
     seen = []
@@ -335,7 +335,7 @@ def test_memory_estimate_includes_the_reference_cache_and_the_cache_lives_one_ru
         return real(models, memory_required=memory_required, **kwargs)
 
     monkeypatch.setattr(mm, "load_models_gpu", spy)
-    model, positive, negative, _b, patch = patch_node.apply_references(unet, *refs)
+    model, positive, negative, _b, patch = patching.apply_references(unet, *refs)
     _sample(unet.clone(), positive, negative)
     _sample(model, positive, negative)
     plain, with_refs = seen[-2], seen[-1]
@@ -344,7 +344,7 @@ def test_memory_estimate_includes_the_reference_cache_and_the_cache_lives_one_ru
     assert with_refs - plain == pytest.approx(patch.memory_bytes(4, size), rel=1e-9)  # CFG rows of 2 images
     assert patch.memory_bytes(4, size) > 0
     assert "memory_required" not in vars(base), "the estimate is ours only during our sampling run"
-    assert patch.cached_bytes() == 0 and not patch._kv, "the reference K/V are dropped after the run"
+    assert not patch._kv, "the reference K/V are dropped after the run"
     calls_before = patch.projection_calls
     _sample(model, positive, negative, steps=3)
     assert patch.projection_calls - calls_before == len(patch.layout), "projected once per layer per run"
@@ -352,51 +352,53 @@ def test_memory_estimate_includes_the_reference_cache_and_the_cache_lives_one_ru
 
 def test_verify_node_error_says_how_to_install_the_extra(loaded, monkeypatch):
     from faceanon_pack_under_test.faceanon_core.privacy import identity
-    from faceanon_pack_under_test.nodes import verify_node
+    from faceanon_pack_under_test.nodes.backend import verify
 
     def unavailable():
         raise identity.RecognizerUnavailable("identity checks need dlib")
 
     monkeypatch.setattr(identity, "default_recognizer", unavailable)
     with pytest.raises(ImportError, match="requirements-verify.txt"):
-        verify_node.node_recognizer()
+        verify.node_recognizer()
 
 
 def test_loader_message_when_no_weights_are_installed(loaded, monkeypatch, tmp_path):
     import folder_paths
-    from faceanon_pack_under_test.nodes import models
+    from faceanon_pack_under_test.nodes import loader
+    from faceanon_pack_under_test.nodes.backend import loading
 
     empty = tmp_path / "models" / "faceanon"
     monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(empty)])
-    assert models.list_model_folders() == []
-    message = models.FaceAnonModelLoader.validate_inputs(model_folder="face-anon-simple")
+    assert loading.list_model_folders() == []
+    message = loader.FaceAnonModelLoader.validate_inputs(model_folder="face-anon-simple")
     assert isinstance(message, str)
     assert "installed under models/faceanon/: none" in message and "models/faceanon/<name>/" in message
     assert "hf download hkung/face-anon-simple" in message and "extra_model_paths.yaml" in message
     assert str(tmp_path) not in message and "faceanon models download" not in message
-    assert models.FaceAnonModelLoader.validate_inputs(model_folder="../../etc") != True  # noqa: E712  (a path)
+    assert loader.FaceAnonModelLoader.validate_inputs(model_folder="../../etc") != True  # noqa: E712  (a path)
 
 
 def test_the_sampled_latent_drops_the_keys_core_drops(loaded):
     """As core's KSampler on the newest ComfyUI: the VAE's downscale ratios describe the input, not the result."""
-    from faceanon_pack_under_test.nodes import reference
+    from faceanon_pack_under_test.nodes.backend import sampling
 
     latent = {"samples": torch.zeros(2, 4, 8, 8), "downscale_ratio_spacial": 8, "downscale_ratio_temporal": 1,
               "batch_index": [0, 1], "kept": "x"}
-    out = reference.dual_reference_sample(loaded["unet"], *loaded["refs"], latent, seed=1, steps=1, cfg=CFG,
-                                          sampler_name=SAMPLER, scheduler=SCHEDULER)
+    settings = sampling.SamplingSettings.of("test", seed=1, steps=1, cfg=CFG, sampler_name=SAMPLER,
+                                            scheduler=SCHEDULER)
+    out = sampling.dual_reference_sample(loaded["unet"], *loaded["refs"], latent, settings)
     assert set(out) == {"samples", "kept"} and out["samples"].shape == (2, 4, 8, 8)
 
 
 def test_a_model_cloned_for_several_gpus_is_refused_before_sampling(loaded):
-    from faceanon_pack_under_test.nodes import patch_node
+    from faceanon_pack_under_test.nodes.backend import patching
 
     unet, refs = loaded["unet"], loaded["refs"]
-    patched, positive, negative, _batch, _patch = patch_node.apply_references(unet, *refs)
+    patched, positive, negative, _batch, _patch = patching.apply_references(unet, *refs)
     patched.set_additional_models("multigpu", [patched.clone()])  # what the newest ComfyUI's MultiGPU node adds
     with pytest.raises(ValueError, match="set up for sampling on 2 GPUs"):
         _sample(patched, positive, negative, steps=1)
     multi = unet.clone()
     multi.set_additional_models("multigpu", [unet.clone()])
     with pytest.raises(ValueError, match="MultiGPU node"):
-        patch_node.apply_references(multi, *refs)
+        patching.apply_references(multi, *refs)

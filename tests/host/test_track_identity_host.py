@@ -47,17 +47,18 @@ def pack(tmp_path_factory):
     import folder_paths
 
     folder_paths.add_model_folder_path("faceanon", str(root))
-    from faceanon_pack_under_test.nodes import models, oneshot, reference, tracks_node
+    from faceanon_pack_under_test.nodes import oneshot
+    from faceanon_pack_under_test.nodes.backend import anonymize, encoding, loading, sampling, tracks
 
-    loaded = models.load_model_folder("tiny")
+    loaded = loading.load_model_folder("tiny")
     image = torch.from_numpy(test_images(len(TRACK_IDS), 1).astype(np.float32) / 255)
-    return {"models": loaded, "oneshot": oneshot, "reference": reference, "tracks_node": tracks_node,
-            "image": image}
+    return {"models": loaded, "oneshot": oneshot, "encoding": encoding, "sampling": sampling,
+            "anonymize": anonymize, "tracks": tracks, "image": image}
 
 
 def faces(pack):
     n = len(TRACK_IDS)
-    return pack["tracks_node"].TrackedFaceSet(faces=[object()] * n, frame_sizes=[(64, 64)] * n, crop_size=64,
+    return pack["tracks"].TrackedFaceSet(faces=[object()] * n, frame_sizes=[(64, 64)] * n, crop_size=64,
                                               track_ids=list(TRACK_IDS), keyframes=dict(KEYFRAMES),
                                               filled=[False] * n)
 
@@ -89,21 +90,21 @@ def test_every_crop_of_a_track_is_face_swapped_from_its_keyframe(pack):
 
 
 def test_the_source_referencenet_runs_once_per_track_and_every_frame_reads_its_states(pack, monkeypatch):
-    reference = pack["reference"]
+    encoding, sampling = pack["encoding"], pack["sampling"]
     captures, sampled = [], []
-    real_capture, real_sample = reference.capture_from_latents, reference.dual_reference_sample
+    real_capture, real_sample = encoding.capture_from_latents, sampling.dual_reference_sample
 
     def capture(refnet, latents, embeds, degree):
         states = real_capture(refnet, latents, embeds, degree)
         captures.append((refnet.role, latents.shape[0], states))
         return states
 
-    def sample(model, source, source_embeds, driving, driving_embeds, latent, *args, **kwargs):
-        sampled.append((source, driving.batch_size, kwargs.get("noise_mode", reference.NOISE_MODES[0])))
-        return real_sample(model, source, source_embeds, driving, driving_embeds, latent, *args, **kwargs)
+    def sample(model, source, source_embeds, driving, driving_embeds, latent, settings):
+        sampled.append((source, driving.batch_size, settings.noise_mode))
+        return real_sample(model, source, source_embeds, driving, driving_embeds, latent, settings)
 
-    monkeypatch.setattr(reference, "capture_from_latents", capture)
-    monkeypatch.setattr(reference, "dual_reference_sample", sample)
+    monkeypatch.setattr(encoding, "capture_from_latents", capture)
+    monkeypatch.setattr(sampling, "dual_reference_sample", sample)
     anonymize(pack, pack["image"], faces=faces(pack))
     assert [(role, n) for role, n, _ in captures if role == "source"] == [("source", 1), ("source", 1)]
     assert sorted(n for role, n, _ in captures if role == "driving") == [2, 3]
@@ -118,7 +119,8 @@ def test_the_source_referencenet_runs_once_per_track_and_every_frame_reads_its_s
 
 def test_per_frame_and_without_faces_are_the_per_crop_path(pack):
     image = pack["image"]
-    today = pack["oneshot"]._run(*pack["models"], image, image, DEGREE, SEED, STEPS, 4.0, "euler", "normal",
-                                 same_image=True)
+    sampling = pack["sampling"]
+    settings = sampling.SamplingSettings.of("Face Anonymize", SEED, STEPS, 4.0, "euler", "normal")
+    today = pack["anonymize"].anonymize(sampling.Models(*pack["models"]), image, image, DEGREE, settings, True)
     assert torch.equal(anonymize(pack, image), today)
     assert torch.equal(anonymize(pack, image, faces=faces(pack), identity="per-frame"), today)

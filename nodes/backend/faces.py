@@ -1,4 +1,5 @@
-"""Face nodes: Detect & Align Faces, Paste Faces Back, Redact Faces (adapters over faceanon_core.faces/redact).
+"""What the face nodes run: detect & align, paste back, redact (adapters over :mod:`faceanon_core.faces`), and the
+``FACEANON_FACES`` object between them.
 
 ``faceanon_core.faces`` imports OpenCV, so it is imported when a node runs, not when ComfyUI starts.
 """
@@ -9,64 +10,26 @@ import functools
 import logging
 from dataclasses import dataclass, field
 
+import comfy.model_management as mm
+import comfy.utils
 import numpy as np
 import torch
 
-import comfy.model_management as mm
-import comfy.utils
-from comfy_api.latest import io
-
-from . import sockets
 from .checks import check_floats
+from .images import is_placeholder, placeholder, resize_images
 
 logger = logging.getLogger(__name__)
 
 
-DETECT_TOOLTIPS = {
-    "image": "The photos or video frames (an IMAGE batch); the faces of all frames come out as one crop batch, in "
-             "frame order.",
-    "min_face_size": "Faces with fewer pixels between the eyes are too small for the model: they get no crop and "
-                     "are blurred by Paste Faces Back (and by Redact Faces given these faces).",
-    "if_no_face": "continue: a frame without a face is logged and gives no crop (no face in any frame: one black "
-                  "placeholder crop, and Paste Faces Back returns the frames unchanged); error: stop the graph.",
-}
-PASTE_TOOLTIPS = {
-    "image": "The original frames: the same batch Detect & Align Faces was given.",
-    "crops": "The processed crops (Face Anonymize, Face Swap or any crop-to-crop node), one per face, in the order "
-             "of the faces.",
-    "feather": "Softness of the face mask's edge: Gaussian sigma as a fraction of the crop side (0.025 = 10% of "
-               "the eye distance).",
-    "erode": "How far the face mask ellipse is shrunk, as a fraction of the crop side, before feathering.",
-    "color_match": "Match each crop's colours (mean and spread in Lab) to the original face before blending.",
-}
-REDACT_TOOLTIPS = {
-    "image": "The photos or video frames to redact; no diffusion weights needed.",
-    "method": "blur, pixelate or solid fill of the whole head: an ellipse around the face box grown by the margin, "
-              "opaque inside and feathered only outward.",
-    "strength": "0 = the method's default (blur: sigma 0.35 eye distances; pixelate: 8 blocks across the face); "
-                "else the blur sigma in eye distances (0.2..5) or the number of pixel blocks across the face "
-                "(2..10). Values outside those ranges would leave faces recognizable and are clamped (logged).",
-    "faces": "Optional: faces of Detect & Align Faces or Track Faces, redacted as they are (those too small for the "
-             "model included) instead of detecting again.",
-    "margin": "How far the redacted region reaches past the face box, as a fraction of the box (1.5x that above "
-              "for the hair line, 0.75x below). 0.3 covers hair line, ears and chin.",
-}
-
-#: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``.
+#: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``: the library's
+#: ``DEFAULT_DETECTOR_MIN_FACE`` (faceanon_core.faces.detect; not imported here: it loads OpenCV, and the schemas need
+#: it while ComfyUI starts); tests/test_architecture.py keeps the two equal and this the nodes' only copy.
 DETECTOR_MIN_FACE = 20.0
-
-
-def detector_min_face_input():
-    return sockets.advanced(io.Float.Input, "detector_min_face", default=DETECTOR_MIN_FACE, min=12.0, max=4096.0,
-                            step=1.0, optional=True,
-                            tooltip="smallest face the detector looks for (box side in pixels; the CLI's "
-                                    "--min-face-size). Faces smaller than this are never found, so never changed: "
-                                    "lower it for crowds and distant faces (12 is the detector's own limit)")
 
 
 def log_near_limit(node: str, found_per_frame, limit: float) -> int:
     """Log how many detections are close to the detector's smallest face (smaller faces may be missed)."""
-    from ..faceanon_core.faces.detect import NEAR_LIMIT_FACTOR, count_near_limit  # the library's one rule
+    from ...faceanon_core.faces.detect import NEAR_LIMIT_FACTOR, count_near_limit  # the library's one rule
 
     found = [f for frame in found_per_frame for f in frame]
     near = count_near_limit(found, limit)
@@ -106,39 +69,39 @@ class FaceSet:
 def to_uint8_frames(image: torch.Tensor, what: str = "image") -> list[np.ndarray]:
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
         raise ValueError(f"{what}: expected an IMAGE batch [B,H,W,3], got {tuple(getattr(image, 'shape', ()))}")
-    from ..faceanon_core.media.images import from_float
+    from ...faceanon_core.media.images import from_float
 
     array = image[..., :3].detach().float().cpu().numpy()
     return [from_float(frame) for frame in array]
 
 
 def to_image(frames) -> torch.Tensor:
-    from ..faceanon_core.media.images import to_float_batch
+    from ...faceanon_core.media.images import to_float_batch
 
     return torch.from_numpy(to_float_batch(np.stack(frames)))
 
 
 @functools.lru_cache(maxsize=4)
-def _detector(threshold: float, min_face_px: float):
-    from ..faceanon_core.faces import MTCNNDetector
+def mtcnn(threshold: float, min_face_px: float):
+    from ...faceanon_core.faces import MTCNNDetector
 
     return MTCNNDetector(min_face_size=min_face_px, thresholds=(0.6, 0.7, threshold))
 
 
 def _detected(face):
-    from ..faceanon_core.faces import DetectedFace
+    from ...faceanon_core.faces import DetectedFace
 
     return DetectedFace(box=face.box, score=face.score, landmarks5=face.landmarks)
 
 
 def detect_faces(image, threshold, min_face_size, crop_size, if_no_face, detector_min_face=DETECTOR_MIN_FACE):
     """Detect & Align Faces: (crops IMAGE, FaceSet); never an empty crop batch (one black placeholder)."""
-    from ..faceanon_core.faces import align_faces, extract_crops
+    from ...faceanon_core.faces import align_faces, extract_crops
 
     check_floats("Detect & Align Faces", threshold=threshold, min_face_size=min_face_size,
                  detector_min_face=detector_min_face)
     frames = to_uint8_frames(image)
-    detector = _detector(float(threshold), float(detector_min_face))
+    detector = mtcnn(float(threshold), float(detector_min_face))
     faces, crops, small, all_found = [], [], [], []
     pbar = comfy.utils.ProgressBar(len(frames))
     for index, frame in enumerate(frames):
@@ -167,41 +130,6 @@ def detect_faces(image, threshold, min_face_size, crop_size, if_no_face, detecto
     return batch.to(mm.intermediate_device()), result
 
 
-class FaceAnonDetectFaces(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return sockets.schema(
-            node_id="FaceAnon_DetectFaces", display_name="FaceAnon Detect & Align Faces",
-            search_aliases=["face detection", "align faces", "crop faces"],
-            category=sockets.CATEGORY_FACES,
-            description=("Finds faces (MTCNN, 5 landmarks) in every frame and aligns each to an FFHQ-like square "
-                         "crop. Returns all crops of all frames as one IMAGE batch (in frame order) and the face "
-                         "list for Paste Faces Back. Frames without a face are logged and contribute no crop; with "
-                         "no face in any frame, crops is one black placeholder (Face Anonymize passes it on without "
-                         "running the model, Paste Faces Back returns the frames unchanged)."),
-            inputs=[
-                io.Image.Input("image", tooltip=DETECT_TOOLTIPS["image"]),
-                sockets.threshold_input(),
-                io.Float.Input("min_face_size", default=10.0, min=0.0, max=1000.0, step=1.0,
-                               tooltip=DETECT_TOOLTIPS["min_face_size"]),
-                sockets.crop_size_input(),
-                io.Combo.Input("if_no_face", options=["continue", "error"], default="continue",
-                               tooltip=DETECT_TOOLTIPS["if_no_face"]),
-                detector_min_face_input(),
-            ],
-            outputs=[io.Image.Output(display_name="crops"), sockets.Faces.Output(display_name="faces")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, if_no_face):
-        return sockets.check_choices(cls, if_no_face=if_no_face)
-
-    @classmethod
-    def execute(cls, image, threshold, min_face_size, crop_size, if_no_face, detector_min_face=DETECTOR_MIN_FACE):
-        return io.NodeOutput(*detect_faces(image, threshold, min_face_size, crop_size, if_no_face,
-                                           detector_min_face))
-
-
 def check_frames_match(frames, faces: FaceSet) -> None:
     """The frames must be the ones the faces were found in: the same count and the same size each (faces found
     on a resized copy would land in the wrong place and leave the real faces untouched)."""
@@ -216,7 +144,7 @@ def check_frames_match(frames, faces: FaceSet) -> None:
 
 def paste_faces(image, crops, faces, feather, erode, color_match):
     """Paste Faces Back: (frames IMAGE, mask MASK); faces too small for the model are blurred."""
-    from ..faceanon_core.faces import paste_back
+    from ...faceanon_core.faces import paste_back
 
     check_floats("Paste Faces Back", feather=feather, erode=erode)
     if not isinstance(faces, FaceSet):
@@ -230,8 +158,6 @@ def paste_faces(image, crops, faces, feather, erode, color_match):
     if len(faces) and not torch.isfinite(crops).all():
         raise ValueError("the processed crops hold NaN or infinite values; nothing was pasted")
     if len(faces) and tuple(crops.shape[1:3]) != (faces.crop_size, faces.crop_size):
-        from .reference_patch import resize_images
-
         logger.info("FaceAnon: resizing crops from %dx%d to %d", crops.shape[2], crops.shape[1], faces.crop_size)
         crops = resize_images(crops, faces.crop_size, faces.crop_size)
     crops_np = crops[..., :3].detach().float().clamp(0, 1).cpu().numpy() if len(faces) else None
@@ -249,48 +175,11 @@ def paste_faces(image, crops, faces, feather, erode, color_match):
     return to_image(out), torch.from_numpy(np.stack(masks))
 
 
-class FaceAnonPasteFaces(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="FaceAnon_PasteFaces", display_name="FaceAnon Paste Faces Back",
-            category=sockets.CATEGORY_FACES,
-            description=("Warps processed crops back into the original frames and blends them with a feathered "
-                         "face mask; pixels outside the mask stay exactly as they were. Returns the frames and the "
-                         "blend mask."),
-            inputs=[
-                io.Image.Input("image", tooltip=PASTE_TOOLTIPS["image"]),
-                io.Image.Input("crops", tooltip=PASTE_TOOLTIPS["crops"]),
-                sockets.Faces.Input("faces", tooltip=sockets.TOOLTIPS["faces_from_detect"]),
-                io.Float.Input("feather", default=0.025, min=0.0, max=0.2, step=0.005,
-                               tooltip=PASTE_TOOLTIPS["feather"]),
-                io.Float.Input("erode", default=0.02, min=0.0, max=0.2, step=0.005, tooltip=PASTE_TOOLTIPS["erode"]),
-                io.Boolean.Input("color_match", default=False, tooltip=PASTE_TOOLTIPS["color_match"]),
-            ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
-        )
-
-    @classmethod
-    def execute(cls, image, crops, faces, feather, erode, color_match):
-        return io.NodeOutput(*paste_faces(image, crops, faces, feather, erode, color_match))
-
-
-def placeholder(crops: torch.Tensor) -> torch.Tensor:
-    """The crop batch of a photo without faces (Detect, Face Anonymize/Swap): one black image, never an empty
-    batch, so that a Preview or Save of the crops still works; Paste Faces Back ignores it (no faces)."""
-    size = tuple(crops.shape[1:3]) if crops.ndim == 4 and min(crops.shape[1:3]) > 0 else (64, 64)
-    return torch.zeros((1, *size, 3), dtype=torch.float32, device=crops.device)
-
-
-def is_placeholder(crops: torch.Tensor) -> bool:
-    return crops.shape[0] == 0 or (crops.shape[0] == 1 and not bool(crops.any()))
-
-
 def _blur_small_faces(frame, mask, small, index):
     """Faces too small for the model are blurred (never passed through unchanged)."""
     if not small:
         return frame, mask
-    from ..faceanon_core.faces.redact import redact_image
+    from ...faceanon_core.faces.redact import redact_image
 
     logger.warning("FaceAnon: frame %d: %d face(s) too small for the model were blurred", index, len(small))
     redacted = redact_image(frame, "blur", faces=small, image_name=f"frame {index}")
@@ -303,7 +192,7 @@ def _allowed_strength(method, strength):
     The node's input keeps its old range so saved workflows still load; a value that would leave faces
     recognizable (a weak blur, too many pixelate blocks) is raised to the floor here, with a warning.
     """
-    from ..faceanon_core.faces import redact as r
+    from ...faceanon_core.faces import redact as r
 
     if strength <= 0 or method == "solid":
         return None
@@ -319,7 +208,7 @@ def _allowed_strength(method, strength):
 def redact_faces(image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE,
                  margin=None):
     """Redact Faces: (frames IMAGE, mask MASK); with ``faces``, those (the small ones included), else detected."""
-    from ..faceanon_core.faces.redact import DEFAULT_MARGIN, redact_image
+    from ...faceanon_core.faces.redact import DEFAULT_MARGIN, redact_image
 
     margin = DEFAULT_MARGIN if margin is None else margin
     check_floats("Redact Faces", strength=strength, threshold=threshold, detector_min_face=detector_min_face,
@@ -330,7 +219,7 @@ def redact_faces(image, method, strength, threshold, faces=None, detector_min_fa
         raise ValueError("faces must come from the FaceAnon Detect & Align Faces node")
     if faces is not None:
         check_frames_match(frames, faces)
-    detector = None if faces is not None else _detector(float(threshold), float(detector_min_face))
+    detector = None if faces is not None else mtcnn(float(threshold), float(detector_min_face))
     out, masks, found = [], [], []
     pbar = comfy.utils.ProgressBar(len(frames))
     for index, frame in enumerate(frames):
@@ -350,40 +239,3 @@ def redact_faces(image, method, strength, threshold, faces=None, detector_min_fa
     if faces is None:
         log_near_limit("Redact Faces", found, float(detector_min_face))
     return to_image(out), torch.from_numpy(np.stack(masks))
-
-
-class FaceAnonRedactFaces(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return sockets.schema(
-            node_id="FaceAnon_RedactFaces", display_name="FaceAnon Redact Faces",
-            search_aliases=["blur faces", "pixelate faces", "redact", "censor faces"],
-            category=sockets.CATEGORY_FACES,
-            description=("Classic redaction of every face (no diffusion weights needed): blur, pixelate or solid "
-                         "fill of the whole head (the face box grown by the margin, an ellipse opaque inside and "
-                         "feathered outward). strength 0 = the method's "
-                         "default (blur: sigma 0.35 eye distances; pixelate: 8 blocks across the face). Optionally "
-                         "reuse detected faces."),
-            inputs=[
-                io.Image.Input("image", tooltip=REDACT_TOOLTIPS["image"]),
-                io.Combo.Input("method", options=["blur", "pixelate", "solid"], default="blur",
-                               tooltip=REDACT_TOOLTIPS["method"]),
-                io.Float.Input("strength", default=0.0, min=0.0, max=100.0, step=0.05,
-                               tooltip=REDACT_TOOLTIPS["strength"]),
-                sockets.threshold_input(),
-                sockets.Faces.Input("faces", optional=True, tooltip=REDACT_TOOLTIPS["faces"]),
-                detector_min_face_input(),
-                io.Float.Input("margin", default=0.3, min=0.0, max=2.0, step=0.05, optional=True,
-                               tooltip=REDACT_TOOLTIPS["margin"]),
-            ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, method):
-        return sockets.check_choices(cls, method=method)
-
-    @classmethod
-    def execute(cls, image, method, strength, threshold, faces=None, detector_min_face=DETECTOR_MIN_FACE,
-                margin=None):
-        return io.NodeOutput(*redact_faces(image, method, strength, threshold, faces, detector_min_face, margin))

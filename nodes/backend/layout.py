@@ -11,7 +11,7 @@ Plain Python over config dicts and layer names: imports no ComfyUI, so unit test
 
 from __future__ import annotations
 
-from ..faceanon_core.method.states import sorted_in_forward_order
+from ...faceanon_core.method.states import sorted_in_forward_order
 
 #: ComfyUI's UNet and VAE build every GroupNorm with 32 groups.
 COMFY_GROUPS = 32
@@ -150,7 +150,8 @@ def attn1_layout(unet_config: dict) -> dict[LayerKey, str]:
         for k in range(nrb[lvl] + 1):
             depth = depth_out.pop() if depth_out else 0
             for t in range(depth):
-                layout[("output", block, t)] = f"up_blocks.{levels - 1 - lvl}.attentions.{k}.transformer_blocks.{t}.attn1"
+                up = levels - 1 - lvl
+                layout[("output", block, t)] = f"up_blocks.{up}.attentions.{k}.transformer_blocks.{t}.attn1"
             block += 1
     return layout
 
@@ -162,7 +163,7 @@ def layer_key(extra_options: dict) -> LayerKey:
 
 def routed_layers(layout: dict[LayerKey, str], mode: str) -> tuple[dict[str, str], list[str]]:
     """UNet attn1 name -> ReferenceNet attn1 name (``route_states``), and the reference layers used."""
-    from ..faceanon_core.method.attention import route_states  # imports diffusers: only when a node runs
+    from ...faceanon_core.method.attention import route_states  # imports diffusers: only when a node runs
 
     routing = route_states(sorted_in_forward_order(layout.values()), mode)
     return routing, sorted_in_forward_order(set(routing.values()))

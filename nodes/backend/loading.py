@@ -19,8 +19,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import comfy.clip_vision
 import comfy.diffusers_convert
 import comfy.model_base
@@ -30,15 +28,14 @@ import comfy.sd
 import comfy.supported_models
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+import torch
 
-from . import comfy_layout, sockets
+from ...faceanon_core.method.loading import WEIGHTS_NAME
+from . import layout as comfy_layout
 
 logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "faceanon"
-UNET_PARTS = ("unet", "referencenet", "conditioning_referencenet")
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 def register_model_folder() -> None:
@@ -300,7 +297,7 @@ def load_clip_vision(encoder: Path, extractor: Path | None):
 
 def check_folder(root: Path) -> None:
     """Validate the layout with the core's checker (every problem at once, with the expected paths)."""
-    from ..faceanon_core.method.loading import check_model_folder
+    from ...faceanon_core.method.loading import check_model_folder  # noqa: PLC0415 (imports diffusers lazily)
 
     report = check_model_folder(root)
     if not report.ok:
@@ -360,36 +357,3 @@ def validate_model_folder(model_folder) -> bool | str:
     except (FileNotFoundError, ValueError) as exc:
         return str(exc)
     return True
-
-
-MODEL_FOLDER_TOOLTIP = ("A model folder under models/faceanon/ (or a 'faceanon:' path of extra_model_paths.yaml) "
-                        "with unet/, referencenet/, conditioning_referencenet/. Empty list: no weights installed; "
-                        f"fetch them from the hub (hf download {HUB_DOWNLOADS[0][0]} ... --local-dir "
-                        f"ComfyUI/{FOLDER_LABEL}/{DOWNLOAD_NAME}; the node's error message has every command).")
-
-
-class FaceAnonModelLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="FaceAnon_ModelLoader", display_name="FaceAnon Model Loader",
-            category=sockets.CATEGORY_METHOD,
-            description=("Loads a FaceAnon model folder from models/faceanon/ (unet/, referencenet/, "
-                         "conditioning_referencenet/; optional vae/ and image_encoder/). MODEL is the UNet "
-                         "(v-prediction); VAE and CLIP_VISION are empty when the folder lacks them: connect "
-                         "ComfyUI's own loaders then."),
-            inputs=[io.Combo.Input("model_folder", options=list_model_folders(), tooltip=MODEL_FOLDER_TOOLTIP)],
-            outputs=[io.Model.Output(display_name="model"),
-                     sockets.RefNet.Output(display_name="source_refnet"),
-                     sockets.RefNet.Output(display_name="driving_refnet"),
-                     io.Vae.Output(display_name="vae"), io.ClipVision.Output(display_name="clip_vision")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, model_folder):
-        """Replaces ComfyUI's generic "Value not in list" (an empty list when no weights are installed)."""
-        return validate_model_folder(model_folder)
-
-    @classmethod
-    def execute(cls, model_folder):
-        return io.NodeOutput(*load_model_folder(model_folder))

@@ -2,7 +2,9 @@
 
 ComfyUI's widget ranges do not stop NaN or infinity (they arrive through the API, from a
 primitive node or from a saved workflow), and a NaN degree samples a black image that would be
-saved as a success. Every float input of every node goes through :func:`check_floats`.
+saved as a success. Every float input of every node goes through :func:`check_floats`, every IMAGE input once
+through :func:`check_images` (or :func:`check_face_images`), where it enters the node; the functions behind the
+nodes take checked inputs.
 """
 
 from __future__ import annotations
@@ -37,9 +39,28 @@ def check_finite_tensor(what: str, tensor: torch.Tensor) -> torch.Tensor:
 MIN_FACE_IMAGE_SIDE = 16
 
 
-def check_face_image_size(what: str, image: torch.Tensor) -> torch.Tensor:
+def check_images(image, what: str = "image", node: str | None = None) -> torch.Tensor:
+    """An IMAGE input: a non-empty ``[B,H,W,C]`` batch (C 1, 3 or 4) of finite values."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what}: expected an IMAGE batch [B,H,W,C], got {type(image).__name__} "
+                         f"{tuple(getattr(image, 'shape', ()))}")
+    if image.shape[0] == 0:
+        raise ValueError(f"{what}: the batch is empty (no images or no faces)")
+    return check_finite_tensor(f"{node}: {what}" if node else what, image)
+
+
+def check_face_images(node: str, what: str, image) -> torch.Tensor:
+    """An IMAGE input of face crops: :func:`check_images`, and large enough to hold a face."""
+    check_images(image, what, node)
     height, width = int(image.shape[1]), int(image.shape[2])
     if min(height, width) < MIN_FACE_IMAGE_SIDE:
         raise ValueError(f"{what} is {width}x{height}: too small to hold a face (at least {MIN_FACE_IMAGE_SIDE} px "
                          "a side). Face Anonymize takes aligned face crops: use Detect & Align Faces on photos")
     return image
+
+
+def check_fraction(what: str, value) -> float:
+    """A float input that must lie in 0..1 (a sampling percent)."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{what} must be between 0 and 1, got {value!r}")
+    return float(value)

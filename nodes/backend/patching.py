@@ -1,10 +1,10 @@
-"""The ComfyUI-native form of the method: a patched MODEL plus positive/negative CONDITIONING.
+"""The dual-reference attention installed on a ComfyUI MODEL: a patched clone plus positive/negative CONDITIONING.
 
-**FaceAnon Apply References** clones the MODEL, installs the dual-reference attention
-(:class:`reference_patch.ReferenceKVPatch`, an ``attn1`` replace per layer) and returns the
+:func:`apply_references` clones the MODEL, installs the dual-reference attention
+(:class:`.attention.ReferenceKVPatch`, an ``attn1`` replace per layer) and returns the
 conditioning ``[Z'_src, Z_drv]`` / ``[0, Z_drv]``, so that stock KSampler, KSamplerAdvanced and
-SamplerCustomAdvanced + CFGGuider sample the method (as IPAdapter and core's SAG patch a model).
-The Dual-Reference KSampler is this function followed by ComfyUI's own sampling.
+SamplerCustomAdvanced + CFGGuider sample the method (as IPAdapter and core's SAG patch a model): the
+Apply References node. The Dual-Reference KSampler is this function followed by ComfyUI's own sampling.
 
 Per sampling run an ``OUTER_SAMPLE`` wrapper (:class:`ReferenceRun`) checks the latent batch, stacks
 over ``attn1`` replaces other nodes installed after ours, tells ComfyUI's memory estimate
@@ -15,36 +15,21 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 import comfy.ldm.modules.attention
 import comfy.model_management as mm
 import comfy.patcher_extension
-from comfy_api.latest import io
+import torch
 
-from . import comfy_layout, reference_patch, sockets
-from ..faceanon_core.method.states import ReferenceStates
+from ...faceanon_core.method.states import ReferenceStates
+from . import layout as comfy_layout
+from .attention import ReferenceKVPatch, StackedReplace, owner_of
+from .batching import resolve_batch, sampler_conditioning
+from .checks import check_fraction
+from .mixing import check_driving_degree, check_source_degree
 
 logger = logging.getLogger(__name__)
 
 WRAPPER_KEY = "faceanon_references"
-
-TOOLTIPS = {
-    "model": "The FaceAnon UNet (MODEL of the FaceAnon Model Loader); other model patches may come before or "
-             "after this node.",
-    "source_states": "States of the source ReferenceNet (ReferenceNet Capture with the source_refnet, then Mix "
-                     "States with the degree): the identity side, S' for the positive and S_uncond for the "
-                     "negative rows.",
-    "source_embeds": "Source embedding Z' = (1-d)·Z (the embeds output of Mix States; the CLIP embedding itself "
-                     "for a face swap at degree 0).",
-    "driving_states": "States of the driving ReferenceNet (ReferenceNet Capture with the driving_refnet, degree "
-                      "0): pose, expression and background.",
-    "driving_embeds": "CLIP embedding of the driving image (FaceAnon CLIP Image Encode).",
-    "start_percent": "Where in the sampling the references start to apply (0 = from the first step). Outside "
-                     "start/end each layer attends to its own tokens only.",
-    "end_percent": "Where the references stop applying (1 = until the last step).",
-}
-
 
 def _comfy_attention(q, k, v, heads, **kwargs):
     # looked up at call time: ComfyUI picks optimized_attention at startup (--use-pytorch-cross-attention, ...)
@@ -60,15 +45,15 @@ def check_reference_inputs(model, source_states, source_embeds, driving_states, 
         if states.meta.get("role", role) != role:
             raise ValueError(f"{what} were captured with the {states.meta['role']} ReferenceNet; "
                              f"connect the loader's {role}_refnet to that capture node")
-    reference_patch.check_source_degree(source_states)
-    reference_patch.check_driving_degree(driving_states)
+    check_source_degree(source_states)
+    check_driving_degree(driving_states)
     for what, embeds in (("source_embeds", source_embeds), ("driving_embeds", driving_embeds)):
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
             raise ValueError(f"{what} must be FACEANON_EMBEDS [B,1,C] (FaceAnon CLIP Image Encode or Mix States)")
     unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
     if not unet_config or "transformer_depth" not in unet_config:
         raise ValueError("model must be the FaceAnon UNet (an SD-style UNet MODEL from the FaceAnon loader)")
-    batch = reference_patch.resolve_batch({
+    batch = resolve_batch({
         "the source states": source_states.batch_size, "the source embeddings": source_embeds.shape[0],
         "the driving states": driving_states.batch_size, "the driving embeddings": driving_embeds.shape[0]})
     if unet_config["context_dim"] != source_embeds.shape[-1] or source_embeds.shape[-1] != driving_embeds.shape[-1]:
@@ -93,7 +78,7 @@ def refuse_multigpu(model) -> None:
 class ReferenceRun:
     """``OUTER_SAMPLE`` wrapper of one patched MODEL: batch check, late stacking, memory accounting, cache life."""
 
-    def __init__(self, patch: reference_patch.ReferenceKVPatch, layout: dict, batch: int, blocks_seen: set):
+    def __init__(self, patch: ReferenceKVPatch, layout: dict, batch: int, blocks_seen: set):
         self.patch = patch
         self.layout = dict(layout)
         self.batch = int(batch)
@@ -113,19 +98,19 @@ class ReferenceRun:
         replaces = _attn1_replaces(model_options)
         for key in self.layout:
             current = replaces.get(key)
-            owner = reference_patch.owner_of(current)
+            owner = owner_of(current)
             if current is None:
                 raise RuntimeError(f"FaceAnon's attention patch on UNet layer {key} was removed by a node after "
                                    "FaceAnon Apply References: the references would be silently missing")
             if owner is None:
                 logger.info("FaceAnon: a later node replaced attn1 of %s; stacking over it", key)
-                replaces[key] = reference_patch.StackedReplace(self.patch, current)
+                replaces[key] = StackedReplace(self.patch, current)
             elif owner is not self.patch:
                 raise ValueError("this MODEL holds two sets of FaceAnon references: apply them once per model")
             elif key[:2] in replaces and key[:2] not in self.blocks_seen and not isinstance(
-                    current, reference_patch.StackedReplace):
+                    current, StackedReplace):
                 logger.info("FaceAnon: a later node replaced attn1 of block %s; stacking over it", key[:2])
-                replaces[key] = reference_patch.StackedReplace(self.patch, replaces[key[:2]])
+                replaces[key] = StackedReplace(self.patch, replaces[key[:2]])
 
     def __call__(self, executor, *args, **kwargs):
         noise = args[0] if args else kwargs["noise"]
@@ -162,11 +147,11 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
 
     An ``attn1`` replace per layer, projecting the reference keys/values once per run with that
     layer's own ``to_k``/``to_v``. A replace another node installed earlier is kept: ours extends
-    the keys/values and then calls it (:class:`reference_patch.StackedReplace`); ``attn1_patch``
+    the keys/values and then calls it (:class:`StackedReplace`); ``attn1_patch``
     entries run before any replace and are untouched.
     """
     replaces = _attn1_replaces(patched.model_options)
-    if any(reference_patch.owner_of(r) is not None for r in replaces.values()):
+    if any(owner_of(r) is not None for r in replaces.values()):
         raise ValueError("this MODEL already has FaceAnon references (an earlier FaceAnon Apply References): "
                          "connect the loader's MODEL, or other patches only, to this node")
     projections = {}
@@ -179,8 +164,8 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
         if not (hasattr(attn, "to_k") and hasattr(attn, "to_v")):
             raise ValueError(f"{path} is not a self-attention module: the MODEL does not match the FaceAnon layout")
         projections[key] = (attn.to_k, attn.to_v)
-    patch = reference_patch.ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
-                                             attention=_comfy_attention, sigma_range=sigma_range)
+    patch = ReferenceKVPatch(layout, routing, source_states, driving_states, projections,
+                             attention=_comfy_attention, sigma_range=sigma_range)
     blocks_seen = {k for k in replaces if len(k) == 2}
     for key in layout:
         kind, number, index = key
@@ -188,7 +173,7 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
         if earlier is not None:
             logger.info("FaceAnon: attn1 of %s is already replaced by %s; stacking over it", key,
                         type(earlier).__name__)
-        patched.set_model_attn1_replace(patch if earlier is None else reference_patch.StackedReplace(patch, earlier),
+        patched.set_model_attn1_replace(patch if earlier is None else StackedReplace(patch, earlier),
                                         kind, number, index)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
                                  ReferenceRun(patch, layout, batch, blocks_seen))
@@ -197,9 +182,8 @@ def install_reference_patch(patched, layout: dict, routing: dict, source_states:
 
 def sigma_range_of(model, start_percent: float, end_percent: float):
     """``(sigma_start, sigma_end)`` from sampling percents (None for the whole run, 0 -> 1)."""
-    for what, p in (("start_percent", start_percent), ("end_percent", end_percent)):
-        if not reference_patch.is_finite_number(p) or not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"{what} must be between 0 and 1, got {p!r}")
+    start_percent = check_fraction("start_percent", start_percent)
+    end_percent = check_fraction("end_percent", end_percent)
     if float(start_percent) > float(end_percent):
         raise ValueError(f"start_percent {start_percent} is after end_percent {end_percent}")
     if float(start_percent) <= 0.0 and float(end_percent) >= 1.0:
@@ -218,43 +202,7 @@ def apply_references(model, source_states, source_embeds, driving_states, drivin
     patched = model.clone()
     patch = install_reference_patch(patched, layout, routing, source_states, driving_states,
                                     sigma_range=sigma_range_of(model, start_percent, end_percent), batch=batch)
-    positive, negative = reference_patch.sampler_conditioning(source_embeds, driving_embeds, batch)
+    positive, negative = sampler_conditioning(source_embeds, driving_embeds, batch)
     positive = [[positive.to(mm.intermediate_device()), {}]]
     negative = [[negative.to(mm.intermediate_device()), {}]]
     return patched, positive, negative, batch, patch
-
-
-class FaceAnonApplyReferences(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        t = TOOLTIPS
-        return io.Schema(
-            node_id="FaceAnon_ApplyReferences", display_name="FaceAnon Apply References",
-            category=sockets.CATEGORY_METHOD,
-            description=("The method as a model patch, for ComfyUI's own samplers: returns the MODEL with the "
-                         "dual-reference self-attention (keys/values [own, source, driving] states of each block) "
-                         "and the positive [Z'_src, Z_drv] and negative [0, Z_drv] conditioning. Connect them to "
-                         "KSampler, KSamplerAdvanced or SamplerCustomAdvanced + CFGGuider (cfg 4 as in the paper); "
-                         "use a latent with one image per driving image. Other model patches may come before or "
-                         "after it."),
-            inputs=[
-                io.Model.Input("model", tooltip=t["model"]),
-                sockets.States.Input("source_states", tooltip=t["source_states"]),
-                sockets.Embeds.Input("source_embeds", tooltip=t["source_embeds"]),
-                sockets.States.Input("driving_states", tooltip=t["driving_states"]),
-                sockets.Embeds.Input("driving_embeds", tooltip=t["driving_embeds"]),
-                sockets.advanced(io.Float.Input, "start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                                 tooltip=t["start_percent"]),
-                sockets.advanced(io.Float.Input, "end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
-                                 tooltip=t["end_percent"]),
-            ],
-            outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive"),
-                     io.Conditioning.Output(display_name="negative")],
-        )
-
-    @classmethod
-    def execute(cls, model, source_states, source_embeds, driving_states, driving_embeds, start_percent,
-                end_percent):
-        patched, positive, negative, _batch, _patch = apply_references(
-            model, source_states, source_embeds, driving_states, driving_embeds, start_percent, end_percent)
-        return io.NodeOutput(patched, positive, negative)

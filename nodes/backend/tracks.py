@@ -1,10 +1,10 @@
-"""Track Faces: the faces of a batch of video frames as tracks (adapter over faceanon_core.faces.tracks).
+"""What Track Faces runs: the faces of a batch of video frames as tracks (adapter over faceanon_core.faces.tracks).
 
 Like Detect & Align Faces, but the privacy unit is the track: a frame in which the detector missed a
 tracked face still gets that face (interpolated from its neighbours, or held at a track's ends), and
 landmarks are smoothed along the track, so the aligned crops do not jitter. The ``faces`` output is
 a ``FACEANON_FACES`` that Paste Faces Back and Redact Faces take as it is; it also carries each
-face's track id: wire ``faces`` into Face Anonymize too (identity per-track, nodes/track_identity.py)
+face's track id: wire ``faces`` into Face Anonymize too (identity per-track, :mod:`.track_identity`)
 and every frame of a person is anonymized against the crop of the track's best frame, giving one
 stable anonymous identity per person. ``keyframes`` is, per crop, that crop (a source image for Face Swap).
 """
@@ -14,16 +14,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import comfy.model_management as mm
+import comfy.utils
 import numpy as np
 import torch
 
-import comfy.model_management as mm
-import comfy.utils
-from comfy_api.latest import io
-
-from . import sockets
 from .checks import check_floats
-from .faces_nodes import FaceSet, _detector, placeholder, to_image, to_uint8_frames
+from .faces import DETECTOR_MIN_FACE, FaceSet, mtcnn, to_image, to_uint8_frames
+from .images import placeholder
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +40,10 @@ class TrackedFaceSet(FaceSet):
 def track_frames(frames, threshold: float, max_gap: int, smoothing: bool, crop_size: int, min_face_size: float,
                  progress=None):
     """(crops uint8 [N,S,S,3], keyframe crops [N,S,S,3], TrackedFaceSet) for a list of uint8 frames."""
-    from ..faceanon_core.faces import align_faces, extract_crops
-    from ..faceanon_core.faces.tracks import LandmarkSmoothing, track_faces
+    from ...faceanon_core.faces import align_faces, extract_crops
+    from ...faceanon_core.faces.tracks import LandmarkSmoothing, track_faces
 
-    detector = _detector(float(threshold), 20.0)
+    detector = mtcnn(float(threshold), DETECTOR_MIN_FACE)
     detections = []
     for frame in frames:
         detections.append(detector.detect(frame))
@@ -102,40 +100,3 @@ def track_faces_node(frames, threshold, max_gap, smoothing, min_face_size, crop_
     return empty, result, empty.clone()
 
 
-TOOLTIPS = {
-    "frames": "The frames of a clip, in order (Get Video Components, or any frame batch).",
-    "smoothing": "Smooth the landmarks along each track (zero-phase Savitzky-Golay, 9 frames) so that the aligned "
-                 "crops do not jitter.",
-}
-
-
-class FaceAnonTrackFaces(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return sockets.schema(
-            node_id="FaceAnon_TrackFaces", display_name="FaceAnon Track Faces",
-            search_aliases=["video faces", "face tracking"],
-            category=sockets.CATEGORY_VIDEO,
-            description=("Finds the faces of a batch of video frames and links them into tracks (one per person). "
-                         "A frame where the detector missed a tracked face still gets it (interpolated or held), "
-                         "landmarks are smoothed along each track. Returns the aligned crops of every tracked face "
-                         "(frame order), the faces for Paste Faces Back / Redact Faces (and Face Anonymize: with "
-                         "identity per-track, one stable anonymous identity per person), and per crop its track's "
-                         "keyframe crop."),
-            inputs=[
-                io.Image.Input("frames", tooltip=TOOLTIPS["frames"]),
-                sockets.threshold_input(),
-                io.Int.Input("max_gap", default=8, min=0, max=120, tooltip="frames a face may go undetected and keep "
-                             "its track; as many are held at a track's ends"),
-                io.Boolean.Input("smoothing", default=True, tooltip=TOOLTIPS["smoothing"]),
-                io.Float.Input("min_face_size", default=10.0, min=0.0, max=1000.0, step=1.0,
-                               tooltip="faces with fewer pixels between the eyes are blurred at paste-back instead"),
-                sockets.crop_size_input(),
-            ],
-            outputs=[io.Image.Output(display_name="crops"), sockets.Faces.Output(display_name="faces"),
-                     io.Image.Output(display_name="keyframes")],
-        )
-
-    @classmethod
-    def execute(cls, frames, threshold, max_gap, smoothing, min_face_size, crop_size):
-        return io.NodeOutput(*track_faces_node(frames, threshold, max_gap, smoothing, min_face_size, crop_size))

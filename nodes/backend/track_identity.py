@@ -23,29 +23,15 @@ from dataclasses import dataclass
 
 import torch
 
-from comfy_api.latest import io
-
-from . import reference, sockets
+from . import encoding, mixing, sampling
 
 logger = logging.getLogger(__name__)
 
-#: The library's ``IDENTITY_MODES`` (faceanon_core.faces.video; not imported here: it loads OpenCV).
+#: The library's ``IDENTITY_MODES`` (faceanon_core.faces.video; not imported here: it loads OpenCV, and the schema
+#: needs them while ComfyUI starts); tests/test_architecture.py keeps the two equal.
 IDENTITY_MODES = ("per-track", "per-frame")
 DEFAULT_IDENTITY = IDENTITY_MODES[0]
 NODE = "Face Anonymize"
-
-
-def optional_inputs() -> list:
-    """Face Anonymize's optional inputs (optional, so workflows saved without them keep loading), after its others."""
-    return [
-        sockets.Faces.Input("faces", optional=True, tooltip=(
-            "The faces of Track Faces (or Detect & Align Faces) that the crops belong to. With Track Faces' "
-            "faces and identity per-track, every person gets one anonymous identity across the clip.")),
-        io.Combo.Input("identity", options=list(IDENTITY_MODES), default=DEFAULT_IDENTITY, optional=True, tooltip=(
-            "per-track: the source side runs once per face track, on its keyframe crop, and every frame of the "
-            "track is anonymized against it (one identity per person). per-frame: every crop is its own source. "
-            "Only matters when faces come from Track Faces.")),
-    ]
 
 
 @dataclass(frozen=True)
@@ -87,30 +73,30 @@ def tracks_for(faces, identity: str, image) -> list[Track] | None:
 
 
 @torch.no_grad()
-def source_identity(source_refnet, vae, clip_vision, key_crop: torch.Tensor, degree: float):
+def source_identity(models: sampling.Models, key_crop: torch.Tensor, degree: float):
     """The source branch on one keyframe crop ``[1,H,W,C]``: (S' states, Z' embedding), batch 1
     (the nodes' :meth:`FaceAnonPipeline.encode_source`)."""
-    embeds, latents = reference.encode_references(source_refnet, vae, clip_vision, key_crop, source_refnet.resolution)
-    states = reference.capture_from_latents(source_refnet, latents, embeds, degree)
-    return reference.mix(states, embeds, degree)
+    refnet = models.source_refnet
+    embeds, latents = encoding.encode_references(refnet, models.vae, models.clip_vision, key_crop, refnet.resolution)
+    states = encoding.capture_from_latents(refnet, latents, embeds, degree)
+    return mixing.mix_captured(states, embeds, degree)
 
 
 @torch.no_grad()
-def anonymize_tracks(model, source_refnet, driving_refnet, vae, clip_vision, image: torch.Tensor, tracks, degree,
-                     seed, steps, cfg, sampler_name, scheduler) -> torch.Tensor:
+def anonymize_tracks(models: sampling.Models, image: torch.Tensor, tracks, degree: float,
+                     settings: sampling.SamplingSettings) -> torch.Tensor:
     """Every crop of each track against the track's keyframe source; the crops' order and count are kept."""
-    size = driving_refnet.resolution
-    height, width = image.shape[1:3]
+    size = models.driving_refnet.resolution
     parts, order = [], []
     for track in tracks:
-        source, source_embeds = source_identity(source_refnet, vae, clip_vision,
-                                                image[track.keyframe:track.keyframe + 1], degree)
+        source, source_embeds = source_identity(models, image[track.keyframe:track.keyframe + 1], degree)
         rows = list(track.rows)
-        embeds, latents = reference.encode_references(driving_refnet, vae, clip_vision, image[rows], size)
+        embeds, latents = encoding.encode_references(models.driving_refnet, models.vae, models.clip_vision,
+                                                     image[rows], size)
         # the default noise mode: one noise image from the seed for every row, the same for the whole track
-        parts.append(reference.sample_against(model, driving_refnet, vae, source, source_embeds, embeds, latents,
-                                              seed, steps, cfg, sampler_name, scheduler, height, width,
-                                              f"{NODE}: the decoded image of track {track.track_id}"))
+        parts.append(sampling.sample_against(models, source, source_embeds, embeds, latents, settings,
+                                             tuple(image.shape[1:3]),
+                                             f"{NODE}: the decoded image of track {track.track_id}"))
         order.extend(rows)
     logger.info("FaceAnon %s: %d crops of %d track(s), one source per track (identity per-track)", NODE,
                 len(order), len(tracks))
