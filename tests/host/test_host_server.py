@@ -354,8 +354,15 @@ def test_faces_too_small_for_the_model_are_blurred_not_passed_through(server, co
     # An unchanged crop pasted back reproduces the photo (8-bit level, interpolation).
     assert float((kept - original).abs().mean()) < 2e-3
     small = result_tensor(server.run(_face_graph(astronaut_input, min_face_size=500.0)), node="4")
-    changed = (small - original).abs().amax(-1) > 0.02
-    assert 0.005 < float(changed.float().mean()) < 0.3, "the too-small face must be blurred, and nothing else"
+    changed = ((small - original).abs().amax(-1) > 0.02).reshape(original.shape[:2]).numpy()
+    assert changed.mean() > 0.005, "the too-small face must be blurred"
+    # and nothing else: every changed pixel lies in the whole-head region of the face (faces/redact.py)
+    from faceanon_core.faces import MTCNNDetector
+    from faceanon_core.faces.redact import head_mask
+
+    rgb = (original.numpy() * 255).round().astype(np.uint8)
+    region = head_mask(rgb.shape, MTCNNDetector(thresholds=(0.6, 0.7, 0.95)).detect(rgb)) > 0
+    assert region.any() and not (changed & ~region).any(), "pixels changed outside the face's head region"
 
 
 def _dlib_in_comfy_python() -> bool:
