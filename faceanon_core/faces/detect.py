@@ -87,7 +87,8 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = 
     return np.asarray(keep, dtype=np.int64)
 
 
-#: Largest box count whose pairwise overlaps :func:`_nms` computes at once (500^2 booleans; the greedy pass is a loop over the boxes, which costs more than box by box above that).
+#: Largest box count whose pairwise overlaps :func:`_nms` computes at once (500^2 booleans; above that
+#: the pass over every box costs more than the box-by-box loop over the kept ones).
 _NMS_MATRIX = 500
 
 
@@ -313,7 +314,8 @@ class MTCNNDetector:
             try:
                 net = cv2.dnn.readNetFromONNX(self._paths[name])
             except cv2.error as exc:
-                raise FaceDetectorError(f"cannot load {self._paths[name]} with OpenCV {cv2.__version__}: {exc}") from exc
+                path = self._paths[name]
+                raise FaceDetectorError(f"cannot load {path} with OpenCV {cv2.__version__}: {exc}") from exc
         self._nets[key] = net  # re-inserted last: dict order is the recency order
         return net
 
