@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from faces_helpers import astronaut, grace_hopper
 
-from faceanon_core.faces.detect import MTCNNDetector, _reflect_index
+from faceanon_core.faces.detect import MTCNNDetector
+from faceanon_core.faces.mtcnn_ops import reflect_index
 
 PHOTOS = {"grace_hopper": grace_hopper, "astronaut": astronaut}
 
@@ -95,8 +96,8 @@ def test_reflect_index_folds_any_distance():
     """Same as numpy's mirror padding (OpenCV's BORDER_REFLECT_101), also past one image width."""
     for n in (2, 4, 7):
         idx = np.arange(-3 * n, 4 * n)
-        assert _reflect_index(idx, n).tolist() == np.pad(np.arange(n), 3 * n, mode="reflect")[: 7 * n].tolist()
-    assert _reflect_index(np.array([-3, 0, 5]), 1).tolist() == [0, 0, 0]
+        assert reflect_index(idx, n).tolist() == np.pad(np.arange(n), 3 * n, mode="reflect")[: 7 * n].tolist()
+    assert reflect_index(np.array([-3, 0, 5]), 1).tolist() == [0, 0, 0]
 
 
 def test_border_is_validated():

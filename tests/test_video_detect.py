@@ -78,7 +78,8 @@ def test_a_face_appearing_between_full_detections_is_covered_from_its_first_fram
 
 def test_a_face_entering_through_the_border_is_covered_as_with_detection_on_every_frame(det, patch):
     n = 30
-    frames, heads = zip(*(frame(patch, -100 + 5 * t) for t in range(n)), strict=True)  # slides in from the left, 5 px a frame
+    # the head slides in from the left, 5 px a frame
+    frames, heads = zip(*(frame(patch, -100 + 5 * t) for t in range(n)), strict=True)
     every = track_faces([det.detect(f) for f in frames], frame_size=(W, H))
     sparse = track_faces([d for d in map(VideoFaceDetector(det).detect, frames)], frame_size=(W, H))
     full_cov = [covered(every, t, heads[t]) for t in range(n)]
