@@ -80,8 +80,16 @@ def test_a_face_entering_through_the_border_is_covered_as_with_detection_on_ever
     n = 30
     # the head slides in from the left, 5 px a frame
     frames, heads = zip(*(frame(patch, -100 + 5 * t) for t in range(n)), strict=True)
-    every = track_faces([det.detect(f) for f in frames], frame_size=(W, H))
-    sparse = track_faces([d for d in map(VideoFaceDetector(det).detect, frames)], frame_size=(W, H))
+    full = [det.detect(f) for f in frames]
+    sparse_dets = [d for d in map(VideoFaceDetector(det).detect, frames)]
+    # While a face is cut by the border, every frame gets the full detector (its mirrored border pass).
+    cut = [any(f.box[0] < 0 for f in d) for d in sparse_dets]
+    assert any(cut)
+    for t in range(1, n):
+        if cut[t - 1]:
+            assert [f.box for f in sparse_dets[t]] == [f.box for f in full[t]], t
+    every = track_faces(full, frame_size=(W, H))
+    sparse = track_faces(sparse_dets, frame_size=(W, H))
     full_cov = [covered(every, t, heads[t]) for t in range(n)]
     sparse_cov = [covered(sparse, t, heads[t]) for t in range(n)]
     assert all(s for s, f in zip(sparse_cov, full_cov, strict=True) if f), (sparse_cov, full_cov)

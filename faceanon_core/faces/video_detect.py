@@ -18,6 +18,10 @@ What it can miss, and why nothing is left uncovered (the bound):
   is found again by the next full detection; the tracker fills the frames between by interpolation
   (up to its ``max_gap``), or follows a face leaving through the border as it does for full detections.
 
+A face cut by the frame's border (entering or leaving) gets the full detector on every frame while it is
+cut (``full_at_border``): the full pass's mirrored border finds it deeper into the border than a window
+search does, and the tracker follows it out from there.
+
 Frames must be given in order, each once; one detector per video (:meth:`reset` starts another).
 """
 
@@ -39,11 +43,12 @@ class VideoFaceDetector:
     """``detect(rgb)`` for the consecutive frames of one video (see the module's bound).
 
     ``every``: full detection on frames 0, every, 2 * every, ...; ``every=1`` is :meth:`MTCNNDetector.detect`
-    on every frame. ``window`` and ``size_ratio`` go to :meth:`MTCNNDetector.detect_near`.
+    on every frame. ``window`` and ``size_ratio`` go to :meth:`MTCNNDetector.detect_near`;
+    ``full_at_border``: full detection on the frame after one with a face cut by the border.
     """
 
     def __init__(self, detector: MTCNNDetector, every: int = DEFAULT_EVERY, *, window: float = 1.0,
-                 size_ratio: float = 1.6) -> None:
+                 size_ratio: float = 1.6, full_at_border: bool = True) -> None:
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"every must be an integer >= 1 (frames per full detection), got {every!r}")
         if not hasattr(detector, "detect_near"):
@@ -52,6 +57,7 @@ class VideoFaceDetector:
         self.every = int(every)
         self.window = float(window)
         self.size_ratio = float(size_ratio)
+        self.full_at_border = bool(full_at_border)
         self.full_detections = 0
         self.reset()
 
@@ -59,10 +65,11 @@ class VideoFaceDetector:
         """Start a new video."""
         self._frame = 0
         self._previous: list[DetectedFace] = []
+        self._size = (0, 0)
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         """The faces of the video's next frame."""
-        if self._frame % self.every == 0:
+        if self._frame % self.every == 0 or (self.full_at_border and any(self._cut(f) for f in self._previous)):
             faces = self.detector.detect(rgb)
             self.full_detections += 1
         elif self._previous:
@@ -72,4 +79,11 @@ class VideoFaceDetector:
             faces = []
         self._frame += 1
         self._previous = faces
+        self._size = rgb.shape[1], rgb.shape[0]
         return faces
+
+    def _cut(self, face: DetectedFace) -> bool:
+        """The face's box reaches past the frame's border (a face entering or leaving)."""
+        x0, y0, x1, y1 = face.box
+        w, h = self._size
+        return x0 < 0 or y0 < 0 or x1 > w or y1 > h
