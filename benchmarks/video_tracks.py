@@ -234,7 +234,8 @@ def coverage_report(clip: Clip, detections=None, detector=None) -> dict:
     n = len(clip.frames)
     photo_masks = [redact_image(f, faces=d, image_name=f"frame {t}").mask
                    for t, (f, d) in enumerate(zip(clip.frames, detections))]
-    tracks = track_faces(detections)
+    size = clip.frames[0].shape[1::-1]  # (width, height): the border rule, as the CLI's video run
+    tracks = track_faces(detections, frame_size=size)
     track_masks = [r.mask for r in redact_frames(clip.frames, list(range(n)), tracks)]
     switches, ids = identity_switches(tracks, clip)
     faces = [f for tid in tracks.track_ids for f in tracks.track(tid)]
@@ -277,7 +278,7 @@ def _throughput(clip: Clip, reps: int = 2) -> dict:
     def video() -> float:
         t0 = time.perf_counter()
         dets = [det.detect(f) for f in clip.frames]
-        redact_frames(clip.frames, list(range(n)), track_faces(dets))
+        redact_frames(clip.frames, list(range(n)), track_faces(dets, frame_size=clip.frames[0].shape[1::-1]))
         return time.perf_counter() - t0
 
     video_t, photo_t = [], []
@@ -419,7 +420,7 @@ def main() -> None:
     tracks, dets = rep.pop("_tracks"), rep.pop("_detections")
     from faceanon_core.faces.tracks import track_faces
 
-    rough = track_faces(dets, smoothing=None)
+    rough = track_faces(dets, smoothing=None, frame_size=clip.frames[0].shape[1::-1])
     errs = {k: v for k, v in landmark_errors(tracks, clip).items() if k.startswith("smoothed")}
     errs.update({k: v for k, v in landmark_errors(rough, clip).items() if k.startswith("raw")})
     rep["landmarks"] = {k: round(v, 3) for k, v in errs.items()}

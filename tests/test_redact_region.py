@@ -144,7 +144,7 @@ def test_cli_covers_the_whole_head(tmp_path, capsys):
     after = load_image(written).rgb
     assert coverage(grace_hopper(), after, HEADS["grace"]) >= COVERED
     assert far_changed(grace_hopper(), after, [HEADS["grace"]]) == 0.0
-    # A strength below the floor is refused up front, naming the range; nothing is written.
+    # A strength below the floor is refused up front (a usage error, exit 2), naming the range; nothing is written.
     weak = parser.parse_args(["redact", str(src), "-o", str(tmp_path / "weak"), "--strength", "0.05"])
     assert weak.func(weak) == 2  # a bad option value: usage error (docs/cli.md exit codes)
     assert "blur strength must be in" in capsys.readouterr().err and not (tmp_path / "weak").exists()

@@ -101,3 +101,16 @@ def test_neighbours_still_do_not_swap_at_first_match():
     ids = {tid: {who[f.frame_index][f.detection_index] for f in tracks.track(tid) if f.detected}
            for tid in tracks.track_ids}
     assert len(tracks) == 2 and all(len(s) == 1 for s in ids.values())
+
+
+def test_a_detection_always_cut_by_the_border_is_not_extrapolated():
+    """Three frames of a false detection in a corner, always cut by the border (mirror texture), jittering:
+    held 2 frames either side like any short track, never followed 'through the border' for 30 frames
+    (what a 180-frame benchmark clip showed as a ghost in its bottom-left corner)."""
+    frames = [[] for _ in range(60)]
+    for t, (dx, dy) in zip((30, 31, 32), ((0, 0), (1.5, -2.0), (3.0, -4.0)), strict=True):
+        frames[t] = [det(5 + dx, H - 8 + dy, 30)]  # box reaches past the left and bottom borders
+    assert all(visible(f.box) < 1.0 for d in frames for f in d)
+    tracks = track_faces(frames, frame_size=(W, H))
+    (tid,) = tracks.track_ids
+    assert [f.frame_index for f in tracks.track(tid)] == list(range(30 - DEFAULT_HOLD_FRAMES, 33 + DEFAULT_HOLD_FRAMES))

@@ -394,6 +394,46 @@ def test_context_manager_aborts_and_frame_count_is_checked(clips, tmp_path):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
+def test_encoder_thread_failure_surfaces_and_leaves_nothing(clips, tmp_path):
+    """Frames are encoded on a thread: a failure there is raised in the caller (at its next write or at
+    close) as a VideoWriteError naming the frame, and nothing is written."""
+    out = tmp_path / "broken.mp4"
+    w = VideoWriter(out, clips["plain"], copy_audio=False)
+
+    def disk_full(packets):
+        raise OSError("No space left on device")
+
+    w._mux_video = disk_full
+    with pytest.raises(VideoWriteError, match="encoding failed at frame 0 .*No space left"):
+        for f in _frames(clips["plain"]):  # more frames than the queue holds: never blocks after the failure
+            w.write(f)
+        w.close()
+    w.abort()
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_threaded_encoding_keeps_every_frame_in_order(clips, tmp_path):
+    """The encoder thread encodes every frame once, in order: with a deterministic lossless codec (FFV1;
+    only the 4:2:0 colour conversion loses) two runs decode to the same pixels, and each decoded frame is
+    nearer its own source frame than the frames around it."""
+    frames = _frames(clips["mkv"])
+    runs = []
+    for out in (tmp_path / "a.mkv", tmp_path / "b.mkv"):
+        write_video(frames, out, like=clips["mkv"], codec="ffv1", copy_audio=False)
+        runs.append([f.rgb for f in _frames(out)])
+    assert len(runs[0]) == len(frames)
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
+    def dist(a, b):
+        return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+    for k, got in enumerate(runs[0]):
+        own = dist(got, frames[k].rgb)
+        for n in (k - 1, k + 1):
+            if 0 <= n < len(frames):
+                assert own < dist(got, frames[n].rgb), (k, n)
+
+
 def test_bad_frame_rejected(clips, tmp_path):
     out = tmp_path / "bad.mp4"
     with pytest.raises(VideoWriteError, match="uint8"):

@@ -112,3 +112,40 @@ def test_spurious_detection_leaves_no_ghost(face):
     assert changed == [3 <= t <= 7 for t in range(n)]
     for r in results:
         assert np.array_equal(r.mask, head_mask((H, W), r.faces))
+
+
+def test_video_eval_tracks_follow_a_face_out_through_the_border(face, tmp_path, rec):
+    """`faceanon eval` on a video tracks with the frame size, so a face leaving the frame is evaluated
+    while a quarter of it is in the picture, not only until its last detection plus the 2 held frames."""
+    av = pytest.importorskip("av")
+    from faceanon_core.privacy.video_eval import evaluate_video
+
+    n = 0
+    while visible(scene(face, n)[2].box) >= 0.15:
+        n += 1
+    frames, _, dets = zip(*(scene(face, t) for t in range(n)))
+    path = tmp_path / "leaving.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        for f in frames:
+            for p in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+
+    class Known:
+        """The detector's view, simulated as in `run`: found while half the face box is in the picture."""
+
+        def __init__(self):
+            self.t = 0
+
+        def detect(self, rgb):
+            d = dets[self.t]
+            self.t += 1
+            return [d] if visible(d.box) >= 0.5 else []
+
+    last = max(t for t, d in enumerate(dets) if visible(d.box) >= 0.5)
+    (track,) = evaluate_video(path, path, rec, detector=Known()).tracks
+    quarter = sum(visible(d.box) >= BORDER_MIN_VISIBLE + 0.05 for d in dets)  # clearly a quarter in
+    assert track.frames >= quarter > last + 1 + 2

