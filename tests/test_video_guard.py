@@ -60,16 +60,17 @@ def originals(clip):
 
 def _patch_run(mp, written: dict, leak_frames=(), recognizer=None):
     """Detector misses frames 4 and 9; written frames recorded; ``leak_frames`` come back unanonymized."""
-    from faceanon_core.faces import MTCNNDetector
     from faceanon_core.privacy import identity
 
-    real_detect, calls = MTCNNDetector.detect, []
+    real_detect_chunk, seen = cli_video._detect_chunk, [0]
 
-    def missing(self, rgb, *a, **k):
-        calls.append(1)
-        return [] if len(calls) - 1 in (INTERPOLATED, HELD) else real_detect(self, rgb, *a, **k)
+    def missing(detector, chunk, rotation):  # per frame, whatever the detector does inside a video
+        found = real_detect_chunk(detector, chunk, rotation)
+        found = [[] if seen[0] + i in (INTERPOLATED, HELD) else faces for i, faces in enumerate(found)]
+        seen[0] += len(chunk)
+        return found
 
-    mp.setattr(MTCNNDetector, "detect", missing)
+    mp.setattr(cli_video, "_detect_chunk", missing)
     real_write = VideoWriter.write
 
     def record(self, frame):

@@ -37,6 +37,7 @@ from ..faces.video import (
     process_frames,
     redact_frames,
 )
+from ..faces.video_detect import VideoFaceDetector
 from ..media.video import (
     VIDEO_EXTENSIONS,
     OutputExistsError,
@@ -124,7 +125,13 @@ def _bar(info: VideoInfo, desc: str):
 
 
 def video_tracks(info: VideoInfo, detector, *, max_gap: int = DEFAULT_MAX_GAP, smoothing: bool = True) -> FaceTracks:
-    """Pass 1: detect on every (upright) frame, keeping only the detections, then track."""
+    """Pass 1: detect on the (upright) frames, keeping only the detections, then track.
+
+    An MTCNN detector runs on the whole frame every third frame and searches the known faces in between
+    (faces/video_detect.py: a new face is found at most 2 frames late, which the tracker's hold covers).
+    """
+    if hasattr(detector, "detect_near"):
+        detector = VideoFaceDetector(detector)
     detections = []
     size = None  # upright (width, height): tracks follow faces out through the border
     with _bar(info, "detect") as bar:
