@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from faces_helpers import astronaut, collage, grace_hopper
 from PIL import Image
 
 from faceanon_core.cli import faces as cli_faces
 from faceanon_core.media.images import load_image, save_image
-from faces_helpers import astronaut, collage, grace_hopper
 
 
 def run(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
+from faces_helpers import astronaut, collage, face_frame_ok, grace_hopper
 
 from faceanon_core.faces import (
     CROP_SIZE,
@@ -27,7 +28,6 @@ from faceanon_core.faces import (
     process_faces,
     process_faces_batch,
 )
-from faces_helpers import astronaut, collage, face_frame_ok, grace_hopper
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_unchanged_crops_paste_back_to_the_photo(collage_faces):
     res = process_faces(img, identity, faces=faces)
     assert len(res.faces) == 4 and res.image.dtype == np.uint8
     assert res.mask.shape == img.shape[:2] and res.mask.dtype == np.float32
-    assert 0.0 <= res.mask.min() and res.mask.max() == pytest.approx(1.0)
+    assert res.mask.min() >= 0.0 and res.mask.max() == pytest.approx(1.0)
     outside = res.mask == 0
     assert np.array_equal(res.image[outside], img[outside])  # bitwise
     diff = np.abs(res.image.astype(int) - img.astype(int)).max(axis=2)

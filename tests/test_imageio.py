@@ -12,6 +12,7 @@ import textwrap
 import cv2
 import numpy as np
 import pytest
+from faces_helpers import astronaut
 from PIL import Image, ImageCms
 
 from faceanon_core.media.images import (
@@ -23,7 +24,6 @@ from faceanon_core.media.images import (
     save_image,
     to_float_batch,
 )
-from faces_helpers import astronaut
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -218,7 +218,7 @@ def test_save_rejects_bad_input(tmp_path):
 def test_float_helpers():
     a = astronaut()
     f = to_float_batch(a)
-    assert f.shape == (1, 512, 512, 3) and f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1
+    assert f.shape == (1, 512, 512, 3) and f.dtype == np.float32 and f.min() >= 0 and f.max() <= 1
     assert np.array_equal(from_float(f[0]), a)
     assert to_float_batch([a, a]).shape == (2, 512, 512, 3)
     with pytest.raises(ValueError, match="NaN"):

@@ -28,9 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from faces_helpers import astronaut, collage, grace_hopper
+from PIL import Image
 
 CHANGED = 4.0
 FAST = ["--size", "64", "--steps", "2", "--scheduler", "ddim", "--no-verify"]
@@ -85,7 +84,7 @@ SCENARIOS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def detections(func) -> tuple:
     from faceanon_core.faces import default_detector
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from training_helpers import SIZE, smooth_image, tiny_config, write_triplets
 
-from training.cli import EXIT_BAD_DATA, main as cli_main
+from training.cli import EXIT_BAD_DATA
+from training.cli import main as cli_main
 from training.config import ConfigError, config_from_dict, load_config, schedule_value
 from training.data import DatasetError, TripletDataset, align_dataset, check_dataset, read_triplets
 from training.model import FaceAnonTrainModel, export_folder

@@ -11,14 +11,13 @@ COMFYUI_PYTHON (``inprocess_parity.py``), so this file runs under either interpr
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-import os
-import sys
-from pathlib import Path
 
 HOST_DIR = Path(__file__).resolve().parent
 for _path in (HOST_DIR, HOST_DIR.parent):
