@@ -405,7 +405,7 @@ def main(argv=None) -> dict:
             if len(outs) != len(srcs):
                 raise RuntimeError(f"{tool} wrote {len(outs)} frames for {len(srcs)}")
             score = Score()
-            for s, o, b in zip(srcs, outs, boxes):
+            for s, o, b in zip(srcs, outs, boxes, strict=True):
                 score.add(changed(s, o, args.threshold), b)
             wall = min(r["wall"])
             row[tool] = dict(score.row(), wall_s=round(wall, 2), cpu_s=round(min(r["cpu"]), 2),

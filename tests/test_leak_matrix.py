@@ -295,7 +295,7 @@ def check_outcome(outcome: Outcome, scenario: Scenario, funcs) -> list[float]:
     """The matrix's rule; returns the per-face changes measured (for the threshold test)."""
     assert outcome.leftovers == [], f"half-written or stray files: {outcome.leftovers}"
     changes = []
-    for original, output, func in zip(outcome.originals, outcome.outputs, funcs):
+    for original, output, func in zip(outcome.originals, outcome.outputs, funcs, strict=True):
         if output is None:
             continue
         assert output.shape == original.shape

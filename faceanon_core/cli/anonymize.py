@@ -329,7 +329,7 @@ def _run_on_crops(args, inputs, pipe_call) -> int:
             pipe, crops, degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
             generator=generators(args.seed, len(chunk)), height=size, width=size, output_type="np",
         ).images
-        for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size]):
+        for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size], strict=True):
             out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
             write_rgb(target, img, out, args.overwrite)
             logger.info("wrote %s", target)

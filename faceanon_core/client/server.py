@@ -361,7 +361,7 @@ def download_outputs(client: Client, items: list[dict], out: Path, overwrite: bo
             path = staging / f"{index:05d}"
             client.download(item, path)
             staged.append(path)
-        for path, target in zip(staged, targets):
+        for path, target in zip(staged, targets, strict=True):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
     finally:

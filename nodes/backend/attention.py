@@ -172,7 +172,7 @@ class ReferenceKVPatch(ReferenceSet):
             sizes = [t.shape[0] for t in tensors.values()]
             stacked = torch.cat(list(tensors.values()))
             ks, vs = to_k(stacked).split(sizes), to_v(stacked).split(sizes)
-            parts = {what: (k, v) for what, k, v in zip(tensors, ks, vs)}
+            parts = {what: (k, v) for what, k, v in zip(tensors, ks, vs, strict=True)}
         else:
             parts = {what: (to_k(t), to_v(t)) for what, t in tensors.items()}
         self.projection_calls += 1

@@ -136,7 +136,7 @@ def check_frames_match(frames, faces: FaceSet) -> None:
     if len(frames) != len(faces.frame_sizes):
         raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
                          f"{len(faces.frame_sizes)} frames")
-    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
+    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes, strict=True)):
         if tuple(frame.shape[:2]) != tuple(size):
             raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
                              f"on a {size[1]}x{size[0]} frame: connect the same image the faces came from")
