@@ -222,7 +222,7 @@ class NodeOutput:
 
 
 class ComfyExtension(ABC):
-    async def on_load(self) -> None:
+    async def on_load(self) -> None:  # noqa: B027 - optional hook, a no-op unless overridden (as in comfy_api)
         """Nothing to do by default."""
 
     @abstractmethod

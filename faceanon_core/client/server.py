@@ -314,7 +314,7 @@ def wait_for(client: Client, prompt_id: str, deadline: float, poll_interval: flo
 def output_items(entry: dict, include_temp: bool) -> list[dict]:
     items = []
     for node_id, output in sorted((entry.get("outputs") or {}).items(), key=lambda kv: node_id_key(kv[0])):
-        for key, values in output.items():
+        for values in output.values():
             if not isinstance(values, list):
                 continue
             for value in values:

@@ -163,7 +163,7 @@ class ReferenceKVPatch(ReferenceSet):
         to_k, to_v = self.projections[key]
         tensors = {"source": self.source_cond[ref], "uncond": self.source_uncond[ref], "driving": self.driving[ref]}
         width = getattr(to_k, "in_features", like.shape[-1])
-        for what, t in tensors.items():
+        for t in tensors.values():
             if t.shape[-1] != width:
                 raise ValueError(f"{layer}: reference states have {t.shape[-1]} channels, the UNet {width}")
         tensors = {what: t.to(device=like.device, dtype=like.dtype) for what, t in tensors.items()}

@@ -323,7 +323,7 @@ class Frontend:
 
     def load_ui(self, workflow: dict) -> dict:
         """loadGraphData(UI workflow) -> {"missing": [...types...], "prompt": graphToPrompt().output}."""
-        js = ("(async () => { const app = window.comfyAPI.app.app; const wf = %s;"
+        js = ("(async () => { const app = window.comfyAPI.app.app; const wf = %s;"  # noqa: UP031 - JS full of braces
               " const missing = [...new Set(wf.nodes.map(n => n.type)"
               ".filter(t => !window.LiteGraph.registered_node_types[t]))];"
               " await app.loadGraphData(wf, true, true, null,"
@@ -341,7 +341,7 @@ class Frontend:
         columns by their depth in the graph, seeds set to "fixed", a Note node with ``note`` above the graph,
         and the view saved fitted to a FIT_VIEW-sized canvas; then the UI workflow exactly as the frontend
         serializes it for saving."""
-        js = ("(async () => { const app = window.comfyAPI.app.app; const api = %s; const cols = %s;"
+        js = ("(async () => { const app = window.comfyAPI.app.app; const api = %s; const cols = %s;"  # noqa: UP031 - JS braces
               " const note = %s; const view = %s; const titleH = window.LiteGraph.NODE_TITLE_HEIGHT;"
               " app.loadApiJson(api, 'workflow.json');"
               " await new Promise(r => setTimeout(r, 300));"
@@ -386,7 +386,7 @@ class Frontend:
         """Load a UI workflow, fit it into the view, hide the side panels' noise, save a PNG."""
         import base64
 
-        self.evaluate(("(async () => { const app = window.comfyAPI.app.app;"
+        self.evaluate(("(async () => { const app = window.comfyAPI.app.app;"  # noqa: UP031 - JS full of braces
                        " await app.loadGraphData(%s, true, false, null,"
                        " {showMissingNodesDialog: false, showMissingModelsDialog: false});"
                        " return true; })()") % json.dumps(workflow))
