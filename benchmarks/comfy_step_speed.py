@@ -58,7 +58,8 @@ def main() -> None:
                                        device=mm.unet_offload_device())
     with torch.no_grad():
         for name, p in model.diffusion_model.named_parameters():
-            p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.02) + (1.0 if "norm" in name and "weight" in name else 0.0))
+            offset = 1.0 if "norm" in name and "weight" in name else 0.0
+            p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.02) + offset)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
     mm.load_models_gpu([patcher])
 

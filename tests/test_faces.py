@@ -310,7 +310,9 @@ def test_small_faces_in_a_big_photo_are_found_at_full_resolution(det, big_small_
     img, truth = big_small_faces
     found = det.detect(img)
     matches = _matches(found, truth)
-    assert [len(m) for m in matches] == [1] * len(truth), [(t, [f.box for f in m]) for t, m in zip(truth, matches, strict=True)]
+    assert [len(m) for m in matches] == [1] * len(truth), [
+        (t, [f.box for f in m]) for t, m in zip(truth, matches, strict=True)
+    ]
     assert len(found) == len(truth)  # no duplicates from overlapping tiles, no false alarms on the background
     for (_cx, _cy, w), (f,) in zip(truth, matches, strict=True):
         assert 0.7 * w < f.box[2] - f.box[0] < 1.3 * w

@@ -88,7 +88,10 @@ def test_other_modes_become_rgb(tmp_path, mode):
     im.save(path)
     img = load_image(path)
     assert img.rgb.shape == a.shape and img.rgb.dtype == np.uint8
-    ref = np.asarray(im.convert("RGB")) if mode not in ("F", "I") else np.asarray(Image.fromarray(a).convert("L").convert("RGB"))
+    if mode not in ("F", "I"):
+        ref = np.asarray(im.convert("RGB"))
+    else:
+        ref = np.asarray(Image.fromarray(a).convert("L").convert("RGB"))
     assert np.abs(img.rgb.astype(int) - ref).mean() < 1.0
 
 

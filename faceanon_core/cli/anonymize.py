@@ -262,8 +262,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="identity distance below which a face still counts as the same person "
                            "(default 0.6, dlib's decision distance)")
     anon.add_argument("--verify-retries", type=int_at_least(0), default=2, metavar="N",
-                      help="tries after the first, each with seed+1 and degree+0.25 (default 2; photos: a video keeps one "
-                           "identity per track and is not retried)")
+                      help="tries after the first, each with seed+1 and degree+0.25 (default 2; photos: a video "
+                           "keeps one identity per track and is not retried)")
     anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
                       help="a face still recognizable after every try: fail the photo or video (default) or blur it")
     add_detector_args(anon)

@@ -229,7 +229,9 @@ class TrackAnonymizer:
             try:
                 key = self.keyframes[track_id]
             except KeyError:
-                raise FaceProcessingError(f"track {track_id}: no keyframe crop to take the source identity from") from None
+                raise FaceProcessingError(
+                    f"track {track_id}: no keyframe crop to take the source identity from"
+                ) from None
             key = np.asarray(key)
             key = key.astype(np.float32) / 255.0 if key.dtype == np.uint8 else key.astype(np.float32)
             model_in = self._resize(key[None], self.size)

@@ -368,7 +368,8 @@ def _dlib_in_comfy_python() -> bool:
     import subprocess
 
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    code = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('dlib') and u.find_spec('face_recognition_models') else 1)"
+    code = ("import importlib.util as u, sys; "
+            "sys.exit(0 if u.find_spec('dlib') and u.find_spec('face_recognition_models') else 1)")
     return subprocess.run([python, "-c", code]).returncode == 0
 
 
