@@ -12,6 +12,7 @@ Needs ComfyUI: run with ComfyUI's Python and ``COMFYUI_PATH`` set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -57,7 +58,8 @@ def main() -> None:
                                        device=mm.unet_offload_device())
     with torch.no_grad():
         for name, p in model.diffusion_model.named_parameters():
-            p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.02) + (1.0 if "norm" in name and "weight" in name else 0.0))
+            offset = 1.0 if "norm" in name and "weight" in name else 0.0
+            p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.02) + offset)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
     mm.load_models_gpu([patcher])
 
@@ -68,11 +70,9 @@ def main() -> None:
     ctx = torch.randn(b, 2, 1024, device=device)
     with torch.no_grad():  # realistic states: this UNet's own attn1 inputs at t = 0
         recorder = capture.StateRecorder({k: v for k, v in layout.items() if v in refs})
-        try:
+        with contextlib.suppress(capture.CaptureDone):
             model.diffusion_model(x.to(dtype), timesteps=torch.zeros(b, device=device), context=ctx.to(dtype),
                                   transformer_options={"patches": {"attn1_patch": [recorder]}})
-        except capture.CaptureDone:
-            pass
         states = recorder.result()
     src = ReferenceStates(cond=states, uncond={k: v[:1] * 0.5 for k, v in states.items()})
     drv = ReferenceStates(cond={k: v.flip(1) for k, v in states.items()})

@@ -26,8 +26,9 @@ import cv2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from faceanon_core.faces import MTCNNDetector, align_faces, extract_crops, paste_back  # noqa: E402
 from faces_helpers import astronaut, big_photo_with_small_faces, collage, grace_hopper  # noqa: E402
+
+from faceanon_core.faces import MTCNNDetector, align_faces, extract_crops, paste_back  # noqa: E402
 
 BIG_SIZES = {"4mp": (2448, 1632), "14mp": (4592, 3056), "48mp": (8000, 6000)}
 
@@ -46,8 +47,8 @@ def big_cases(repeat: int):
         small, truth = big_photo_with_small_faces((w, h), large=(round(400 * w / 8000), 180))
         textured = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
         for kind, img in (("small_faces_canvas", small), ("collage_upscaled", textured)):
-            t0, f0 = best_of(lambda: before.detect(img), repeat)
-            t1, f1 = best_of(lambda: after.detect(img), repeat)
+            t0, f0 = best_of(lambda img=img: before.detect(img), repeat)
+            t1, f1 = best_of(lambda img=img: after.detect(img), repeat)
             row = {"case": f"{kind}_{label}_{w}x{h}", "megapixels": round(mp, 2),
                    "before_s_per_mp": round(t0 / mp, 4), "after_s_per_mp": round(t1 / mp, 4),
                    "ratio_after_before": round(t1 / t0, 2), "faces_before": len(f0), "faces_after": len(f1),
@@ -88,11 +89,12 @@ def main(argv=None) -> int:
     det.detect(astronaut())  # warm-up (OpenCV DNN initialisation)
     for name, img in ([] if args.only_big else cases()):
         mp = img.shape[0] * img.shape[1] / 1e6
-        t_det, faces = best_of(lambda: det.detect(img), args.repeat)
+        t_det, faces = best_of(lambda img=img: det.detect(img), args.repeat)
         t_align, (aligned, crops) = best_of(
-            lambda: (lambda al: (al, extract_crops(img, al)))(align_faces(faces)[0]), args.repeat
+            lambda img=img, faces=faces: (lambda al: (al, extract_crops(img, al)))(align_faces(faces)[0]),
+            args.repeat,
         )
-        t_paste, _ = best_of(lambda: paste_back(img, aligned, crops), args.repeat)
+        t_paste, _ = best_of(lambda img=img, aligned=aligned, crops=crops: paste_back(img, aligned, crops), args.repeat)
         n = max(len(aligned), 1)
         print(json.dumps({
             "case": name, "megapixels": round(mp, 2), "faces": len(aligned),

@@ -308,7 +308,7 @@ def _run(cmd: list[str], env=None) -> tuple[float, float]:
     """Run a command; (wall seconds, CPU seconds of the child)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if res.returncode != 0:
@@ -405,7 +405,7 @@ def main(argv=None) -> dict:
             if len(outs) != len(srcs):
                 raise RuntimeError(f"{tool} wrote {len(outs)} frames for {len(srcs)}")
             score = Score()
-            for s, o, b in zip(srcs, outs, boxes):
+            for s, o, b in zip(srcs, outs, boxes, strict=True):
                 score.add(changed(s, o, args.threshold), b)
             wall = min(r["wall"])
             row[tool] = dict(score.row(), wall_s=round(wall, 2), cpu_s=round(min(r["cpu"]), 2),

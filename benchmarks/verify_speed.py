@@ -71,7 +71,13 @@ def sd21_step_cost(size: int, device: torch.device, repeat: int) -> float:
     from diffusers import UNet2DConditionModel
 
     from benchmarks.step_speed import SD21_UNET, reference_tokens
-    from faceanon_core.method.attention import ReferenceContext, ReferenceReader, attn1_names, install_readers, route_states
+    from faceanon_core.method.attention import (
+        ReferenceContext,
+        ReferenceReader,
+        attn1_names,
+        install_readers,
+        route_states,
+    )
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

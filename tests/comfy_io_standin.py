@@ -38,7 +38,8 @@ class _Widget(_Input):
     def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None,
                  socketless=None, widget_type=None, force_input=None, extra_dict=None):
         super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
-        self.default, self.socketless, self.widget_type, self.force_input = default, socketless, widget_type, force_input
+        self.default, self.socketless = default, socketless
+        self.widget_type, self.force_input = widget_type, force_input
 
     def as_dict(self) -> dict:
         return {**super().as_dict(), **_pruned({"default": self.default, "socketless": self.socketless,
@@ -222,7 +223,7 @@ class NodeOutput:
 
 
 class ComfyExtension(ABC):
-    async def on_load(self) -> None:
+    async def on_load(self) -> None:  # noqa: B027 - optional hook, a no-op unless overridden (as in comfy_api)
         """Nothing to do by default."""
 
     @abstractmethod

@@ -21,9 +21,9 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_model_dir):
-    from faceanon_core import FaceAnonPipeline
-
     from diffusers import DDIMScheduler
+
+    from faceanon_core import FaceAnonPipeline
 
     pipe = FaceAnonPipeline.from_pretrained(tiny_model_dir)
     pipe.set_progress_bar_config(disable=True)

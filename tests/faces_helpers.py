@@ -89,7 +89,8 @@ def big_photo_with_small_faces(
     widths = list(small) + list(large)
     spots = [(0.11, 0.12), (0.128, 0.17), (0.52, 0.4), (0.8, 0.2), (0.3, 0.8), (0.9, 0.85), (0.6, 0.75),
              (0.25, 0.45)]
-    for k, (fw, (sx, sy)) in enumerate(zip(widths, spots)):
+    # strict=False: ``spots`` is a fixed table of 8 places, a picture uses the first len(widths) of them
+    for k, (fw, (sx, sy)) in enumerate(zip(widths, spots, strict=False)):
         src = astronaut() if k % 2 == 0 else grace_hopper()
         s = fw / _face_width(src)
         tile = cv2.resize(src, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)

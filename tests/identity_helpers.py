@@ -35,7 +35,7 @@ def _source() -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fr_photo(name: str) -> np.ndarray:
     """``name`` (e.g. "obama2.jpg") as uint8 RGB, or skip the test with how to get it."""
     from PIL import Image
@@ -66,7 +66,7 @@ def fr_photo(name: str) -> np.ndarray:
     return rgb
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def landmarks_of(key: str):
     """5 landmarks of the largest face of a named photo ("astronaut", "grace_hopper" or an fr photo)."""
     from faces_helpers import astronaut, grace_hopper

@@ -133,6 +133,5 @@ def test_reference_keys_values_projected_once_per_run():
     # Own tokens every step (64), reference tokens (128) only once.
     assert projected.count(128) == 1
     assert projected.count(64) == 3
-    with pytest.raises(RuntimeError, match="without reference states"):
-        with torch.no_grad():
-            unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=torch.randn(1, 2, 32))
+    with pytest.raises(RuntimeError, match="without reference states"), torch.no_grad():
+        unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=torch.randn(1, 2, 32))

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from faces_helpers import astronaut, collage, grace_hopper
 from PIL import Image
 
 from faceanon_core.cli import faces as cli_faces
 from faceanon_core.media.images import load_image, save_image
-from faces_helpers import astronaut, collage, grace_hopper
 
 
 def run(argv: list[str]) -> int:
@@ -40,7 +40,7 @@ def test_redact_folder_and_resume(photos, tmp_path, capsys):
     assert run(["redact", str(photos), "-o", str(out), "-r", "--method", "pixelate"]) == 0
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["astronaut.png", "faceanon-manifest.jsonl", "group.png", "sub/grace.jpg"]
-    records = [json.loads(l) for l in (out / "faceanon-manifest.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "faceanon-manifest.jsonl").read_text().splitlines()]
     assert {r["faces"] for r in records} == {1, 4} and all(r["status"] == "done" for r in records)
     assert records[0]["params"]["method"] == "pixelate"
     red = load_image(out / "astronaut.png").rgb

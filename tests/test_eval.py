@@ -7,17 +7,14 @@ import json
 
 import numpy as np
 import pytest
-
 from faces_helpers import astronaut, grace_hopper
 
 pytest.importorskip("dlib", reason="needs the 'verify' extra: pip install 'comfyui-faceanon[verify]'")
 
-from faceanon_core.privacy.evaluate import EvalError, evaluate_images, head_pose, pair_inputs  # noqa: E402
 from faceanon_core.faces import TEMPLATE_5, default_detector  # noqa: E402
-from faceanon_core.media.images import save_image  # noqa: E402
 from faceanon_core.faces.redact import redact_image  # noqa: E402
-
-
+from faceanon_core.media.images import save_image  # noqa: E402
+from faceanon_core.privacy.evaluate import EvalError, evaluate_images, head_pose, pair_inputs  # noqa: E402
 
 PHOTOS = {"astronaut": astronaut, "grace_hopper": grace_hopper}
 

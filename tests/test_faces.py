@@ -8,6 +8,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
+from faces_helpers import astronaut, collage, face_frame_ok, grace_hopper
 
 from faceanon_core.faces import (
     CROP_SIZE,
@@ -27,7 +28,6 @@ from faceanon_core.faces import (
     process_faces,
     process_faces_batch,
 )
-from faces_helpers import astronaut, collage, face_frame_ok, grace_hopper
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_single_portraits(det, photo):
 def test_collage_finds_every_face_with_sane_landmarks(collage_faces):
     img, centres, faces = collage_faces
     assert len(faces) == len(centres)
-    for (cx, cy), f in zip(centres, faces):  # sorted left to right, like the centres
+    for (cx, cy), f in zip(centres, faces, strict=True):  # sorted left to right, like the centres
         x0, y0, x1, y1 = f.box
         assert x0 < cx < x1 and y0 < cy < y1, (f.box, cx, cy)
         assert face_frame_ok(f.landmarks5, f.box)
@@ -108,7 +108,7 @@ def test_unchanged_crops_paste_back_to_the_photo(collage_faces):
     res = process_faces(img, identity, faces=faces)
     assert len(res.faces) == 4 and res.image.dtype == np.uint8
     assert res.mask.shape == img.shape[:2] and res.mask.dtype == np.float32
-    assert 0.0 <= res.mask.min() and res.mask.max() == pytest.approx(1.0)
+    assert res.mask.min() >= 0.0 and res.mask.max() == pytest.approx(1.0)
     outside = res.mask == 0
     assert np.array_equal(res.image[outside], img[outside])  # bitwise
     diff = np.abs(res.image.astype(int) - img.astype(int)).max(axis=2)
@@ -244,7 +244,7 @@ def test_records_are_json_serialisable(collage_faces):
     res = process_faces(img, identity, faces=faces)
     doc = json.loads(json.dumps(res.to_dict()))
     back = [AlignedFace.from_dict(d) for d in doc["faces"]]
-    for a, b in zip(res.faces, back):
+    for a, b in zip(res.faces, back, strict=True):
         assert np.allclose(a.affine, b.affine) and np.allclose(a.landmarks, b.landmarks)
         assert a.crop_size == b.crop_size == 512
     d = faces[0].to_dict()
@@ -310,9 +310,11 @@ def test_small_faces_in_a_big_photo_are_found_at_full_resolution(det, big_small_
     img, truth = big_small_faces
     found = det.detect(img)
     matches = _matches(found, truth)
-    assert [len(m) for m in matches] == [1] * len(truth), [(t, [f.box for f in m]) for t, m in zip(truth, matches)]
+    assert [len(m) for m in matches] == [1] * len(truth), [
+        (t, [f.box for f in m]) for t, m in zip(truth, matches, strict=True)
+    ]
     assert len(found) == len(truth)  # no duplicates from overlapping tiles, no false alarms on the background
-    for (cx, cy, w), (f,) in zip(truth, matches):
+    for (_cx, _cy, w), (f,) in zip(truth, matches, strict=True):
         assert 0.7 * w < f.box[2] - f.box[0] < 1.3 * w
         assert face_frame_ok(f.landmarks5, f.box)
     coarse = MTCNNDetector(full_resolution=False).detect(img)

@@ -16,12 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from faces_helpers import astronaut, collage, grace_hopper
 from PIL import Image
 
 from faceanon_core.cli import main
 from faceanon_core.media.images import load_image, save_image
 from faceanon_core.media.manifest import LOCK_NAME
-from faces_helpers import astronaut, collage, grace_hopper
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = "faceanon-manifest.jsonl"

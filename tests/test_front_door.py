@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from workflow_checks import WORKFLOWS, WORKFLOWS_API, our_object_info
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from faces_helpers import astronaut, collage, grace_hopper, rotate
 from identity_helpers import fr_photo, landmarks_of
 
@@ -17,7 +16,6 @@ from faceanon_core.privacy.identity import (  # noqa: E402
     FaceRecognizer,
     RecognizerUnavailable,
 )
-
 
 
 def embed(rec, key_or_img, landmarks=None):

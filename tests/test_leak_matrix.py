@@ -28,9 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from faces_helpers import astronaut, collage, grace_hopper
+from PIL import Image
 
 CHANGED = 4.0
 FAST = ["--size", "64", "--steps", "2", "--scheduler", "ddim", "--no-verify"]
@@ -87,7 +86,7 @@ SCENARIOS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def detections(func) -> tuple:
     from faceanon_core.faces import default_detector
 
@@ -298,7 +297,7 @@ def check_outcome(outcome: Outcome, scenario: Scenario, funcs) -> list[float]:
     """The matrix's rule; returns the per-face changes measured (for the threshold test)."""
     assert outcome.leftovers == [], f"half-written or stray files: {outcome.leftovers}"
     changes = []
-    for original, output, func in zip(outcome.originals, outcome.outputs, funcs):
+    for original, output, func in zip(outcome.originals, outcome.outputs, funcs, strict=True):
         if output is None:
             continue
         assert output.shape == original.shape

@@ -109,7 +109,7 @@ def test_guidance_is_uncond_plus_g_times_cond_minus_uncond(recorded):
     """Mutation: the unconditional and conditional halves swapped in ``eps = (1-g)·uncond + g·cond``."""
     pipe, log = recorded
     assert len(log["steps"]) == len(log["unet"]) == 2
-    for (context, eps), combined in zip(log["unet"], log["steps"]):
+    for (context, eps), combined in zip(log["unet"], log["steps"], strict=True):
         uncond_rows = (context[:, 0] == 0).all(dim=-1)  # the row whose source embedding is zero
         assert uncond_rows.tolist() == [True, False]
         expected = (1 - G) * eps[uncond_rows] + G * eps[~uncond_rows]

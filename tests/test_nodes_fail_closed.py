@@ -276,9 +276,8 @@ def test_only_the_listed_model_folder_names_pass_validation(installed):
 def test_loader_messages_name_no_server_path(installed, tmp_path):
     message = installed.FaceAnonModelLoader.validate_inputs(model_folder="other")
     assert str(tmp_path) not in message and "/server/" not in message
-    error = installed.public_error(FileNotFoundError(f"{tmp_path}/server/models/faceanon/face-anon-simple/unet/x "
-                                                     "is missing"), tmp_path / "server/models/faceanon/face-anon-simple",
-                                   "face-anon-simple")
+    missing = FileNotFoundError(f"{tmp_path}/server/models/faceanon/face-anon-simple/unet/x is missing")
+    error = installed.public_error(missing, tmp_path / "server/models/faceanon/face-anon-simple", "face-anon-simple")
     assert type(error) is FileNotFoundError and str(error) == "models/faceanon/face-anon-simple/unet/x is missing"
 
 

@@ -279,7 +279,7 @@ def test_kv_cache_holds_each_distinct_tensor_once(source_batch):
     tokens = {routing[layer]: source.cond[routing[layer]].shape[1] for layer in layout.values()}
     with torch.no_grad():
         for chunks in ([1, 0], [0], [1]):
-            for key, layer in layout.items():
+            for key, _layer in layout.items():
                 q = torch.randn(3 * len(chunks), 5, 8)
                 opts = {"block": key[:2], "block_index": key[2], "cond_or_uncond": chunks, "n_heads": 2}
                 kv(q, q, q, opts)

@@ -96,7 +96,8 @@ def test_resume_after_interruption(tmp_path):
     assert set(calls2).isdisjoint(calls) and len(calls2) == 6
     for p, (data, mtime) in written.items():  # finished work untouched
         assert p.read_bytes() == data and p.stat().st_mtime_ns == mtime
-    records = [json.loads(l) for l in manifest_path.read_text().splitlines() if l.startswith("{") and l.endswith("}")]
+    records = [json.loads(line) for line in manifest_path.read_text().splitlines()
+               if line.startswith("{") and line.endswith("}")]
     assert len(records) == 10 and all(r["status"] == "done" for r in records)
     assert records[0]["params"] == {"method": "x"} and records[0]["seed"] == 7 and records[0]["faces"] == 0
     # A third run does nothing.

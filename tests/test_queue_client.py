@@ -461,7 +461,8 @@ def test_set_is_typed_by_the_server_not_by_the_json_value(object_info):
     graph = {"1": {"class_type": "X", "inputs": {"mode": "blur", "on": False}}}
     assert queue_client.apply_sets(graph, ["1.mode=pixelate", "1.on=true"], combo)["1"]["inputs"] == {
         "mode": "pixelate", "on": True}
-    with pytest.raises(queue_client.QueueError, match=r"Value not in list: mode: 'solid' not in \['blur', 'pixelate'\]"):
+    refused = r"Value not in list: mode: 'solid' not in \['blur', 'pixelate'\]"
+    with pytest.raises(queue_client.QueueError, match=refused):
         queue_client.apply_sets(graph, ["1.mode=solid"], combo)
 
 

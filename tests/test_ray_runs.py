@@ -18,8 +18,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
 
-from faceanon_core.cli import main  # noqa: E402
-from faceanon_core.cli import ray_runs  # noqa: E402
+from faceanon_core.cli import main, ray_runs  # noqa: E402
 from faceanon_core.cli.main import build_parser  # noqa: E402
 
 FAST = ["--size", "64", "--steps", "2", "--scheduler", "ddim"]

@@ -6,10 +6,10 @@ import logging
 
 import numpy as np
 import pytest
+from faces_helpers import collage
 
 from faceanon_core.faces import MTCNNDetector
 from faceanon_core.faces.redact import DEFAULT_STRENGTH, METHODS, redact_crops, redact_image
-from faces_helpers import collage
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from the original photo and from the person's other photos. Below the floors the
 from __future__ import annotations
 
 import pytest
+from faces_helpers import astronaut, grace_hopper
+from identity_helpers import fr_photo
 
 from faceanon_core.faces import MTCNNDetector
 from faceanon_core.faces import redact as R
-from faces_helpers import astronaut, grace_hopper
-from identity_helpers import fr_photo
 
 SAME_PERSON = 0.6  # dlib's threshold: below it two faces are the same person
 OBAMA = ("obama.jpg", "obama2.jpg", "obama3.jpg")

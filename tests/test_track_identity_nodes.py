@@ -113,7 +113,7 @@ def test_per_track_runs_the_source_branch_once_per_track_on_its_keyframe(monkeyp
     assert out.shape == image.shape  # order and count kept
     sources = fakes.source_captures
     assert len(sources) == 2 and fakes.mixes == 2  # the source branch: once per track, not once per frame
-    for capture, key in zip(sources, (3, 6)):
+    for capture, key in zip(sources, (3, 6), strict=True):
         assert capture["latents"].shape[0] == 1 and capture["degree"] == DEGREE  # Eq. 1 before the ReferenceNet
         torch.testing.assert_close(capture["latents"], latents_of(image[key:key + 1]), rtol=0, atol=0)
     drivers = [c for c in fakes.captures if c["role"] == "driving"]

@@ -166,7 +166,8 @@ def test_small_face_at_a_missed_large_face_does_not_take_its_track():
 def test_interpolated_faces_lie_exactly_on_linear_motion():
     # Missed at frame 5 (halfway between 4 and 6) and at 9..11 (quarter points between 8 and 12).
     missing = {("a", t) for t in (5, 9, 10, 11)}
-    path = lambda t: (50 + 7 * t, 80 + 3 * t, 30 + 0.5 * t)  # moving and growing
+    def path(t):
+        return (50 + 7 * t, 80 + 3 * t, 30 + 0.5 * t)  # moving and growing
     frames, _ = build({"a": path}, 20, missing=missing)
     for smoothing in (None, LandmarkSmoothing()):
         tracks = track_faces(frames, max_gap=5, smoothing=smoothing)
@@ -267,7 +268,8 @@ def test_smoothing_reduces_landmark_jitter_without_bias():
 
 def test_smoothing_is_exact_on_fast_accelerating_motion_and_none_keeps_raw():
     # Up to 60 px/frame with 2 px/frame^2 acceleration: a degree-2 fit has no lag at any speed.
-    path = lambda t: (50 + 20 * t + t**2, 300 - 4 * t, 40 + 0.3 * t)
+    def path(t):
+        return (50 + 20 * t + t**2, 300 - 4 * t, 40 + 0.3 * t)
     frames, _ = build({"a": path}, 20)
     tracks = track_faces(frames)
     assert len(tracks) == 1
@@ -283,7 +285,8 @@ def test_smoothing_is_exact_on_fast_accelerating_motion_and_none_keeps_raw():
 def test_smoothing_keeps_a_two_hertz_head_shake():
     # 2 Hz at 30 fps, 20 px amplitude: the default window keeps 96.5% of it (a moving average over
     # the same 9 frames would keep 51%).
-    path = lambda t: (300 + 20 * np.sin(2 * np.pi * 2 * t / 30), 200, 40)
+    def path(t):
+        return (300 + 20 * np.sin(2 * np.pi * 2 * t / 30), 200, 40)
     frames, _ = build({"a": path}, 90)
     faces = track_faces(frames).track(0)
     x = np.array([f.landmarks5[:, 0].mean() for f in faces])[20:70]

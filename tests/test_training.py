@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from training_helpers import SIZE, smooth_image, tiny_config, write_triplets
 
-from training.cli import EXIT_BAD_DATA, main as cli_main
+from training.cli import EXIT_BAD_DATA
+from training.cli import main as cli_main
 from training.config import ConfigError, config_from_dict, load_config, schedule_value
 from training.data import DatasetError, TripletDataset, align_dataset, check_dataset, read_triplets
 from training.model import FaceAnonTrainModel, export_folder
@@ -42,7 +42,8 @@ def data_file(tmp_path_factory):
 
 
 def test_config_yaml_toml_and_overrides(tmp_path):
-    (tmp_path / "c.yaml").write_text("model:\n  init_from: /m\ndata:\n  train: /d.jsonl\noptim:\n  learning_rate: 2e-5\n"
+    (tmp_path / "c.yaml").write_text("model:\n  init_from: /m\ndata:\n  train: /d.jsonl\n"
+                                     "optim:\n  learning_rate: 2e-5\n"
                                      "curriculum:\n  real_driving: [[0, 0.5], [100, 0.0]]\n")
     (tmp_path / "c.toml").write_text('[model]\ninit_from = "/m"\n[data]\ntrain = "/d.jsonl"\n[train]\nmax_steps = 7\n')
     config = load_config(tmp_path / "c.yaml", ["train.max_steps=5", "loss.snr_gamma=5.0", "model.routing=per_layer"])
@@ -125,8 +126,9 @@ def test_flip_is_consistent_and_samples_are_deterministic(tmp_path):
 def test_curriculum_and_dropout_rates(tmp_path):
     data = write_triplets(tmp_path, 4, real=2)
     triplets = read_triplets(data)
-    dataset = TripletDataset(triplets, tmp_path / "images", resolution=SIZE, real_driving_schedule=[[0, 1.0], [10, 0.0]],
-                             samples_per_step=2, conditioning_dropout=0.1, seed=0)
+    dataset = TripletDataset(triplets, tmp_path / "images", resolution=SIZE,
+                             real_driving_schedule=[[0, 1.0], [10, 0.0]], samples_per_step=2,
+                             conditioning_dropout=0.1, seed=0)
     real_lines = {t.line for t in triplets if t.driving == "real"}
     early = [dataset.choose(i)[0] for i in range(0, 2)]            # step 0: p_real = 1
     late = [dataset.choose(i)[0] for i in range(40, 100)]          # step >= 20: p_real = 0
@@ -297,7 +299,8 @@ def test_init_from_a_unet_folder_checkpointing_epsilon_snr(tiny_model_dir, data_
     """SD-style init (all three nets from one UNet), gradient checkpointing gives the same
     gradients, epsilon target with min-SNR weighting and noise offset train."""
     config = tiny_config(tiny_model_dir / "unet", data_file, tmp_path / "run",
-                         model={"vae": str(tiny_model_dir / "vae"), "image_encoder": str(tiny_model_dir / "image_encoder"),
+                         model={"vae": str(tiny_model_dir / "vae"),
+                                "image_encoder": str(tiny_model_dir / "image_encoder"),
                                 "feature_extractor": str(tiny_model_dir / "feature_extractor"),
                                 "prediction_type": "epsilon", "refnet_trainable": "attention"},
                          loss={"snr_gamma": 5.0, "noise_offset": 0.05})
@@ -338,7 +341,8 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, data_file, tmp_path):
     first = make_trainer(tiny_model_dir, data_file, tmp_path / "b", **common)
     first.fit(max_steps=2)
     del first
-    assert [json.loads((p / "faceanon_state.json").read_text())["step"] for p in list_checkpoints(tmp_path / "b")] == [2]
+    steps = [json.loads((p / "faceanon_state.json").read_text())["step"] for p in list_checkpoints(tmp_path / "b")]
+    assert steps == [2]
     resumed = Trainer(config_from_dict(tiny_config(tiny_model_dir, data_file, tmp_path / "b", **common)),
                       resume="latest")
     assert resumed.step == 2 and resumed.resumed_from.name == "checkpoint-00000002"

@@ -21,7 +21,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from training_helpers import tiny_config, write_triplets
 
 from training.config import config_from_dict

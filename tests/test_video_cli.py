@@ -118,7 +118,7 @@ def test_redact_clip_keeps_frames_rate_audio_and_covers_every_frame(clip, tmp_pa
         assert "title" not in c.metadata
     src_frames, out_frames = frames_of(clip), frames_of(out)
     assert [f.pts for f in out_frames] == [f.pts for f in src_frames]
-    for i, (a, b) in enumerate(zip(src_frames, out_frames)):
+    for i, (a, b) in enumerate(zip(src_frames, out_frames, strict=True)):
         assert face_changed(b.rgb, a.rgb, frame_at(i)[1]) > 0.5, f"frame {i}: face not redacted"
         corner = np.abs(b.rgb[:20, :20].astype(int) - a.rgb[:20, :20].astype(int)).max()
         assert corner < 20  # background untouched (re-encoding noise only)
@@ -135,7 +135,7 @@ def test_rotated_portrait_clip(tmp_path):
     assert probe_video(out).rotation == probe_video(clip).rotation == 90
     src_frames, out_frames = frames_of(clip), frames_of(out)
     assert len(out_frames) == N
-    for i, (a, b) in enumerate(zip(src_frames, out_frames)):
+    for i, (a, b) in enumerate(zip(src_frames, out_frames, strict=True)):
         up_a, up_b = np.rot90(a.rgb, k=-1), np.rot90(b.rgb, k=-1)  # as shown
         assert face_changed(up_b, up_a, frame_at(i)[1]) > 0.9
 
@@ -226,7 +226,7 @@ def test_anonymize_clip_with_the_tiny_model(clip, tmp_path, tiny_model_dir, iden
                  "--no-verify"] + FAST)
     assert code == 0, capsys.readouterr().err
     assert probe_video(out).frames == N and audio_bytes(out) == audio_bytes(clip)
-    for i, (a, b) in enumerate(zip(frames_of(clip), frames_of(out))):
+    for i, (a, b) in enumerate(zip(frames_of(clip), frames_of(out), strict=True)):
         assert face_changed(b.rgb, a.rgb, frame_at(i)[1]) > 0.3, f"frame {i}"
 
 

@@ -44,7 +44,8 @@ class ExactRecognizer:
         return out
 
     def distance(self, a, b):
-        return np.array([0.0 if x.shape == y.shape and np.array_equal(x, y) else 1.0 for x, y in zip(a, b)])
+        same = [x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b, strict=True)]
+        return np.array([0.0 if s else 1.0 for s in same])
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def _patch_run(mp, written: dict, leak_frames=(), recognizer=None):
 
     def leaky(frames, indices, *a, **k):
         res = real_process(frames, indices, *a, **k)
-        for r, rgb, t in zip(res, frames, indices):
+        for r, rgb, t in zip(res, frames, indices, strict=True):
             if t in leak_frames:
                 r.image = rgb.copy()  # the model handed the face back unchanged
         return res

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import noise
+
 from faceanon_core.faces.tracks import track_faces
 from faceanon_core.faces.video import TrackAnonymizer, process_frames
 from faceanon_core.method.pipeline import SourceIdentity

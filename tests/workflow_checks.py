@@ -382,7 +382,7 @@ def api_breaks(current: dict, saved: dict) -> list[str]:
         for key, item in sorted(old_inputs.items()):
             if new_inputs.get(key) != item:
                 problems.append(f"{name}: input {item['name']!r} ({key[0]} #{key[1]}) {item} -> {new_inputs.get(key)}")
-        for key, item in sorted((k, v) for k, v in new_inputs.items() if k not in old_inputs):
+        for _key, item in sorted((k, v) for k, v in new_inputs.items() if k not in old_inputs):
             if item["section"] != "optional":
                 problems.append(f"{name}: new required input {item['name']!r} (saved workflows lack it)")
     return problems

@@ -262,8 +262,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="identity distance below which a face still counts as the same person "
                            "(default 0.6, dlib's decision distance)")
     anon.add_argument("--verify-retries", type=int_at_least(0), default=2, metavar="N",
-                      help="tries after the first, each with seed+1 and degree+0.25 (default 2; photos: a video keeps one "
-                           "identity per track and is not retried)")
+                      help="tries after the first, each with seed+1 and degree+0.25 (default 2; photos: a video "
+                           "keeps one identity per track and is not retried)")
     anon.add_argument("--verify-fallback", choices=["fail", "redact"], default="fail",
                       help="a face still recognizable after every try: fail the photo or video (default) or blur it")
     add_detector_args(anon)
@@ -329,7 +329,7 @@ def _run_on_crops(args, inputs, pipe_call) -> int:
             pipe, crops, degree=args.degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
             generator=generators(args.seed, len(chunk)), height=size, width=size, output_type="np",
         ).images
-        for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size]):
+        for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size], strict=True):
             out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
             write_rgb(target, img, out, args.overwrite)
             logger.info("wrote %s", target)

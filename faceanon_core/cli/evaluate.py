@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--require-detection", action="store_true",
                    help="fail when a face is not found again in its anonymized photo (default: embed it at the "
                         "original's landmarks)")
-    p.add_argument("--worst", type=int_at_least(0), default=8, metavar="N", help="worst cases shown in the report (default 8)")
+    p.add_argument("--worst", type=int_at_least(0), default=8, metavar="N",
+                   help="worst cases shown in the report (default 8)")
     p.add_argument("-r", "--recursive", action="store_true", help="look for photos in subfolders too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--detect-threshold", type=probability, default=0.95, metavar="P",

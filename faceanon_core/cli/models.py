@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     download.add_argument("--vae-repo", default=DEFAULT_HUB_SOURCES["vae"], metavar="REPO",
                           help=f"hub repository of the VAE (default {DEFAULT_HUB_SOURCES['vae']})")
     download.add_argument("--image-encoder-repo", default=DEFAULT_HUB_SOURCES["image_encoder"], metavar="REPO",
-                          help=f"hub repository of the CLIP image encoder (default {DEFAULT_HUB_SOURCES['image_encoder']})")
+                          help="hub repository of the CLIP image encoder "
+                               f"(default {DEFAULT_HUB_SOURCES['image_encoder']})")
     download.set_defaults(func=run_models_download)
     check = msub.add_parser("check", help="validate a model folder and say what is missing",
                             description="Validate a model folder and say what is missing (no torch needed).")

@@ -7,6 +7,7 @@ run and download every output into ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -229,10 +230,8 @@ def queue_workflow(args) -> list[Path]:
     finally:
         progress.close()
         if ws is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken socket
                 ws.close()
-            except Exception:  # noqa: BLE001 - closing a broken socket
-                pass
     message = execution_error(entry)
     if message:
         raise QueueError(f"prompt {prompt_id}: {message}", EXIT_FAILED)

@@ -333,7 +333,8 @@ def _run(args, mode, plan, manifest, params, seed, extra, progress) -> BatchSumm
         return summary
 
     workers = settings.get("_workers")
-    task_args = {"batch_size": 1, "num_cpus": 1, "max_retries": RETRIES, **({"concurrency": workers} if workers else {})}
+    task_args = {"batch_size": 1, "num_cpus": 1, "max_retries": RETRIES,
+                 **({"concurrency": workers} if workers else {})}
     with warnings.catch_warnings():  # bounded retries are 'ray_remote_args', deprecated in 2.60, kept to <2.64
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ray.data.from_items([{"payload": pickle.dumps(r)} for r in rows], override_num_blocks=len(rows))

@@ -108,7 +108,7 @@ def download_into(client: Client, items: list[dict], out: Path, target: str) -> 
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".faceanon-{final.name}.", suffix=".part", dir=final.parent))
     try:
-        for item, relative in zip(items, relatives):
+        for item, relative in zip(items, relatives, strict=True):
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             client.download(item, path)

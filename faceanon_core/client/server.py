@@ -314,7 +314,7 @@ def wait_for(client: Client, prompt_id: str, deadline: float, poll_interval: flo
 def output_items(entry: dict, include_temp: bool) -> list[dict]:
     items = []
     for node_id, output in sorted((entry.get("outputs") or {}).items(), key=lambda kv: node_id_key(kv[0])):
-        for key, values in output.items():
+        for values in output.values():
             if not isinstance(values, list):
                 continue
             for value in values:
@@ -361,7 +361,7 @@ def download_outputs(client: Client, items: list[dict], out: Path, overwrite: bo
             path = staging / f"{index:05d}"
             client.download(item, path)
             staged.append(path)
-        for path, target in zip(staged, targets):
+        for path, target in zip(staged, targets, strict=True):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
     finally:

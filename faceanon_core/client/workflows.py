@@ -309,7 +309,8 @@ def typed_value(raw: str, spec, name: str, where: str, uploading: frozenset = fr
         else:
             raise QueueError(f"--set {where}: a {kind} input takes a connection from another node, not a value")
     except ValueError as exc:
-        raise QueueError(refused + f"Failed to convert an input value to a {kind} value: {name}, {raw}, {exc}") from None
+        message = f"Failed to convert an input value to a {kind} value: {name}, {raw}, {exc}"
+        raise QueueError(refused + message) from None
     if kind in ("INT", "FLOAT"):
         if "min" in opts and value < opts["min"]:
             raise QueueError(refused + "Value {} smaller than min of {}: {}".format(value, opts["min"], name))

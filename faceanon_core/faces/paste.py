@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

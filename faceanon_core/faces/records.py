@@ -65,7 +65,7 @@ class DetectedFace:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DetectedFace":
+    def from_dict(cls, d: dict[str, Any]) -> DetectedFace:
         return cls(box=tuple(d["box"]), score=d.get("score", 1.0), landmarks5=np.asarray(d["landmarks"]))
 
 
@@ -114,7 +114,7 @@ class AlignedFace:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AlignedFace":
+    def from_dict(cls, d: dict[str, Any]) -> AlignedFace:
         return cls(
             frame_index=int(d.get("frame_index", 0)),
             landmarks=np.asarray(d["landmarks"]),

@@ -117,7 +117,7 @@ def process_frames(
     tids_per: list[list[int]] = []
     small_per: list[list[TrackedFace]] = []
     by_track: dict[int, list[tuple[int, int]]] = {}  # track id -> (frame position, face position)
-    for pos, (rgb, t) in enumerate(zip(frames, indices)):
+    for pos, (rgb, t) in enumerate(zip(frames, indices, strict=True)):
         where = f"{name} frame {t}"
         check_rgb(rgb, where)
         faces = _faces_of(tracks, t)
@@ -150,11 +150,11 @@ def process_frames(
         )
         owners = [(f"{name} frame {indices[pos]} (track {tid})", k) for pos, k in members]
         done = run_crops(crops, lambda c, tid=tid: process_track(tid, c), owners, batch_size)
-        for (pos, k), crop in zip(members, done):
+        for (pos, k), crop in zip(members, done, strict=True):
             processed[pos][k] = crop
 
     results = []
-    for pos, (rgb, t) in enumerate(zip(frames, indices)):
+    for pos, (rgb, t) in enumerate(zip(frames, indices, strict=True)):
         al = aligned_per[pos]
         if al:
             img, mask = paste_back(rgb, al, np.stack(processed[pos]), erode=erode, feather=feather)
@@ -229,7 +229,9 @@ class TrackAnonymizer:
             try:
                 key = self.keyframes[track_id]
             except KeyError:
-                raise FaceProcessingError(f"track {track_id}: no keyframe crop to take the source identity from") from None
+                raise FaceProcessingError(
+                    f"track {track_id}: no keyframe crop to take the source identity from"
+                ) from None
             key = np.asarray(key)
             key = key.astype(np.float32) / 255.0 if key.dtype == np.uint8 else key.astype(np.float32)
             model_in = self._resize(key[None], self.size)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .images import IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS
 
@@ -133,7 +133,8 @@ def scan_inputs(
                 else:
                     unsupported.append(f)
             if not found and not found_videos:
-                logger.warning("%s: no photos found (%s)", p, "recursive" if recursive else "use --recursive for subfolders")
+                logger.warning("%s: no photos found (%s)", p,
+                               "recursive" if recursive else "use --recursive for subfolders")
             items.extend(sorted(found, key=lambda i: str(i.rel)))
             video_items.extend(sorted(found_videos, key=lambda i: str(i.rel)))
         elif is_video(p):  # a video given by name: the video commands take it, the others name it

@@ -74,6 +74,6 @@ def write_tiny_model_folder(root, seed: int = 0, *, extras: bool = True, layers_
 @torch.no_grad()
 def _randomize(unet: torch.nn.Module) -> None:
     """diffusers zero-initialises some output layers; give every weight a value so tests see them."""
-    for name, param in unet.named_parameters():
+    for _name, param in unet.named_parameters():
         if param.abs().sum() == 0:
             param.normal_(0, 0.02)

@@ -163,7 +163,7 @@ class ReferenceKVPatch(ReferenceSet):
         to_k, to_v = self.projections[key]
         tensors = {"source": self.source_cond[ref], "uncond": self.source_uncond[ref], "driving": self.driving[ref]}
         width = getattr(to_k, "in_features", like.shape[-1])
-        for what, t in tensors.items():
+        for t in tensors.values():
             if t.shape[-1] != width:
                 raise ValueError(f"{layer}: reference states have {t.shape[-1]} channels, the UNet {width}")
         tensors = {what: t.to(device=like.device, dtype=like.dtype) for what, t in tensors.items()}
@@ -172,7 +172,7 @@ class ReferenceKVPatch(ReferenceSet):
             sizes = [t.shape[0] for t in tensors.values()]
             stacked = torch.cat(list(tensors.values()))
             ks, vs = to_k(stacked).split(sizes), to_v(stacked).split(sizes)
-            parts = {what: (k, v) for what, k, v in zip(tensors, ks, vs)}
+            parts = {what: (k, v) for what, k, v in zip(tensors, ks, vs, strict=True)}
         else:
             parts = {what: (to_k(t), to_v(t)) for what, t in tensors.items()}
         self.projection_calls += 1

@@ -4,6 +4,8 @@ ReferenceNet forward at t = 0 that records the states (:mod:`.capture`). Inputs 
 
 from __future__ import annotations
 
+import contextlib
+
 import comfy.model_management as mm
 import comfy.utils
 import torch
@@ -77,12 +79,9 @@ def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, de
         c = c_all[start:start + IMAGES_PER_FORWARD].to(device=device, dtype=dtype)
         recorder = StateRecorder(wanted)
         options = {"patches": {"attn1_patch": [recorder]}}
-        with torch.no_grad():
-            try:
-                model.diffusion_model(x, timesteps=torch.zeros(x.shape[0], device=device), context=c,
-                                      transformer_options=options)
-            except CaptureDone:
-                pass
+        with torch.no_grad(), contextlib.suppress(CaptureDone):
+            model.diffusion_model(x, timesteps=torch.zeros(x.shape[0], device=device), context=c,
+                                  transformer_options=options)
         parts.append({k: v.to(mm.intermediate_device(), store_dtype) for k, v in recorder.result().items()})
         pbar.update(x.shape[0])
     states = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}

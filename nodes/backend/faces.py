@@ -123,7 +123,7 @@ def detect_faces(image, threshold, min_face_size, crop_size, if_no_face, detecto
         logger.warning("FaceAnon: %d face(s) too small for the model (below %.0f px between the eyes): Paste "
                        "Faces Back and Redact Faces blur them", len(small), min_face_size)
     result = FaceSet(faces=faces, frame_sizes=[f.shape[:2] for f in frames], crop_size=crop_size, small=small)
-    if crops:
+    if crops:  # noqa: SIM108 - the else branch carries its reason
         batch = to_image(np.concatenate(crops))
     else:  # never an empty batch: a Preview/Save of the crops would fail on it
         batch = placeholder(torch.zeros((0, crop_size, crop_size, 3)))
@@ -136,7 +136,7 @@ def check_frames_match(frames, faces: FaceSet) -> None:
     if len(frames) != len(faces.frame_sizes):
         raise ValueError(f"the image has a batch of {len(frames)} but the faces were detected in "
                          f"{len(faces.frame_sizes)} frames")
-    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes)):
+    for index, (frame, size) in enumerate(zip(frames, faces.frame_sizes, strict=True)):
         if tuple(frame.shape[:2]) != tuple(size):
             raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the faces were detected "
                              f"on a {size[1]}x{size[0]} frame: connect the same image the faces came from")

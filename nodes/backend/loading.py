@@ -49,7 +49,7 @@ def list_model_folders() -> list[str]:
     for root in folder_paths.get_folder_paths(FOLDER_NAME):
         if not os.path.isdir(root):
             continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, _filenames in os.walk(root, followlinks=True):
             if os.path.isfile(os.path.join(dirpath, "unet", "config.json")):
                 rel = os.path.relpath(dirpath, root)
                 if rel != "." and rel not in found:

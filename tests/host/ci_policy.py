@@ -73,7 +73,8 @@ def pytest_terminal_summary(terminalreporter, config):
               for kind in ("passed", "failed", "skipped", "refused")}
     host = os.environ.get("COMFYUI_PATH") or "no COMFYUI_PATH"
     line = (f"host tests ({host}): {counts['passed'] + counts['failed']} ran ({counts['passed']} passed, "
-            f"{counts['failed']} failed), {counts['skipped']} skipped{' (GPU only)' if in_ci() and host != 'no COMFYUI_PATH' else ''}")
+            f"{counts['failed']} failed), {counts['skipped']} skipped"
+            f"{' (GPU only)' if in_ci() and host != 'no COMFYUI_PATH' else ''}")
     if counts["refused"]:
         line += f", {counts['refused']} skipped but failed (CI allows only GPU skips)"
     terminalreporter.write_line(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ class ComfyServer:
         python = python or os.environ.get("COMFYUI_PYTHON", sys.executable)  # python=: another environment
         cmd = [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(base), "--database-url", "sqlite:///:memory:", *extra_args]
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - the server writes it until stop() closes it
         self.proc = subprocess.Popen(cmd, cwd=os.environ["COMFYUI_PATH"], stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         atexit.register(self.stop)
@@ -109,9 +110,9 @@ class ComfyServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             history = self.get(f"/history/{pid}")
-            if pid in history and history[pid].get("status", {}).get("completed") is not None:
-                if history[pid]["status"].get("status_str") in ("success", "error"):
-                    return history[pid]
+            state = history[pid].get("status", {}) if pid in history else {}
+            if state.get("completed") is not None and state.get("status_str") in ("success", "error"):
+                return history[pid]
             time.sleep(0.25)
         raise AssertionError(f"prompt {pid} did not finish in {timeout} s:\n{self.log()[-3000:]}")
 
@@ -137,22 +138,16 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
     """End a child started with ``start_new_session=True`` and every process in its group; raise if any stays."""
     pgid = proc.pid  # a new session's leader: its pid is the group id
     if proc.poll() is None or _group_alive(pgid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         deadline = time.time() + 5
         while _group_alive(pgid) and time.time() < deadline:
             time.sleep(0.1)
         if _group_alive(pgid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     proc.wait()
     deadline = time.time() + 10
     while _group_alive(pgid) and time.time() < deadline:

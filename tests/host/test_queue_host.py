@@ -42,7 +42,8 @@ pytestmark = [
     ),
 ]
 
-API_WORKFLOWS = REPO / "workflows" / "api"  # the shipped API-format files (*_api.json): the one place that names their folder
+# the shipped API-format files (*_api.json): the one place that names their folder
+API_WORKFLOWS = REPO / "workflows" / "api"
 
 
 def api_workflow(name: str) -> Path:

@@ -112,7 +112,7 @@ def test_the_source_referencenet_runs_once_per_track_and_every_frame_reads_its_s
                                                                    (1, 2, "same for every image")]
     # the states each track samples against are the keyframe's capture, mixed (Eq. 2)
     sources = [states for role, _, states in captures if role == "source"]
-    for (used, _, _), raw in zip(sampled, sources):
+    for (used, _, _), raw in zip(sampled, sources, strict=True):
         mixed = raw.mixed(DEGREE)
         assert all(torch.equal(used.cond[k], mixed.cond[k]) for k in mixed.cond)
 

@@ -35,7 +35,6 @@ def _write_clip(path: Path) -> list[tuple[int, int]]:
     AAC tone as audio. Returns the face centre per frame."""
     import av
     import numpy as np
-
     from faces_helpers import astronaut
 
     centres = []
@@ -141,9 +140,10 @@ def test_shipped_video_workflow_anonymizes_every_tracked_face_in_every_frame(ser
     the face is changed in every frame, the one the detector missed (filled in by the track) included."""
     from fractions import Fraction
 
-    from faceanon_core.media.video import probe_video
     from host_helpers import error_message
     from test_leak_matrix import CHANGED
+
+    from faceanon_core.media.video import probe_video
 
     srv, base, _ = served
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "video_frames_api.json"))

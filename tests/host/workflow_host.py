@@ -323,7 +323,7 @@ class Frontend:
 
     def load_ui(self, workflow: dict) -> dict:
         """loadGraphData(UI workflow) -> {"missing": [...types...], "prompt": graphToPrompt().output}."""
-        js = ("(async () => { const app = window.comfyAPI.app.app; const wf = %s;"
+        js = ("(async () => { const app = window.comfyAPI.app.app; const wf = %s;"  # noqa: UP031 - JS full of braces
               " const missing = [...new Set(wf.nodes.map(n => n.type)"
               ".filter(t => !window.LiteGraph.registered_node_types[t]))];"
               " await app.loadGraphData(wf, true, true, null,"
@@ -341,7 +341,7 @@ class Frontend:
         columns by their depth in the graph, seeds set to "fixed", a Note node with ``note`` above the graph,
         and the view saved fitted to a FIT_VIEW-sized canvas; then the UI workflow exactly as the frontend
         serializes it for saving."""
-        js = ("(async () => { const app = window.comfyAPI.app.app; const api = %s; const cols = %s;"
+        js = ("(async () => { const app = window.comfyAPI.app.app; const api = %s; const cols = %s;"  # noqa: UP031 - JS braces
               " const note = %s; const view = %s; const titleH = window.LiteGraph.NODE_TITLE_HEIGHT;"
               " app.loadApiJson(api, 'workflow.json');"
               " await new Promise(r => setTimeout(r, 300));"
@@ -354,7 +354,8 @@ class Frontend:
               "       (L.NODE_TEXT_SIZE || 14) + 'px ' + (L.NODE_FONT || 'Arial')]) {"
               "     if (font) { ctx.font = font; measured = Math.max(measured, ctx.measureText(text).width); } }"
               "   const title = Math.max(1.1 * measured, %s * text.length) + titleH + 40;"
-              "   const image = (n.widgets || []).some(w => w.name === 'image' || w.name === 'file' || w.type === 'preview');"
+              "   const image = (n.widgets || []).some("
+              "w => w.name === 'image' || w.name === 'file' || w.type === 'preview');"
               "   n.setSize([Math.max(min[0], title, %s, image ? n.size[0] : 0),"
               "              image ? Math.max(n.size[1], min[1]) : min[1]]); }"
               " let x = 0;"
@@ -386,7 +387,7 @@ class Frontend:
         """Load a UI workflow, fit it into the view, hide the side panels' noise, save a PNG."""
         import base64
 
-        self.evaluate(("(async () => { const app = window.comfyAPI.app.app;"
+        self.evaluate(("(async () => { const app = window.comfyAPI.app.app;"  # noqa: UP031 - JS full of braces
                        " await app.loadGraphData(%s, true, false, null,"
                        " {showMissingNodesDialog: false, showMissingModelsDialog: false});"
                        " return true; })()") % json.dumps(workflow))
