@@ -114,3 +114,47 @@ def test_a_detection_always_cut_by_the_border_is_not_extrapolated():
     tracks = track_faces(frames, frame_size=(W, H))
     (tid,) = tracks.track_ids
     assert [f.frame_index for f in tracks.track(tid)] == list(range(30 - DEFAULT_HOLD_FRAMES, 33 + DEFAULT_HOLD_FRAMES))
+
+
+def _handover(continuation_iou=None, monkeypatch=None):
+    """The leaving face found as itself while 70% is in the picture, then (as MTCNN's padded border pass does)
+    as a box shifted 12 px outwards from 3 frames before that until half is out: the shifted boxes start a
+    second track, always cut by the border."""
+    frames = [[] for _ in range(180)]
+    for t in range(180):
+        cx, cy, eye = leaving(t)
+        v = visible(gt_box(cx, cy, eye))
+        if v >= 0.7:
+            frames[t].append(det(cx, cy, eye))
+        if 0.5 <= v < 0.78:
+            frames[t].append(det(cx - 12, cy, eye))
+    return frames
+
+
+def _tail_after_last_detection(monkeypatch, continuation: bool) -> int:
+    import faceanon_core.faces.tracks as tracks_mod
+
+    if not continuation:  # the plausible bug: a border-cut track never counts as the face it continues
+        monkeypatch.setattr(tracks_mod, "_CONTINUATION_IOU", 2.0)
+    frames = _handover()
+    tracks = track_faces(frames, frame_size=(W, H))
+    assert len(tracks) == 2  # the shifted boxes are a track of their own (the setup holds)
+    cut = max(tracks.track_ids, key=lambda tid: tracks.track(tid)[0].frame_index)  # the one that starts later
+    faces = tracks.track(cut)
+    last_det = max(f.frame_index for f in faces if f.detected)
+    tail = [f for f in faces if f.frame_index > last_det]
+    if len(tail) > DEFAULT_HOLD_FRAMES:  # followed out only while a quarter of its box is in the picture
+        assert all(visible(f.box) >= BORDER_MIN_VISIBLE for f in tail)
+    return len(tail)
+
+
+def test_a_border_cut_track_that_continues_a_whole_face_is_followed_out(monkeypatch):
+    """What the 720p benchmark clip showed: MTCNN's last boxes of a face leaving the frame (a mirrored
+    "double face") start a new track, always cut by the border; it is that face, so it is followed out
+    through the border like the face (not held 2 frames like a false detection in a corner)."""
+    # Its last box has 36 of 96 px in the picture, 2 px/frame outwards: 6 frames until under a quarter.
+    assert _tail_after_last_detection(monkeypatch, True) == 6 > DEFAULT_HOLD_FRAMES
+
+
+def test_without_the_handover_the_cut_track_is_only_held(monkeypatch):
+    assert _tail_after_last_detection(monkeypatch, False) == DEFAULT_HOLD_FRAMES

@@ -98,6 +98,10 @@ BORDER_MIN_VISIBLE = 0.25
 DEFAULT_BORDER_FRAMES = 30
 #: Detections a track needs before it is extrapolated through the border (a motion estimate, not one blip).
 MIN_EVIDENCE = 3
+#: A border-cut track continues a seen-whole face when its first box overlaps one of that face's boxes this
+#: much (IoU), within this many frames (see ``_continuations``).
+_CONTINUATION_IOU = 0.3
+_CONTINUATION_FRAMES = 3
 
 #: Before a track's velocity is known (its first match), the gate is this many
 #: times ``max_distance``: a fast face (25 px and 10% scale per frame on a
@@ -390,7 +394,7 @@ class FaceTracks:
             raise IndexError(f"frame {frame_index} outside 0..{self.num_frames - 1}")
         a, b = int(self._frame_start[frame_index]), int(self._frame_start[frame_index + 1])
         out = []
-        for k, row in zip(self._by_frame_track[a:b].tolist(), self._by_frame_row[a:b].tolist()):
+        for k, row in zip(self._by_frame_track[a:b].tolist(), self._by_frame_row[a:b].tolist(), strict=True):
             tid = int(self._tid_of[k])
             out.append(self._tracks[tid].face(row, tid))
         return out
@@ -569,7 +573,7 @@ def _associate(
             # makes as many allowed matches as it can, then the cheapest ones.
             big = (_FIRST_MATCH_GATE * max_distance + 2.0) * (min(cost.shape) + 1)
             rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
-            for r, c in zip(rows, cols):
+            for r, c in zip(rows, cols, strict=True):
                 if np.isfinite(cost[r, c]):
                     live[r].add(dets[c])
                     matched.add(c)
@@ -611,9 +615,39 @@ def _border_run(box, lm, v_box, v_lm, frame_size, limit) -> tuple[list[np.ndarra
     return boxes, lms
 
 
+def _seen_whole(tr: _Track, frame_size: tuple[int, int] | None) -> bool:
+    return frame_size is not None and any(not _visible(d.box, frame_size)[1] for d in tr.dets)
+
+
+def _continuations(tracks: list[_Track], frame_size: tuple[int, int] | None) -> set[int]:
+    """Ids of tracks always cut by the border that continue a face seen whole.
+
+    A face half out of the frame is often found as a new box (a mirrored "double face" from the padded
+    border pass, or a box shifted by the cut) that does not match the face's own track, which then ends. Such
+    a track starts where a seen-whole track is (box overlap >= :data:`_CONTINUATION_IOU` within
+    :data:`_CONTINUATION_FRAMES` frames of its first detection): it is that face, and is followed out through
+    the border like it. A cut detection with no such neighbour (a false one in a corner) is not.
+    """
+    if frame_size is None:
+        return set()
+    whole = [tr for tr in tracks if _seen_whole(tr, frame_size)]
+    found = set()
+    for tr in tracks:
+        if tr in whole:
+            continue
+        first = tr.dets[0]
+        for other in whole:
+            if any(abs(d.frame - first.frame) <= _CONTINUATION_FRAMES
+                   and _iou(d.box, first.box[None])[0] >= _CONTINUATION_IOU for d in other.dets):
+                found.add(tr.track_id)
+                break
+    return found
+
+
 def _track_faces_of(
     tr: _Track, num_frames: int, hold: int, smoothing: LandmarkSmoothing | None,
     frame_size: tuple[int, int] | None = None, border_frames: int = DEFAULT_BORDER_FRAMES,
+    continues_whole: bool = False,
 ) -> _TrackArrays:
     """Dense faces of one track, as arrays: detections, interpolated gaps, smoothing, held or extrapolated ends."""
     first, last = tr.dets[0].frame, tr.dets[-1].frame
@@ -624,7 +658,7 @@ def _track_faces_of(
     raw = np.zeros((n, 5, 2))
     det_index = np.full(n, -1, np.int64)
     kind = np.full(n, _INTERPOLATED, np.int8)
-    for a, b in zip(tr.dets, tr.dets[1:] + [None]):
+    for a, b in zip(tr.dets, tr.dets[1:] + [None], strict=True):
         k = a.frame - first
         lm[k], box[k], score[k], raw[k], det_index[k], kind[k] = a.lm, a.box, a.score, a.lm, a.index, _DETECTED
         if b is None:
@@ -639,7 +673,7 @@ def _track_faces_of(
     # Only a face seen whole (some detection not cut by the border) is followed through the border: a
     # detection that is always cut (mirror texture in a corner, a false positive at the edge) is no face
     # crossing the border, and extrapolating it would leave a ghost for up to ``border_frames`` frames.
-    seen_whole = frame_size is not None and any(not _visible(d.box, frame_size)[1] for d in tr.dets)
+    seen_whole = _seen_whole(tr, frame_size) or (frame_size is not None and continues_whole)
     if seen_whole and len(tr.dets) >= MIN_EVIDENCE:
         # Leaving: the track's own velocity; entering: the mean velocity over its first detections.
         k = min(MIN_EVIDENCE - 1, len(tr.dets) - 1)
@@ -726,9 +760,11 @@ def track_faces(
         if smoothing is None
         else {"method": "savitzky-golay", "window": int(smoothing.window), "polyorder": int(smoothing.polyorder)},
     }
+    continuing = _continuations(tracks, frame_size)
     return FaceTracks._of_arrays(
         len(frames), {
-            tr.track_id: _track_faces_of(tr, len(frames), hold, smoothing, frame_size, int(border_frames))
+            tr.track_id: _track_faces_of(tr, len(frames), hold, smoothing, frame_size, int(border_frames),
+                                         tr.track_id in continuing)
             for tr in tracks
         }, params
     )
