@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sources() -> list[tuple[np.ndarray, np.ndarray, tuple[float, float], float]]:
     """(photo, its 5 landmarks, head centre, head radius) for each of the three faces."""
     import matplotlib.cbook as cbook
@@ -114,7 +114,7 @@ def build_clip(n: int = 60, width: int = 1280, height: int = 720, seed: int = 0)
         lms = []
         # The whole shot pans and zooms a little too (a moving camera).
         cam = 1.0 + 0.08 * math.sin(2 * math.pi * t / n)
-        for (src, lm, centre, radius), p in zip(_sources(), plan):
+        for (src, lm, centre, radius), p in zip(_sources(), plan, strict=True):
             eye_src = float(np.hypot(*(lm[1] - lm[0])))
             scale = k * cam * p["eye"] * (1 + p["zoom"] * math.sin(2 * math.pi * t / 48 + p["ph"])) / eye_src
             angle = p["roll"] * math.sin(2 * math.pi * t / 40 + p["ph"])
@@ -158,7 +158,7 @@ def _face_region(lm: np.ndarray, shape) -> np.ndarray:
 def uncovered(masks: list[np.ndarray], clip: Clip) -> list[tuple[int, int]]:
     """(frame, face) pairs whose face region is not >= 99% under a mask >= 0.5."""
     bad = []
-    for t, (mask, lms) in enumerate(zip(masks, clip.truth)):
+    for t, (mask, lms) in enumerate(zip(masks, clip.truth, strict=True)):
         for j, lm in enumerate(lms):
             region = _face_region(lm, mask.shape)
             if region.any() and (mask[region] >= 0.5).mean() < 0.99:
@@ -233,7 +233,7 @@ def coverage_report(clip: Clip, detections=None, detector=None) -> dict:
         detections = [detector.detect(f) for f in clip.frames]
     n = len(clip.frames)
     photo_masks = [redact_image(f, faces=d, image_name=f"frame {t}").mask
-                   for t, (f, d) in enumerate(zip(clip.frames, detections))]
+                   for t, (f, d) in enumerate(zip(clip.frames, detections, strict=True))]
     size = clip.frames[0].shape[1::-1]  # (width, height): the border rule, as the CLI's video run
     tracks = track_faces(detections, frame_size=size)
     track_masks = [r.mask for r in redact_frames(clip.frames, list(range(n)), tracks)]
@@ -242,7 +242,9 @@ def coverage_report(clip: Clip, detections=None, detector=None) -> dict:
     return {
         "frames": n,
         "ground_truth_face_frames": n * len(clip.truth[0]),
-        "missed_detections": sum(_match(d, gt) is None for d, lms in zip(detections, clip.truth) for gt in lms),
+        "missed_detections": sum(
+            _match(d, gt) is None for d, lms in zip(detections, clip.truth, strict=True) for gt in lms
+        ),
         "tracks": len(tracks),
         "track_ids_per_face": ids,
         "identity_switches": switches,

@@ -6,15 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from faces_helpers import astronaut, grace_hopper
+from PIL import Image
 
 pytest.importorskip("dlib", reason="needs the 'verify' extra: pip install 'comfyui-faceanon[verify]'")
 
 from faceanon_core.faces import FaceProcessingError, align_faces, default_detector, extract_crops  # noqa: E402
 from faceanon_core.privacy.guard import GuardConfig, IdentityLeakError, check_faces, guarded_process_faces  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +159,8 @@ def test_verify_option_defaults(monkeypatch, caplog):
 
     import faceanon_core.privacy.identity as identity
     from faceanon_core.cli import build_parser
-    from faceanon_core.cli.common import CliError
     from faceanon_core.cli.anonymize import verification
+    from faceanon_core.cli.common import CliError
 
     args = build_parser().parse_args(["anonymize", "x.png", "-o", "y.png"])
     assert args.verify is None and args.verify_fallback == "fail" and args.verify_retries == 2

@@ -14,9 +14,11 @@ import argparse
 import numpy as np
 import pytest
 import torch
+from faces_helpers import astronaut, grace_hopper
 
 from faceanon_core.faces import MTCNNDetector, align_faces, extract_crops
 from faceanon_core.faces.paste import crop_mask, paste_back
+from faceanon_core.faces.records import CROP_SIZE
 from faceanon_core.faces.redact import (
     DEFAULT_MARGIN,
     HEAD_FEATHER,
@@ -29,8 +31,6 @@ from faceanon_core.faces.redact import (
     head_mask,
     redact_image,
 )
-from faceanon_core.faces.records import CROP_SIZE
-from faces_helpers import astronaut, grace_hopper
 
 #: Head boxes (x0, y0, x1, y1): astronaut from the hair's top to the chin, ear to ear (the hair's outer
 #: volume left out); Grace Hopper from the cap's rim (her hair line is under it) to the chin, ear to ear.

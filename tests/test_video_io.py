@@ -289,8 +289,8 @@ def test_round_trip_keeps_count_rate_size_audio_and_pixels(clips, tmp_path):
     assert _audio_packets(out) == _audio_packets(src)  # copied packet for packet, same bytes and times
     sf, of = _frames(src), _frames(out)
     assert [f.time for f in of] == pytest.approx([f.time for f in sf], abs=1e-6)
-    diff = [np.abs(x.rgb.astype(int) - y.rgb.astype(int)).mean() for x, y in zip(sf, of)]
-    off_by_one = [np.abs(x.rgb.astype(int) - y.rgb.astype(int)).mean() for x, y in zip(sf[1:], of)]
+    diff = [np.abs(x.rgb.astype(int) - y.rgb.astype(int)).mean() for x, y in zip(sf, of, strict=True)]
+    off_by_one = [np.abs(x.rgb.astype(int) - y.rgb.astype(int)).mean() for x, y in zip(sf[1:], of, strict=False)]
     # CRF 18 costs well under 1 grey level on average here (measured about 0.6); a frame
     # shifted by one (the square moves 4 px) costs more than 4: 2.0 separates the two.
     assert max(diff) < 2.0 < min(off_by_one)
@@ -422,7 +422,7 @@ def test_threaded_encoding_keeps_every_frame_in_order(clips, tmp_path):
         write_video(frames, out, like=clips["mkv"], codec="ffv1", copy_audio=False)
         runs.append([f.rgb for f in _frames(out)])
     assert len(runs[0]) == len(frames)
-    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
 
     def dist(a, b):
         return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())

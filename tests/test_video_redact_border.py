@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from faces_helpers import astronaut
 
 from faceanon_core.faces import DetectedFace, MTCNNDetector
 from faceanon_core.faces.redact import head_mask
 from faceanon_core.faces.tracks import BORDER_MIN_VISIBLE, track_faces
 from faceanon_core.faces.video import redact_frames
-from faces_helpers import astronaut
 
 W, H = 640, 360
 HEAD = (165, 25, 285, 178)  # astronaut's head box (tests/test_redact_region.py)
@@ -53,7 +53,7 @@ def scene(face, t):
 
 
 def run(face, n, detect):
-    frames, heads, dets = zip(*(scene(face, t) for t in range(n)))
+    frames, heads, dets = zip(*(scene(face, t) for t in range(n)), strict=True)
     seen = [[d] if detect(t, d) else [] for t, d in enumerate(dets)]
     tracks = track_faces(seen, frame_size=(W, H))
     return frames, heads, redact_frames(frames, range(n), tracks, "blur")
@@ -71,7 +71,9 @@ def far_changed(before, after, box, reach=0.5):
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     near = np.zeros((H, W), bool)
-    near[max(int(y0 - reach * h), 0):max(int(y1 + reach * h), 0), max(int(x0 - reach * w), 0):max(int(x1 + reach * w), 0)] = True
+    rows = slice(max(int(y0 - reach * h), 0), max(int(y1 + reach * h), 0))
+    cols = slice(max(int(x0 - reach * w), 0), max(int(x1 + reach * w), 0))
+    near[rows, cols] = True
     return float(np.any(after != before, axis=2)[~near].mean())
 
 
@@ -84,7 +86,7 @@ def test_face_leaving_the_frame_is_redacted_while_a_quarter_is_visible(face):
     assert len(due) - (last_det + 1) >= 10  # frames past the last detection the border rule must cover
     cov = [visible_coverage(frames[t], results[t].image, heads[t]) for t in due]
     # Every frame with a quarter of the face in the picture: the visible part of the head covered.
-    assert min(cov) >= 0.8, [(t, round(c, 2)) for t, c in zip(due, cov) if c < 0.8]
+    assert min(cov) >= 0.8, [(t, round(c, 2)) for t, c in zip(due, cov, strict=True) if c < 0.8]
     # Over-redaction next to it: nothing changes far from the head, in any frame.
     assert max(far_changed(frames[t], results[t].image, heads[t]) for t in range(n)) == 0.0
 
@@ -108,7 +110,7 @@ def test_spurious_detection_leaves_no_ghost(face):
     _, _, det = scene(face, 0)
     seen = [[det] if t == 5 else [] for t in range(n)]
     results = redact_frames(blank, range(n), track_faces(seen, frame_size=(W, H)), "blur")
-    changed = [bool(np.any(r.image != f)) for r, f in zip(results, blank)]
+    changed = [bool(np.any(r.image != f)) for r, f in zip(results, blank, strict=True)]
     assert changed == [3 <= t <= 7 for t in range(n)]
     for r in results:
         assert np.array_equal(r.mask, head_mask((H, W), r.faces))
@@ -123,7 +125,7 @@ def test_video_eval_tracks_follow_a_face_out_through_the_border(face, tmp_path, 
     n = 0
     while visible(scene(face, n)[2].box) >= 0.15:
         n += 1
-    frames, _, dets = zip(*(scene(face, t) for t in range(n)))
+    frames, _, dets = zip(*(scene(face, t) for t in range(n)), strict=True)
     path = tmp_path / "leaving.mp4"
     with av.open(str(path), "w") as c:
         v = c.add_stream("libx264", rate=25)

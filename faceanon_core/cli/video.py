@@ -328,7 +328,7 @@ def run_anonymize_video(args, detector_from_args, verification=None) -> int:
     pipe = load_pipeline(args)
     pipe.set_progress_bar_config(disable=True)
     try:
-        for (info, dst), tracks in zip(plan, all_tracks):
+        for (info, dst), tracks in zip(plan, all_tracks, strict=True):
             anonymize_video(info, dst, args, tracks, pipe, recognizer)
     except _ERRORS as exc:
         return _fail("anonymize", str(exc))

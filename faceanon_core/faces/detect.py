@@ -1,4 +1,7 @@
-"""Face detection: MTCNN (P-Net -> R-Net -> O-Net) on OpenCV's DNN module, offline, plus adapters for boxes or landmarks from any other detector."""
+"""Face detection: MTCNN (P-Net -> R-Net -> O-Net) on OpenCV's DNN module, offline.
+
+Plus adapters for boxes or landmarks from any other detector.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import logging
 import math
 import os
 import threading
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -417,12 +421,12 @@ class MTCNNDetector:
 
     def _faces(self, boxes: np.ndarray, lm: np.ndarray, ww: int, hh: int) -> list[DetectedFace]:
         faces = []
-        for b, l in zip(boxes, lm, strict=True):
-            if not (np.isfinite(b).all() and np.isfinite(l).all()):
+        for b, pts in zip(boxes, lm, strict=True):
+            if not (np.isfinite(b).all() and np.isfinite(pts).all()):
                 continue
             if not _plausible_cut(b, ww, hh, self.min_face_size):
                 continue
-            faces.append(DetectedFace(box=tuple(float(v) for v in b[:4]), score=float(b[4]), landmarks5=l))
+            faces.append(DetectedFace(box=tuple(float(v) for v in b[:4]), score=float(b[4]), landmarks5=pts))
         faces.sort(key=lambda d: (d.box[0], d.box[1]))
         return faces
 
@@ -476,13 +480,13 @@ def faces_from_landmarks(
     Without boxes, a box is derived from the landmarks (the face is roughly
     1.9 inter-ocular distances wide around them).
     """
-    lms = [np.asarray(l, dtype=np.float64).reshape(5, 2) for l in landmarks]
+    lms = [np.asarray(pts, dtype=np.float64).reshape(5, 2) for pts in landmarks]
     bxs = [None] * len(lms) if boxes is None else [tuple(map(float, b)) for b in boxes]
     scs = [1.0] * len(lms) if scores is None else [float(s) for s in scores]
     if not (len(bxs) == len(scs) == len(lms)):
         raise ValueError(f"got {len(lms)} landmark sets, {len(bxs)} boxes and {len(scs)} scores; counts must match")
     out = []
-    for lm, box, sc in zip(lms, bxs, scs):
+    for lm, box, sc in zip(lms, bxs, scs, strict=True):
         if not np.isfinite(lm).all():
             raise ValueError(f"landmarks contain NaN or infinite values: {lm.tolist()}")
         if box is None:

@@ -30,9 +30,9 @@ import struct
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -364,7 +364,9 @@ def probe_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
         raise ImageReadError(
             f"{name}: not a readable image (unknown or corrupt format); re-export it as PNG or JPEG") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{name}: image data is corrupt or truncated ({exc}); re-export or re-download it") from exc
+        raise ImageReadError(
+            f"{name}: image data is corrupt or truncated ({exc}); re-export or re-download it"
+        ) from exc
     return w, h
 
 
