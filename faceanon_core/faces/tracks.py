@@ -625,8 +625,10 @@ def _continuations(tracks: list[_Track], frame_size: tuple[int, int] | None) -> 
     A face half out of the frame is often found as a new box (a mirrored "double face" from the padded
     border pass, or a box shifted by the cut) that does not match the face's own track, which then ends. Such
     a track starts where a seen-whole track is (box overlap >= :data:`_CONTINUATION_IOU` within
-    :data:`_CONTINUATION_FRAMES` frames of its first detection): it is that face, and is followed out through
-    the border like it. A cut detection with no such neighbour (a false one in a corner) is not.
+    :data:`_CONTINUATION_FRAMES` frames of its first detection) and outlives it: it takes that face over, and
+    is followed out through the border like it. A cut detection with no such neighbour (a false one in a
+    corner), or a short duplicate that ends while the face's own track goes on (the face's track is followed
+    out itself; the duplicate's own motion, often growing into the frame, would paint a ghost), is only held.
     """
     if frame_size is None:
         return set()
@@ -637,8 +639,9 @@ def _continuations(tracks: list[_Track], frame_size: tuple[int, int] | None) -> 
             continue
         first = tr.dets[0]
         for other in whole:
-            if any(abs(d.frame - first.frame) <= _CONTINUATION_FRAMES
-                   and _iou(d.box, first.box[None])[0] >= _CONTINUATION_IOU for d in other.dets):
+            if tr.dets[-1].frame > other.dets[-1].frame and any(
+                    abs(d.frame - first.frame) <= _CONTINUATION_FRAMES
+                    and _iou(d.box, first.box[None])[0] >= _CONTINUATION_IOU for d in other.dets):
                 found.add(tr.track_id)
                 break
     return found
