@@ -19,7 +19,7 @@ CLIP embedding *and* ReferenceNet states of one image (Eq. 2 mixes the states, w
 token maps of that image); averaging states over frames with different poses blurs them, and an
 average of CLIP embeddings paired with the states of one frame is a source the model never saw in
 training. The keyframe is the track's largest, most frontal, most confident detection
-(:func:`faces.tracks.keyframe_quality`), the frame the model sees the identity best in, which is the
+(:func:`faces.track_records.keyframe_quality`), the frame the model sees the identity best in, which is the
 one Eq. 1-2 remove it from most reliably.
 """
 
@@ -36,7 +36,7 @@ from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
 from .process import run_crops
 from .records import CROP_SIZE, DEFAULT_MIN_FACE_SIZE, AlignedFace, FaceProcessingError, FacesResult, check_rgb
 from .redact import DEFAULT_MARGIN, redact_image
-from .tracks import FaceTracks, TrackedFace
+from .track_records import FaceTracks, TrackedFace
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..faces.records import FacesResult
-from ..faces.tracks import FaceTracks
+from ..faces.track_records import FaceTracks
 from .guard import DEFAULT_THRESHOLD, FALLBACKS, IdentityLeakError, check_faces
 from .identity import FaceRecognizer
 
