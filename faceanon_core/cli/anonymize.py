@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..faces import process_faces
+from ..faces.align import resize_crops
 from ..media.images import load_image, save_image
 from ..media.manifest import run_batch
 from .common import (
@@ -54,22 +55,17 @@ def crop_anonymizer(pipe, args):
     Every face of a call gets the same seed, so a face keeps its anonymous identity from frame
     to frame of a clip (same seed, same degree).
     """
-    import cv2
     import torch
 
     def anonymize(crops: np.ndarray, seed: int, degree: float) -> np.ndarray:
-        size = crops.shape[1]
-        model_in = crops if size == args.size else np.stack(
-            [cv2.resize(c, (args.size, args.size), interpolation=cv2.INTER_AREA) for c in crops])
+        model_in = resize_crops(crops, args.size)
         out = pipe.anonymize(
             torch.from_numpy(np.ascontiguousarray(model_in)).permute(0, 3, 1, 2),
             degree=degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
             generator=generators(seed, len(crops)),
             height=args.size, width=args.size, output_type="np",
         ).images
-        if size != args.size:
-            out = np.stack([cv2.resize(o, (size, size), interpolation=cv2.INTER_CUBIC) for o in out])
-        return np.clip(out, 0.0, 1.0)
+        return np.clip(resize_crops(np.asarray(out), crops.shape[1]), 0.0, 1.0)
 
     return anonymize
 
@@ -330,7 +326,7 @@ def _run_on_crops(args, inputs, pipe_call) -> int:
             generator=generators(args.seed, len(chunk)), height=size, width=size, output_type="np",
         ).images
         for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size], strict=True):
-            out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
+            out = resize_crops((out * 255).round().astype(np.uint8), img.rgb.shape[0])
             write_rgb(target, img, out, args.overwrite)
             logger.info("wrote %s", target)
     return 0
@@ -338,24 +334,8 @@ def _run_on_crops(args, inputs, pipe_call) -> int:
 
 def _square(rgb, size: int):
     """An aligned crop resized to the model's resolution (crops are square already)."""
-    import cv2
-
     height, width = rgb.shape[:2]
     if height != width:
         raise CliError(f"aligned face crops must be square, got {width}x{height}: crop it, or let "
                        "`faceanon anonymize` find the faces in the photo (without --aligned)")
-    if height == size:
-        return rgb
-    interp = cv2.INTER_AREA if height > size else cv2.INTER_CUBIC
-    return cv2.resize(rgb, (size, size), interpolation=interp)
-
-
-def _resize_back(rgb, shape):
-    import cv2
-
-    if rgb.shape[:2] == tuple(shape):
-        return rgb
-    interp = cv2.INTER_AREA if rgb.shape[0] > shape[0] else cv2.INTER_CUBIC
-    return cv2.resize(rgb, (shape[1], shape[0]), interpolation=interp)
-
-
+    return resize_crops(rgb, size)

@@ -13,7 +13,15 @@ Coordinates are in pixels with pixel centres at integer positions (OpenCV's conv
 eye/mouth corner means the one on the image's left.
 """
 
-from .align import TEMPLATE_5, TEMPLATE_EYE_DIST, align_faces, estimate_similarity, extract_crops, warp_face_crop
+from .align import (
+    TEMPLATE_5,
+    TEMPLATE_EYE_DIST,
+    align_faces,
+    estimate_similarity,
+    extract_crops,
+    resize_crops,
+    warp_face_crop,
+)
 from .detect import (
     DEFAULT_DETECTOR_MIN_FACE,
     FaceDetector,
@@ -86,6 +94,7 @@ __all__ = [
     "process_faces_batch",
     "redact_crops",
     "redact_image",
+    "resize_crops",
     "run_crops",
     "warp_face_crop",
 ]

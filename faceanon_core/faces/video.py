@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .align import align_faces, extract_crops
+from .align import align_faces, extract_crops, resize_crops
 from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
 from .process import run_crops
 from .records import CROP_SIZE, DEFAULT_MIN_FACE_SIZE, AlignedFace, FaceProcessingError, FacesResult, check_rgb
@@ -215,14 +215,6 @@ class TrackAnonymizer:
         self._sources: dict[int, Any] = {}
         self._noise = None
 
-    def _resize(self, crops: np.ndarray, size: int) -> np.ndarray:
-        if crops.shape[1] == size:
-            return crops
-        import cv2
-
-        interp = cv2.INTER_AREA if crops.shape[1] > size else cv2.INTER_CUBIC
-        return np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in crops])
-
     def source(self, track_id: int):
         """The track's :class:`SourceIdentity`, computed on first use and kept."""
         if track_id not in self._sources:
@@ -234,7 +226,7 @@ class TrackAnonymizer:
                 ) from None
             key = np.asarray(key)
             key = key.astype(np.float32) / 255.0 if key.dtype == np.uint8 else key.astype(np.float32)
-            model_in = self._resize(key[None], self.size)
+            model_in = resize_crops(key[None], self.size)
             self._sources[track_id] = self.pipe.encode_source(
                 model_in, degree=self.degree, height=self.size, width=self.size
             )
@@ -254,7 +246,7 @@ class TrackAnonymizer:
         import torch
 
         n, crop = crops.shape[0], crops.shape[1]
-        model_in = torch.from_numpy(np.ascontiguousarray(self._resize(crops, self.size))).permute(0, 3, 1, 2)
+        model_in = torch.from_numpy(np.ascontiguousarray(resize_crops(crops, self.size))).permute(0, 3, 1, 2)
         common = dict(
             guidance_scale=self.guidance_scale, num_inference_steps=self.steps,
             generator=[torch.Generator().manual_seed(self.seed) for _ in range(n)],
@@ -264,4 +256,4 @@ class TrackAnonymizer:
             out = self.pipe.anonymize(model_in, source=self.source(track_id), **common).images
         else:
             out = self.pipe.anonymize(model_in, degree=self.degree, **common).images
-        return np.clip(self._resize(np.asarray(out, np.float32), crop), 0.0, 1.0)
+        return np.clip(resize_crops(np.asarray(out, np.float32), crop), 0.0, 1.0)
