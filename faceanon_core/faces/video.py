@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from .align import align_faces, extract_crops, resize_crops
-from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
-from .process import run_crops
+from .paste import DEFAULT_ERODE, DEFAULT_FEATHER
+from .process import FaceLoopOptions, finish_faces, refuse_small_faces, run_crops
 from .records import CROP_SIZE, DEFAULT_MIN_FACE_SIZE, AlignedFace, FaceProcessingError, FacesResult, check_rgb
 from .redact import DEFAULT_MARGIN, redact_image
 from .tracks import FaceTracks, TrackedFace
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["IDENTITY_MODES", "TrackAnonymizer", "keyframe_crop", "process_frames", "redact_frames"]
 
 IDENTITY_MODES = ("per-track", "per-frame")
-SMALL_FACE_POLICIES = ("redact", "fail", "keep")
 
 
 def _faces_of(tracks: FaceTracks, frame_index: int) -> list[TrackedFace]:
@@ -105,10 +104,8 @@ def process_frames(
     for the model (eye distance < ``min_face_size``) are blurred (``small_faces="redact"``), fail
     the run (``"fail"``) or are left (``"keep"``, logged).
     """
-    if small_faces not in SMALL_FACE_POLICIES:
-        raise ValueError(f"small_faces must be one of {SMALL_FACE_POLICIES}, got {small_faces!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    opts = FaceLoopOptions(batch_size=batch_size, crop_size=crop_size, min_face_size=min_face_size, erode=erode,
+                           feather=feather, small_faces=small_faces)  # checks the policy and the batch size
     frames = list(frames)
     indices = [int(t) for t in frame_indices]
     if len(frames) != len(indices):
@@ -132,11 +129,7 @@ def process_frames(
             else:
                 keep.append(a)
                 tids.append(face.track_id)
-        if small and small_faces == "fail":
-            raise FaceProcessingError(
-                f"{where}: {len(small)} face(s) too small for the model (eye distance < {min_face_size:g} px); "
-                "use --small-faces redact to blur them"
-            )
+        refuse_small_faces(small, small_faces, where)  # "fail": before the model runs
         for k, tid in enumerate(tids):
             by_track.setdefault(tid, []).append((pos, k))
         aligned_per.append(keep)
@@ -149,24 +142,15 @@ def process_frames(
             [extract_crops(frames[pos], [aligned_per[pos][k]]) for pos, k in members]
         )
         owners = [(f"{name} frame {indices[pos]} (track {tid})", k) for pos, k in members]
-        done = run_crops(crops, lambda c, tid=tid: process_track(tid, c), owners, batch_size)
+        done = run_crops(crops, lambda c, tid=tid: process_track(tid, c), owners, opts.batch_size)
         for (pos, k), crop in zip(members, done, strict=True):
             processed[pos][k] = crop
 
     results = []
     for pos, (rgb, t) in enumerate(zip(frames, indices, strict=True)):
         al = aligned_per[pos]
-        if al:
-            img, mask = paste_back(rgb, al, np.stack(processed[pos]), erode=erode, feather=feather)
-        else:
-            img, mask = rgb.copy(), np.zeros(rgb.shape[:2], np.float32)
-        small = small_per[pos]
-        if small and small_faces == "redact":
-            red = redact_image(img, "blur", faces=small, image_name=f"{name} frame {t}")
-            img, mask = red.image, np.maximum(mask, red.mask)
-        elif small:
-            logger.warning("%s frame %d: %d small face(s) left unchanged (--small-faces keep)", name, t, len(small))
-        results.append(FacesResult(image=img, mask=mask, faces=al, skipped=list(small)))
+        done = np.stack(processed[pos]) if al else None
+        results.append(finish_faces(rgb, al, small_per[pos], done, opts, f"{name} frame {t}"))
     return results
 
 
