@@ -33,6 +33,7 @@ _LAZY = {
     "AlignedFace": "faceanon_core.faces",
     "DetectedFace": "faceanon_core.faces",
     "FaceDetectorError": "faceanon_core.faces",
+    "FaceLoopOptions": "faceanon_core.faces",
     "FaceProcessingError": "faceanon_core.faces",
     "FacesResult": "faceanon_core.faces",
     "MTCNNDetector": "faceanon_core.faces",

@@ -136,9 +136,9 @@ BAD_MODEL_OPTIONS = [
 @pytest.mark.parametrize("command", ["anonymize", "swap"])
 @pytest.mark.parametrize("option,value", BAD_MODEL_OPTIONS)
 def test_bad_option_values_never_reach_the_model(command, option, value, crop, tmp_path, capsys, monkeypatch):
-    import faceanon_core.cli.common as common
+    import faceanon_core.cli.loading as loading
 
-    monkeypatch.setattr(common, "load_pipeline", lambda args: pytest.fail("the model was reached"))
+    monkeypatch.setattr(loading, "load_pipeline", lambda args: pytest.fail("the model was reached"))
     inputs = [str(crop)] if command == "anonymize" else ["--source", str(crop), "--driving", str(crop)]
     err = _parse_error(capsys, [command, *inputs, "-o", str(tmp_path / "o.png"), option, value])
     assert err.strip().splitlines()[-1].startswith(f"faceanon {command}: error: argument {option}")

@@ -214,7 +214,7 @@ def test_margin_out_of_range_is_a_usage_error(value, tmp_path, capsys):
 
 def _head_masks(rgb: np.ndarray, margins):
     from faceanon_core.cli import build_parser
-    from faceanon_core.cli.faces import detector_from_args
+    from faceanon_core.cli.options import detector_from_args
     from faceanon_core.faces.redact import head_mask
 
     faces = detector_from_args(build_parser().parse_args(["redact", "x", "-o", "y"])).detect(rgb)  # the CLI's

@@ -159,8 +159,8 @@ def test_verify_option_defaults(monkeypatch, caplog):
 
     import faceanon_core.privacy.identity as identity
     from faceanon_core.cli import build_parser
-    from faceanon_core.cli.anonymize import verification
-    from faceanon_core.cli.common import CliError
+    from faceanon_core.cli.errors import CliError
+    from faceanon_core.cli.loading import verification
 
     args = build_parser().parse_args(["anonymize", "x.png", "-o", "y.png"])
     assert args.verify is None and args.verify_fallback == "fail" and args.verify_retries == 2

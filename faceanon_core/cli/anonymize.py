@@ -16,31 +16,43 @@ from typing import Any
 
 import numpy as np
 
-from ..faces import process_faces
-from ..media.images import load_image, save_image
+from ..faces import FacesResult, process_faces
+from ..faces.align import resize_crops
+from ..faces.detect import count_near_limit
+from ..media.images import ImageReadError, load_image, save_image
 from ..media.manifest import run_batch
-from .common import (
-    EXIT_CODES_EPILOG,
-    EXIT_FAILED,
-    CliError,
-    HelpFormatter,
-    add_model_options,
-    add_run_options,
-    float_at_least,
+from .errors import EXIT_CODES_EPILOG, EXIT_FAILED, CliError
+from .loading import (
     generators,
-    int_at_least,
     load_pipeline,
-    plan_crops,
-    precheck_inputs,
-    read_rgb,
-    refuse_unusable,
-    refuse_videos_on_ray,
+    model_identity,
+    models_dir,
     require_diffusion,
     require_models,
-    video_params_of,
-    write_rgb,
+    verification,
 )
-from .faces import add_detector_args, detector_from_args
+from .options import (
+    HelpFormatter,
+    add_detector_args,
+    add_model_options,
+    add_run_options,
+    detector_from_args,
+    float_at_least,
+    int_at_least,
+    loop_options,
+)
+from .runs import (
+    folder_run,
+    params_of,
+    plan_crops,
+    plan_run,
+    precheck_inputs,
+    refuse_unusable,
+    refuse_videos_on_ray,
+    report_near_limit,
+    report_not_handled,
+    video_params_of,
+)
 from .video import add_video_options, only_videos, run_anonymize_video
 
 logger = logging.getLogger(__name__)
@@ -54,22 +66,17 @@ def crop_anonymizer(pipe, args):
     Every face of a call gets the same seed, so a face keeps its anonymous identity from frame
     to frame of a clip (same seed, same degree).
     """
-    import cv2
     import torch
 
     def anonymize(crops: np.ndarray, seed: int, degree: float) -> np.ndarray:
-        size = crops.shape[1]
-        model_in = crops if size == args.size else np.stack(
-            [cv2.resize(c, (args.size, args.size), interpolation=cv2.INTER_AREA) for c in crops])
+        model_in = resize_crops(crops, args.size)
         out = pipe.anonymize(
             torch.from_numpy(np.ascontiguousarray(model_in)).permute(0, 3, 1, 2),
             degree=degree, guidance_scale=args.guidance, num_inference_steps=args.steps,
             generator=generators(seed, len(crops)),
             height=args.size, width=args.size, output_type="np",
         ).images
-        if size != args.size:
-            out = np.stack([cv2.resize(o, (size, size), interpolation=cv2.INTER_CUBIC) for o in out])
-        return np.clip(out, 0.0, 1.0)
+        return np.clip(resize_crops(np.asarray(out), crops.shape[1]), 0.0, 1.0)
 
     return anonymize
 
@@ -80,43 +87,41 @@ def crop_processor(pipe, args):
     return lambda crops: anonymize(crops, args.seed, args.degree)
 
 
-def verification(args):
-    """The recognizer for ``--verify``, or None. Default: on when the ``verify`` extra is installed."""
-    from ..privacy.identity import (
-        VERIFY_EXTRA_HINT,
-        RecognizerUnavailable,
-        default_recognizer,
-        recognizer_available,
-    )
+def guard_config(args):
+    """The leak guard's settings of ``--verify-threshold/-retries/-fallback``."""
+    from ..privacy.guard import GuardConfig
 
-    if args.verify is False:
-        return None
-    if args.verify is None and not recognizer_available():
-        logger.warning("identity verification is off: the face recognizer is not installed (%s); outputs are "
-                       "not checked for identity leaks", VERIFY_EXTRA_HINT)
-        return None
-    if args.verify_retries < 0:
-        raise CliError(f"--verify-retries must be >= 0, got {args.verify_retries}")
-    if args.verify_threshold is not None and not args.verify_threshold > 0:
-        raise CliError(f"--verify-threshold must be > 0, got {args.verify_threshold}")
-    try:
-        return default_recognizer()
-    except RecognizerUnavailable as exc:
-        raise CliError(str(exc)) from exc
+    return GuardConfig(threshold=args.verify_threshold, retries=args.verify_retries, fallback=args.verify_fallback)
 
 
-def handle_small_faces(result, policy: str, name: str) -> np.ndarray:
-    """Faces too small for the model: the library's policy (kept for callers of the old helper; the
-    photo loop passes ``small_faces`` to the library instead)."""
-    from ..faces import apply_small_face_policy
+def anonymize_faces(rgb: np.ndarray, found, args, pipe, recognizer=None, *, name: str) -> FacesResult:
+    """One photo's detected faces through the model, pasted back, small faces as ``--small-faces`` says; with a
+    ``recognizer``, through the leak guard instead. The single process and the Ray model actors call this."""
+    if recognizer is None:
+        return process_faces(rgb, crop_processor(pipe, args), faces=found, image_name=name,
+                             options=loop_options(args))
+    from ..privacy.guard import guarded_process_faces
 
-    return apply_small_face_policy(result, policy, name).image
+    return guarded_process_faces(rgb, crop_anonymizer(pipe, args), recognizer, seed=args.seed, degree=args.degree,
+                                 config=guard_config(args), faces=found, image_name=name,
+                                 options=loop_options(args))
+
+
+def save_anonymized(dst: Path, image, result: FacesResult, args, near: int, *, overwrite: bool) -> dict[str, Any]:
+    """Write one anonymized photo (metadata as ``--keep-metadata`` says) and return its manifest record; the
+    single process writes ``dst``, a Ray worker its staging file."""
+    save_image(dst, result.image, image.alpha, overwrite=overwrite, strip_metadata=not args.keep_metadata,
+               icc_profile=image.icc_profile, exif=image.exif if args.keep_metadata else None)
+    info = {"faces": len(result.faces), "small_faces": len(result.skipped),
+            "small_faces_policy": args.small_faces, "faces_near_min_size": near}
+    checks = getattr(result, "checks", None)  # the leak guard's, one per face
+    if checks is not None:
+        info["identity"] = [c.to_dict() for c in checks]
+    return info
 
 
 def run_anonymize_photos(args) -> int:
     """Plan, check every input, lock the folder -- all before the model loads (minutes on a CPU)."""
-    from .common import folder_run, model_identity, models_dir, plan_run
-
     run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, overwrite=args.overwrite,
                    command="anonymize", videos=True)
     refuse_videos_on_ray(run, args, "anonymize")
@@ -131,28 +136,18 @@ def run_anonymize_photos(args) -> int:
               "threshold": args.threshold, "small_faces": args.small_faces, "keep_metadata": args.keep_metadata,
               "model": model_identity(folder) if (folder / "unet").is_dir() else {"folder": str(folder)}}
     recognizer = verification(args)
-    guard_config = None
+    params["verify"] = None
     if recognizer is not None:
-        from ..privacy.guard import GuardConfig
-
-        guard_config = GuardConfig(threshold=args.verify_threshold, retries=args.verify_retries,
-                                   fallback=args.verify_fallback)
-        params["verify"] = {"recognizer": recognizer.name, "threshold": guard_config.threshold_for(recognizer),
+        params["verify"] = {"recognizer": recognizer.name, "threshold": guard_config(args).threshold_for(recognizer),
                             "retries": args.verify_retries, "fallback": args.verify_fallback}
-    else:
-        params["verify"] = None
     video_params = video_params_of(params, args)
     with folder_run(run, manifest_path, params, overwrite=args.overwrite, wait=args.wait,
                     command="anonymize", video_params=video_params) as manifest:
-        return _anonymize_locked(args, run, manifest, manifest_path, params, video_params, detector, recognizer,
-                                 guard_config)
+        return _anonymize_locked(args, run, manifest, manifest_path, params, video_params, detector, recognizer)
 
 
-def _anonymize_locked(args, run, manifest, manifest_path, params, video_params, detector, recognizer,
-                      guard_config) -> int:
-    from ..faces.detect import count_near_limit
+def _anonymize_locked(args, run, manifest, manifest_path, params, video_params, detector, recognizer) -> int:
     from ..media.plans import is_video
-    from .common import params_of, report_near_limit, report_not_handled
     from .video import anonymize_video, video_tracks
 
     plan = run.plan
@@ -172,9 +167,6 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, video_params, 
     pipe = load_pipeline(args) if runner is run_batch else None
     if pipe is not None:  # the sampling steps of each photo (minutes on a CPU): a bar of its own
         pipe.set_progress_bar_config(desc="sampling", unit="step", leave=False, disable=getattr(args, "quiet", False))
-    process_crops = crop_processor(pipe, args)
-
-    min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
 
     rel_of = {item.path: item.rel for item, _ in plan}
 
@@ -189,26 +181,10 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, video_params, 
             return anonymize_video(info, dst, args, tracks, pipe, recognizer, rel=rel_of[src])
         image = load_image(src)
         found = detector.detect(image.rgb)
-        near = count_near_limit(found, args.min_face_size)
-        if recognizer is None:
-            result = process_faces(image.rgb, process_crops, faces=found, batch_size=args.batch_size,
-                                   image_name=str(src), small_faces=args.small_faces, **min_size)
-        else:
-            from ..privacy.guard import guarded_process_faces
-
-            result = guarded_process_faces(image.rgb, crop_anonymizer(pipe, args), recognizer, seed=args.seed,
-                                           degree=args.degree, config=guard_config, faces=found,
-                                           batch_size=args.batch_size, image_name=str(src),
-                                           small_faces=args.small_faces, **min_size)
-        anonymized = result.image  # small faces already handled by the library (--small-faces)
-        save_image(dst, anonymized, image.alpha, overwrite=args.overwrite,
-                   strip_metadata=not args.keep_metadata, icc_profile=image.icc_profile,
-                   exif=image.exif if args.keep_metadata else None)
+        result = anonymize_faces(image.rgb, found, args, pipe, recognizer, name=str(src))
+        info = save_anonymized(dst, image, result, args, count_near_limit(found, args.min_face_size),
+                               overwrite=args.overwrite)
         logger.info("%s: %d face(s) anonymized -> %s", src, len(result.faces), dst)
-        info = {"faces": len(result.faces), "small_faces": len(result.skipped),
-                "small_faces_policy": args.small_faces, "faces_near_min_size": near}
-        if recognizer is not None:
-            info["identity"] = [c.to_dict() for c in result.checks]
         return info
 
     from tqdm import tqdm
@@ -228,7 +204,7 @@ def _anonymize_locked(args, run, manifest, manifest_path, params, video_params, 
     return 0 if summary.ok else EXIT_FAILED
 
 
-__all__ = ["run_anonymize_photos", "crop_anonymizer", "crop_processor", "handle_small_faces", "verification"]
+__all__ = ["run_anonymize_photos", "anonymize_faces", "crop_anonymizer", "crop_processor", "save_anonymized"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -289,7 +265,7 @@ def run_anonymize(args) -> int:
     require_diffusion("anonymize")  # both before anything heavy is imported: answered in seconds
     require_models(args)
     if only_videos(args.inputs):  # videos given by name: tracks, one identity per track, see cli/video.py
-        return run_anonymize_video(args, detector_from_args, verification)
+        return run_anonymize_video(args)
     if args.aligned:
         return run_anonymize_aligned(args)
     return run_anonymize_photos(args)
@@ -330,7 +306,7 @@ def _run_on_crops(args, inputs, pipe_call) -> int:
             generator=generators(args.seed, len(chunk)), height=size, width=size, output_type="np",
         ).images
         for img, out, (_, target) in zip(chunk, result, plan[start:start + args.batch_size], strict=True):
-            out = _resize_back((out * 255).round().astype(np.uint8), img.rgb.shape[:2])
+            out = resize_crops((out * 255).round().astype(np.uint8), img.rgb.shape[0])
             write_rgb(target, img, out, args.overwrite)
             logger.info("wrote %s", target)
     return 0
@@ -338,24 +314,24 @@ def _run_on_crops(args, inputs, pipe_call) -> int:
 
 def _square(rgb, size: int):
     """An aligned crop resized to the model's resolution (crops are square already)."""
-    import cv2
-
     height, width = rgb.shape[:2]
     if height != width:
         raise CliError(f"aligned face crops must be square, got {width}x{height}: crop it, or let "
                        "`faceanon anonymize` find the faces in the photo (without --aligned)")
-    if height == size:
-        return rgb
-    interp = cv2.INTER_AREA if height > size else cv2.INTER_CUBIC
-    return cv2.resize(rgb, (size, size), interpolation=interp)
+    return resize_crops(rgb, size)
 
 
-def _resize_back(rgb, shape):
-    import cv2
+def read_rgb(path: Path):
+    """An aligned crop (or the swap source); an unreadable file is a usage error, before the model loads."""
+    try:
+        return load_image(path)
+    except ImageReadError as exc:
+        raise CliError(str(exc)) from exc
 
-    if rgb.shape[:2] == tuple(shape):
-        return rgb
-    interp = cv2.INTER_AREA if rgb.shape[0] > shape[0] else cv2.INTER_CUBIC
-    return cv2.resize(rgb, (shape[1], shape[0]), interpolation=interp)
 
-
+def write_rgb(path: Path, image, rgb, overwrite: bool):
+    """Write ``rgb`` with ``image``'s alpha and colour profile; metadata is not copied."""
+    try:
+        save_image(path, rgb, image.alpha, overwrite=overwrite, icc_profile=image.icc_profile)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{path}: could not write the output ({exc})") from exc

@@ -11,13 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from .common import (
-    EXIT_CODES_EPILOG,
-    HelpFormatter,
-    float_at_least,
-    int_at_least,
-    probability,
-)
+from .errors import EXIT_CODES_EPILOG
+from .options import HelpFormatter, float_at_least, int_at_least, probability
 
 __all__ = ["register", "cmd_eval"]
 

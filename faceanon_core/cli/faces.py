@@ -16,22 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..faces import FaceDetectorError, MTCNNDetector
-from ..faces.detect import (
-    DEFAULT_DETECTOR_MIN_FACE,
-    SMALLEST_DETECTABLE_FACE,
-    count_near_limit,
-)
+from ..faces import FaceDetectorError
+from ..faces.detect import count_near_limit
 from ..faces.redact import DEFAULT_MARGIN, DEFAULT_STRENGTH, METHODS, check_strength, redact_image
 from ..media.images import ImageReadError, load_image, save_image
 from ..media.manifest import run_batch
 from ..media.plans import is_video
-from .common import (
-    EXIT_FAILED,
-    EXIT_USAGE,
-    CliError,
-    add_format_option,
-    add_run_options,
+from .errors import EXIT_FAILED, EXIT_USAGE, CliError
+from .options import add_detector_args, add_format_option, add_run_options, detector_from_args, float_at_least
+from .runs import (
     folder_run,
     params_of,
     plan_run,
@@ -46,7 +39,7 @@ from .video import add_video_options, only_videos, redact_video, run_redact_vide
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["register", "cmd_redact", "cmd_detect"]
+__all__ = ["register", "cmd_redact", "cmd_detect", "redact_photo"]
 
 MANIFEST_NAME = "faceanon-manifest.jsonl"
 
@@ -65,26 +58,6 @@ def _color(text: str) -> tuple[int, int, int]:
     return tuple(parts)  # type: ignore[return-value]
 
 
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return v
-
-
 def _margin(text: str) -> float:
     try:
         v = float(text)
@@ -94,26 +67,6 @@ def _margin(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number from 0 to 2 (the fraction of the face box added "
                                          f"around it), got {text}")
     return v
-
-
-def detector_from_args(args: argparse.Namespace) -> MTCNNDetector:
-    return MTCNNDetector(min_face_size=args.min_face_size, thresholds=(0.6, 0.7, args.threshold))
-
-
-def _face_px(text: str) -> float:
-    v = _positive(text)
-    if v < SMALLEST_DETECTABLE_FACE:
-        raise argparse.ArgumentTypeError(f"must be at least {SMALLEST_DETECTABLE_FACE:g} px (the detector finds "
-                                         f"no smaller faces), got {text}")
-    return v
-
-
-def add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-face-size", type=_face_px, default=DEFAULT_DETECTOR_MIN_FACE, metavar="PX",
-                   help=f"smallest face to look for: face box width in pixels of the photo, at any photo size "
-                        f"(default {DEFAULT_DETECTOR_MIN_FACE:g}, at least {SMALLEST_DETECTABLE_FACE:g})")
-    p.add_argument("--threshold", type=_probability, default=0.95, metavar="P",
-                   help="detector confidence threshold, 0-1 (default 0.95; lower finds more, with more false alarms)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -130,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output file for one photo or video (e.g. out.png, out.mp4), else output folder "
                         "(created if needed)")
     p.add_argument("--method", choices=METHODS, default="blur", help="redaction style (default blur)")
-    p.add_argument("--strength", type=_positive, default=None,
+    p.add_argument("--strength", type=float_at_least(0.0, strict=True), default=None,
                    help=f"blur: sigma as a fraction of the eye distance (default {DEFAULT_STRENGTH['blur']}); "
                         f"pixelate: blocks across the face (default {DEFAULT_STRENGTH['pixelate']:.0f})")
     p.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="M",
@@ -165,13 +118,23 @@ def _fail(cmd: str, msg: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def redact_photo(img, faces, dst: Path, args, near: int, *, name: str, overwrite: bool) -> dict[str, Any]:
+    """Redact one photo's detected faces (``--method/--strength/--color/--margin``) and write it; returns its
+    manifest record. The single process writes ``dst``, a Ray worker its staging file: the same bytes."""
+    res = redact_image(img.rgb, args.method, args.strength, color=args.color, faces=faces, margin=args.margin,
+                       image_name=name)
+    save_image(dst, res.image, img.alpha, overwrite=overwrite, strip_metadata=not args.keep_metadata,
+               icc_profile=img.icc_profile, exif=img.exif)
+    return {"faces": len(res.faces), "faces_near_min_size": near}
+
+
 def cmd_redact(args: argparse.Namespace) -> int:
     try:  # a strength that would leave faces recognizable: refused before anything is read or written
         check_strength(args.method, args.strength)
     except ValueError as exc:
         return _fail("redact", str(exc))
     if only_videos(args.inputs):  # videos given by name: tracks, see cli/video.py
-        return run_redact_video(args, detector_from_args)
+        return run_redact_video(args)
     try:
         run = plan_run(args.inputs, args.output, args.ext, recursive=args.recursive, format_flag="--ext",
                        overwrite=args.overwrite, command="redact", videos=True)
@@ -203,11 +166,8 @@ def cmd_redact(args: argparse.Namespace) -> int:
             return redact_video(probe_video(src), dst, args, detector, rel=rel_of[src])
         img = load_image(src)
         faces = detector.detect(img.rgb)
-        res = redact_image(img.rgb, args.method, args.strength, color=args.color, faces=faces, margin=args.margin,
-                           image_name=str(src))
-        save_image(dst, res.image, img.alpha, overwrite=args.overwrite, strip_metadata=not args.keep_metadata,
-                   icc_profile=img.icc_profile, exif=img.exif)
-        return {"faces": len(res.faces), "faces_near_min_size": count_near_limit(faces, args.min_face_size)}
+        return redact_photo(img, faces, dst, args, count_near_limit(faces, args.min_face_size), name=str(src),
+                            overwrite=args.overwrite)
 
     rel_of = {item.path: item.rel for item, _ in run.plan}
     try:

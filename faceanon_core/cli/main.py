@@ -3,7 +3,7 @@
 ``faceanon redact`` blurs every face offline (no model weights, no torch); ``faceanon anonymize``
 replaces each face with an anonymous one (the diffusion model). Every subcommand checks its
 options, inputs and outputs before any work, writes atomically, never overwrites without
-``--overwrite``, and exits with the same codes (``common.EXIT_CODES_EPILOG``).
+``--overwrite``, and exits with the same codes (``errors.EXIT_CODES_EPILOG``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ import logging
 import sys
 
 from . import anonymize, evaluate, faces, models, queue, ray_runs
-from .common import (
-    EXIT_CODES_EPILOG,
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    CliError,
-    HelpFormatter,
-)
+from .errors import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from .options import HelpFormatter
 
 DESCRIPTION = ("Anonymize or redact the faces in photos, folders and videos. Start with "
                "`faceanon redact PHOTO_OR_DIR -o OUT` (blur, offline, no model weights); "

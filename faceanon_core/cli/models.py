@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import DIFFUSION_EXTRA_HINT, EXIT_FAILED, EXIT_USAGE, CliError, models_dir
+from .errors import EXIT_FAILED, EXIT_USAGE, CliError
+from .loading import DIFFUSION_EXTRA_HINT, models_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:

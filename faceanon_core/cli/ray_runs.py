@@ -35,15 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from ..faces import FacesResult
-from ..faces.align import extract_crops
-from ..faces.paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
-from ..faces.process import locate_faces, run_crops
-from ..faces.redact import DEFAULT_MARGIN, redact_image
-from ..media.images import load_image, save_image
+from ..faces import extract_crops, finish_faces, prepare_faces, run_crops
+from ..faces.detect import count_near_limit
+from ..media.images import load_image
 from ..media.manifest import RECOVERABLE, BatchSummary, Manifest
 from ..media.partials import staged_path
-from .common import CliError
+from .errors import CliError
+from .options import detector_from_args, loop_options
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +90,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _detector(min_face_size: float, threshold: float):
-    """One detector per worker process (Ray reuses workers between tasks)."""
-    from ..faces import MTCNNDetector
-
-    return MTCNNDetector(min_face_size=min_face_size, thresholds=(0.6, 0.7, threshold))
-
-
-def _min_model_face(s: dict) -> dict:
-    return {} if s.get("min_model_face") is None else {"min_face_size": s["min_model_face"]}
+    """One detector per worker process (Ray reuses workers between tasks): the single process's."""
+    return detector_from_args(argparse.Namespace(min_face_size=min_face_size, threshold=threshold))
 
 
 def _crash_once_for_tests(s: dict, stage: str, src: str) -> None:
@@ -133,18 +125,19 @@ def _guarded(row: dict, fn) -> dict:
 
 
 def read_detect(batch, settings: dict, mode: str) -> dict:
-    """Stage 1 (CPU): read, detect, and for the model without the guard align and crop."""
+    """Stage 1 (CPU): read and detect; for the model without the guard also the single process's first step
+    of a photo (:func:`faces.prepare_faces`: align, refuse small faces under ``fail``) and the crops."""
     def one(row):
         img = load_image(row["src"])
-        detector = _detector(settings["min_face_size"], settings["threshold"])
-        row["image"] = img
-        if mode == "anonymize" and settings.get("_verify") is None:
-            aligned, skipped = locate_faces(img.rgb, detector=detector, image_name=row["src"],
-                                            **_min_model_face(settings))
+        found = _detector(settings["min_face_size"], settings["threshold"]).detect(img.rgb)
+        row["image"], row["near"] = img, count_near_limit(found, settings["min_face_size"])
+        if mode == "anonymize" and not settings.get("_verify"):
+            aligned, skipped = prepare_faces(img.rgb, loop_options(argparse.Namespace(**settings)), faces=found,
+                                             image_name=row["src"])
             row["aligned"], row["skipped"] = aligned, skipped
             row["crops"] = extract_crops(img.rgb, aligned) if aligned else None
         else:
-            row["faces"] = detector.detect(img.rgb)
+            row["faces"] = found
     return _batch([_guarded(row, one) for row in _rows(batch)])
 
 
@@ -154,8 +147,8 @@ class ModelStage:
     def __init__(self, settings: dict):
         import torch
 
-        from .anonymize import crop_anonymizer, crop_processor
-        from .common import load_pipeline
+        from .anonymize import crop_processor
+        from .loading import load_pipeline
 
         if settings.get("_threads"):
             torch.set_num_threads(settings["_threads"])  # the driver's count: the same float reductions
@@ -164,69 +157,51 @@ class ModelStage:
         self.pipe = load_pipeline(self.args)
         self.pipe.set_progress_bar_config(disable=True)
         self.process_crops = crop_processor(self.pipe, self.args)
-        self.anonymizer = crop_anonymizer(self.pipe, self.args)
-        self.recognizer = self.guard = None
-        if settings.get("_verify") is not None:
-            from ..privacy.guard import GuardConfig
+        self.batch_size = loop_options(self.args).batch_size
+        self.recognizer = None
+        if settings.get("_verify"):
             from ..privacy.identity import default_recognizer
 
             self.recognizer = default_recognizer()
-            self.guard = GuardConfig(**settings["_verify"])
 
     def __call__(self, batch) -> dict:
-        s = self.settings
+        from .anonymize import anonymize_faces
 
         def one(row):
-            _crash_once_for_tests(s, "model", row["src"])
-            if self.recognizer is None:
+            _crash_once_for_tests(self.settings, "model", row["src"])
+            if self.recognizer is None:  # the crops of faces.prepare_faces, run as process_faces runs them
                 if row["crops"] is not None:
                     owners = [(row["src"], f.index) for f in row["aligned"]]
-                    row["processed"] = run_crops(row["crops"], self.process_crops, owners, s["batch_size"])
+                    row["processed"] = run_crops(row["crops"], self.process_crops, owners, self.batch_size)
                 row.pop("crops")
                 return
-            from ..privacy.guard import guarded_process_faces
-
-            row["result"] = guarded_process_faces(
-                row["image"].rgb, self.anonymizer, self.recognizer, seed=s["seed"], degree=s["degree"],
-                config=self.guard, faces=row.pop("faces"), batch_size=s["batch_size"], image_name=row["src"],
-                **_min_model_face(s))
+            # the guard retries on the whole photo: the single process's call, pasted and small faces handled
+            row["result"] = anonymize_faces(row["image"].rgb, row.pop("faces"), self.args, self.pipe,
+                                            self.recognizer, name=row["src"])
         return _batch([_guarded(row, one) for row in _rows(batch)])
 
 
 def paste_write(batch, settings: dict, mode: str) -> dict:
-    """Stage 3 (CPU): paste back / redact, write the staging file; returns small rows for the driver."""
-    s = settings
+    """Stage 3 (CPU): the single process's last step of a photo (paste back and small faces, or the redaction)
+    and its writer, into the staging file; returns small rows for the driver."""
+    from .anonymize import save_anonymized
+    from .faces import redact_photo
+
+    args = argparse.Namespace(**settings)
 
     def one(row):
         img, src = row.pop("image"), row["src"]
         staged = staged_path(Path(row["dst"]))
         if mode == "redact":
-            res = redact_image(img.rgb, s["method"], s["strength"], color=s["color"], faces=row.pop("faces"),
-                               margin=s.get("margin", DEFAULT_MARGIN), image_name=src)
-            save_image(staged, res.image, img.alpha, overwrite=True, strip_metadata=not s["keep_metadata"],
-                       icc_profile=img.icc_profile, exif=img.exif)
-            row["info"] = {"faces": len(res.faces)}
+            row["info"] = redact_photo(img, row.pop("faces"), staged, args, row["near"], name=src, overwrite=True)
         else:
-            from .anonymize import handle_small_faces
-
             result = row.pop("result", None)
             if result is None:
-                aligned = row.pop("aligned")
-                if aligned:
-                    image, mask = paste_back(img.rgb, aligned, row.pop("processed"), erode=DEFAULT_ERODE,
-                                             feather=DEFAULT_FEATHER, color_match=False)
-                else:
-                    image, mask = img.rgb.copy(), np.zeros(img.rgb.shape[:2], dtype=np.float32)
-                result = FacesResult(image=image, mask=mask, faces=aligned, skipped=row.pop("skipped"))
-            out = handle_small_faces(result, s["small_faces"], src)
-            save_image(staged, out, img.alpha, overwrite=True, strip_metadata=not s["keep_metadata"],
-                       icc_profile=img.icc_profile, exif=img.exif if s["keep_metadata"] else None)
-            row["info"] = {"faces": len(result.faces), "small_faces": len(result.skipped),
-                           "small_faces_policy": s["small_faces"]}
-            if getattr(result, "checks", None) is not None and s.get("_verify") is not None:
-                row["info"]["identity"] = [c.to_dict() for c in result.checks]
+                result = finish_faces(img.rgb, row.pop("aligned"), row.pop("skipped"), row.pop("processed", None),
+                                      loop_options(args), src)
+            row["info"] = save_anonymized(staged, img, result, args, row["near"], overwrite=True)
         row["staged"] = str(staged)
-        _crash_once_for_tests(s, "write", src)  # after the staging write, before the driver hears of it
+        _crash_once_for_tests(settings, "write", src)  # after the staging write, before the driver hears of it
 
     rows = [_guarded(row, one) for row in _rows(batch)]
     for row in rows:
@@ -272,7 +247,7 @@ def run_on_ray(args: argparse.Namespace, mode: str, plan, manifest: Manifest | N
     """Run ``plan`` (``(InputItem, output)`` pairs) on Ray Data with the manifest semantics of ``run_batch``.
 
     ``mode`` is ``"redact"`` or ``"anonymize"``; ``extra`` adds worker settings (``_verify``: the
-    guard's config; ``_actors``: model actors; ``_workers``: concurrent CPU tasks per stage).
+    leak guard is on; ``_actors``: model actors; ``_workers``: concurrent CPU tasks per stage).
     """
     started = connect(getattr(args, "ray", None))
     plan = list(plan)
@@ -367,6 +342,9 @@ def _run(args, mode, plan, manifest, params, seed, extra, progress) -> BatchSumm
                         fail(item, out, f"{out}: output exists; pass --overwrite (overwrite=True) to replace it")
                     else:
                         summary.done += 1
+                        for k, v in row["info"].items():  # as run_batch sums them (faces, faces_near_min_size)
+                            if isinstance(v, int) and not isinstance(v, bool):
+                                summary.totals[k] = summary.totals.get(k, 0) + v
                         record(item, out, **row["info"], status="done", error=None,
                                seconds=round(row.get("seconds", 0.0), 3))
                 if summary.failed and args.stop_on_error:
@@ -397,8 +375,7 @@ def batch_runner(args: argparse.Namespace, mode: str):
     def runner(plan, process=None, *, manifest=None, params=None, seed=None, stop_on_error=False, progress=None):
         extra = {}
         if mode == "anonymize" and (params or {}).get("verify"):
-            extra["_verify"] = {"threshold": args.verify_threshold, "retries": args.verify_retries,
-                                "fallback": args.verify_fallback}
+            extra["_verify"] = True  # the driver found the recognizer: the actors check every face too
         total, done = len(plan), [0]
 
         def tick():

@@ -51,6 +51,9 @@ from ..media.video import (
     remove_stale_partials,
     to_upright,
 )
+from .errors import CliError
+from .loading import load_pipeline, verification
+from .options import detector_from_args, loop_options
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def is_video_run(inputs) -> bool:
 def only_videos(inputs) -> bool:
     """True when every input is a video file: ``redact``/``anonymize`` then run the video path alone
     (``-o`` may name the output video). Folders, and photos mixed with videos, are folder runs
-    (``cli/common.plan_run``), which send each video through :func:`redact_video` / :func:`anonymize_video`."""
+    (``cli/runs.plan_run``), which send each video through :func:`redact_video` / :func:`anonymize_video`."""
     return bool(inputs) and all(Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir() for p in inputs)
 
 
@@ -269,15 +272,15 @@ def anonymize_video(info: VideoInfo, dst: Path, args, tracks: FaceTracks, pipe, 
     to ``dst``. Returns the facts for a folder run's manifest."""
     from ..faces.records import CROP_SIZE
 
-    min_size = {} if args.min_model_face is None else {"min_face_size": args.min_model_face}
+    opts = loop_options(args)
     keys = _keyframe_crops(info, tracks, CROP_SIZE) if args.identity == "per-track" else None
     anonymizer = TrackAnonymizer(pipe, keys, identity=args.identity, degree=args.degree, seed=args.seed,
                                  guidance_scale=args.guidance, num_inference_steps=args.steps, size=args.size)
     guard = _video_guard(recognizer, args)
 
     def chunk_fn(frames, indices):
-        res = process_frames(frames, indices, tracks, anonymizer, batch_size=args.batch_size,
-                             small_faces=args.small_faces, name=info.path, **min_size)
+        res = process_frames(frames, indices, tracks, anonymizer, batch_size=opts.batch_size,
+                             min_face_size=opts.min_face_size, small_faces=opts.small_faces, name=info.path)
         if guard is None:
             return [r.image for r in res]
         return guard.check_chunk(frames, indices, res, tracks, name=str(info.path))  # against the originals
@@ -287,10 +290,8 @@ def anonymize_video(info: VideoInfo, dst: Path, args, tracks: FaceTracks, pipe, 
     return _facts(info, tracks, guard)
 
 
-def run_redact_video(args, detector_from_args) -> int:
-    """``faceanon redact clip.mp4 -o out.mp4``: every tracked face of every frame redacted.
-
-    ``detector_from_args(args)`` makes the face detector (the photo commands' options)."""
+def run_redact_video(args) -> int:
+    """``faceanon redact clip.mp4 -o out.mp4``: every tracked face of every frame redacted."""
     try:
         plan = _plan("redact", args)
         detector = detector_from_args(args)
@@ -304,17 +305,15 @@ def run_redact_video(args, detector_from_args) -> int:
     return 0
 
 
-def run_anonymize_video(args, detector_from_args, verification=None) -> int:
+def run_anonymize_video(args) -> int:
     """``faceanon anonymize clip.mp4 -o out.mp4``: one anonymous identity per track (``--identity``).
 
-    ``verification(args)`` gives the recognizer of the identity-leak guard or None (the photo commands'
-    ``--verify`` rule); with one, every tracked face of every frame is checked (:class:`VideoGuard`)."""
-    from .common import CliError, load_pipeline
-
+    ``--verify`` as for photos (:func:`loading.verification`); with the recognizer, every tracked face of every
+    frame is checked (:class:`VideoGuard`)."""
     if args.aligned:
         raise CliError("--aligned takes face crops (photos), not videos")
     # The photos' rule (on by default when the recognizer is installed, else a warning); CliError on bad options.
-    recognizer = verification(args) if verification is not None else None
+    recognizer = verification(args)
     try:
         plan = _plan("anonymize", args)
         detector = detector_from_args(args)

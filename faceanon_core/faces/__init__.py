@@ -13,7 +13,15 @@ Coordinates are in pixels with pixel centres at integer positions (OpenCV's conv
 eye/mouth corner means the one on the image's left.
 """
 
-from .align import TEMPLATE_5, TEMPLATE_EYE_DIST, align_faces, estimate_similarity, extract_crops, warp_face_crop
+from .align import (
+    TEMPLATE_5,
+    TEMPLATE_EYE_DIST,
+    align_faces,
+    estimate_similarity,
+    extract_crops,
+    resize_crops,
+    warp_face_crop,
+)
 from .detect import (
     DEFAULT_DETECTOR_MIN_FACE,
     FaceDetector,
@@ -28,11 +36,15 @@ from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, MASK_AXES, MASK_CENTRE_Y, cro
 from .process import (
     DEFAULT_SMALL_FACES,
     SMALL_FACE_POLICIES,
+    FaceLoopOptions,
     apply_small_face_policy,
     check_small_face_policy,
+    finish_faces,
     locate_faces,
+    prepare_faces,
     process_faces,
     process_faces_batch,
+    refuse_small_faces,
     run_crops,
 )
 from .records import (
@@ -62,6 +74,7 @@ __all__ = [
     "DetectedFace",
     "FaceDetector",
     "FaceDetectorError",
+    "FaceLoopOptions",
     "FaceProcessingError",
     "FacesResult",
     "MASK_AXES",
@@ -79,13 +92,17 @@ __all__ = [
     "extract_crops",
     "locate_faces",
     "faces_from_boxes",
+    "finish_faces",
     "faces_from_landmarks",
     "mtcnn_model_dir",
     "paste_back",
+    "prepare_faces",
     "process_faces",
     "process_faces_batch",
     "redact_crops",
+    "refuse_small_faces",
     "redact_image",
+    "resize_crops",
     "run_crops",
     "warp_face_crop",
 ]

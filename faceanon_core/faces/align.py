@@ -164,3 +164,19 @@ def extract_crops(rgb: np.ndarray, faces: Sequence[AlignedFace]) -> np.ndarray:
     return np.stack([warp_face_crop(rgb, f) for f in faces])
 
 
+
+
+def resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
+    """Square crops, one ``[S, S, C]`` or a batch ``[n, S, S, C]``, to ``size`` x ``size``: the one rule of every
+    crop <-> model resize. INTER_AREA shrinking (no aliasing), INTER_CUBIC enlarging (sharper than linear);
+    float crops are clipped to 0..1 after, since cubic overshoots and the model refuses values outside."""
+    single = crops.ndim == 3
+    side = crops.shape[0] if single else crops.shape[1]
+    if side == size:
+        return crops
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    batch = crops[None] if single else crops
+    out = np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in batch])
+    if np.issubdtype(out.dtype, np.floating):
+        np.clip(out, 0.0, 1.0, out=out)
+    return out[0] if single else out

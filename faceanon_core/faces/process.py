@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,53 @@ def check_small_face_policy(policy: str) -> str:
     return policy
 
 
+@dataclass(frozen=True)
+class FaceLoopOptions:
+    """How the face loop treats every photo of a run, as one object: the keywords ``process_faces``,
+    ``process_faces_batch`` and ``guarded_process_faces`` share (each also takes ``options=``), so the
+    per-photo steps and the CLI's single-process and Ray runs pass one value, not a dozen keywords."""
+
+    batch_size: int = 8
+    crop_size: int = CROP_SIZE
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE
+    erode: float = DEFAULT_ERODE
+    feather: float = DEFAULT_FEATHER
+    color_match: bool = False
+    small_faces: str = DEFAULT_SMALL_FACES
+
+    def __post_init__(self) -> None:
+        check_small_face_policy(self.small_faces)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def resolve(cls, options: FaceLoopOptions | None, keywords: dict[str, Any]) -> FaceLoopOptions:
+        """``options``, or the options named in ``keywords`` (a public function's ``locals()``); both at
+        once is an error, so a keyword is never silently ignored."""
+        values = {f.name: keywords[f.name] for f in fields(cls)}
+        if options is None:
+            return cls(**values)
+        default = cls()
+        changed = sorted(k for k, v in values.items() if v != getattr(default, k))
+        if changed:
+            raise TypeError(f"pass options= or {', '.join(changed)}, not both")
+        return options
+
+
+def refuse_small_faces(skipped: Sequence[DetectedFace], policy: str, image_name: str = "image") -> None:
+    """Under ``small_faces="fail"``, raise for faces too small for the model: before the model runs."""
+    if skipped and check_small_face_policy(policy) == "fail":
+        raise FaceProcessingError(
+            f"{image_name}: {len(skipped)} face(s) too small for the model; nothing was written. Use "
+            "small_faces='redact' (CLI: --small-faces redact) to blur them, or a smaller min_face_size "
+            "(CLI: --min-model-face)"
+        )
+
+
 def apply_small_face_policy(result: FacesResult, policy: str, image_name: str = "image") -> FacesResult:
     """Blur, refuse or (asked) keep the faces of ``result.skipped``, the detections the model did not
     process. Fails closed: a skipped face that cannot be redacted either (degenerate landmarks) raises."""
-    check_small_face_policy(policy)
+    refuse_small_faces(result.skipped, policy, image_name)
     small = list(result.skipped)
     if not small:
         return result
@@ -47,12 +91,6 @@ def apply_small_face_policy(result: FacesResult, policy: str, image_name: str = 
         logger.warning("%s: %d face(s) too small for the model left unchanged (small_faces='keep')",
                        image_name, len(small))
         return result
-    if policy == "fail":
-        raise FaceProcessingError(
-            f"{image_name}: {len(small)} face(s) too small for the model; nothing was written. Use "
-            "small_faces='redact' (CLI: --small-faces redact) to blur them, or a smaller min_face_size "
-            "(CLI: --min-model-face)"
-        )
     from .redact import redact_image
 
     red = redact_image(result.image, "blur", faces=small, image_name=image_name)  # raises for degenerate faces
@@ -134,6 +172,43 @@ def locate_faces(
     return aligned, skipped
 
 
+def prepare_faces(
+    rgb: np.ndarray,
+    options: FaceLoopOptions,
+    *,
+    detector: FaceDetector | None = None,
+    faces: Sequence[DetectedFace] | None = None,
+    image_name: str = "image",
+    frame_index: int = 0,
+) -> tuple[list[AlignedFace], list[DetectedFace]]:
+    """The first step for one photo, in every loop (library, guard, CLI, Ray stages): :func:`locate_faces`,
+    then a ``small_faces="fail"`` refusal before any model runs. Returns (aligned, too small)."""
+    aligned, skipped = locate_faces(rgb, detector=detector, faces=faces, crop_size=options.crop_size,
+                                    min_face_size=options.min_face_size, image_name=image_name,
+                                    frame_index=frame_index)
+    refuse_small_faces(skipped, options.small_faces, image_name)
+    return aligned, skipped
+
+
+def finish_faces(
+    rgb: np.ndarray,
+    aligned: Sequence[AlignedFace],
+    skipped: Sequence[DetectedFace],
+    processed: np.ndarray,
+    options: FaceLoopOptions,
+    image_name: str = "image",
+) -> FacesResult:
+    """The last step for one photo: paste the processed crops back, then the small-face policy. Shared by
+    :func:`process_faces_batch` and the CLI's Ray stages, so both write the same bytes."""
+    if aligned:
+        img, mask = paste_back(rgb, aligned, processed, erode=options.erode, feather=options.feather,
+                               color_match=options.color_match)
+    else:
+        img, mask = rgb.copy(), np.zeros(rgb.shape[:2], dtype=np.float32)
+    result = FacesResult(image=img, mask=mask, faces=list(aligned), skipped=list(skipped))
+    return apply_small_face_policy(result, options.small_faces, image_name)
+
+
 def process_faces_batch(
     images: Sequence[np.ndarray],
     process_crops: Callable[[np.ndarray], Any],
@@ -148,51 +223,28 @@ def process_faces_batch(
     color_match: bool = False,
     image_names: Sequence[str] | None = None,
     small_faces: str = DEFAULT_SMALL_FACES,
+    options: FaceLoopOptions | None = None,
 ) -> list[FacesResult]:
-    """:func:`process_faces` for several images, crops of all images batched together."""
-    check_small_face_policy(small_faces)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    """:func:`process_faces` for several images, crops of all images batched together (``options``: the
+    keywords as one :class:`FaceLoopOptions`)."""
+    opts = FaceLoopOptions.resolve(options, locals())
     names = list(image_names) if image_names is not None else [f"image {i}" for i in range(len(images))]
     if len(names) != len(images):
         raise ValueError(f"got {len(names)} names for {len(images)} images")
     if faces is not None and len(faces) != len(images):
         raise ValueError(f"got face lists for {len(faces)} images, expected {len(images)}")
-    aligned_all: list[list[AlignedFace]] = []
-    skipped_all: list[list[DetectedFace]] = []
-    for i, rgb in enumerate(images):
-        aligned, skipped = locate_faces(
-            rgb, detector=detector, faces=None if faces is None else faces[i], crop_size=crop_size,
-            min_face_size=min_face_size, image_name=names[i], frame_index=i,
-        )
-        aligned_all.append(aligned)
-        skipped_all.append(skipped)
-    if small_faces == "fail":  # refuse before the model runs
-        for i, sk in enumerate(skipped_all):
-            if sk:
-                apply_small_face_policy(FacesResult(images[i], np.zeros(images[i].shape[:2], np.float32), [], sk),
-                                        "fail", names[i])
-
-    owners = [(names[i], f.index) for i, al in enumerate(aligned_all) for f in al]
-    crops = [extract_crops(images[i], al) for i, al in enumerate(aligned_all) if al]
-    processed = np.zeros((0, crop_size, crop_size, 3), np.float32)
+    located = [prepare_faces(rgb, opts, detector=detector, faces=None if faces is None else faces[i],
+                             image_name=names[i], frame_index=i) for i, rgb in enumerate(images)]
+    owners = [(names[i], f.index) for i, (al, _) in enumerate(located) for f in al]
+    crops = [extract_crops(images[i], al) for i, (al, _) in enumerate(located) if al]
+    processed = np.zeros((0, opts.crop_size, opts.crop_size, 3), np.float32)
     if crops:
-        processed = run_crops(np.concatenate(crops), process_crops, owners, batch_size)
-
-    results = []
-    pos = 0
-    for i, rgb in enumerate(images):
-        al = aligned_all[i]
-        if al:
-            img, mask = paste_back(
-                rgb, al, processed[pos : pos + len(al)], erode=erode, feather=feather, color_match=color_match
-            )
-            pos += len(al)
-        else:
-            img, mask = rgb.copy(), np.zeros(rgb.shape[:2], dtype=np.float32)
-        results.append(FacesResult(image=img, mask=mask, faces=al, skipped=skipped_all[i]))
-    # Only after every image is done: a "fail" raises before anything is handed back.
-    return [apply_small_face_policy(r, small_faces, names[i]) for i, r in enumerate(results)]
+        processed = run_crops(np.concatenate(crops), process_crops, owners, opts.batch_size)
+    results, pos = [], 0
+    for i, (al, skipped) in enumerate(located):
+        results.append(finish_faces(images[i], al, skipped, processed[pos : pos + len(al)], opts, names[i]))
+        pos += len(al)
+    return results
 
 
 def process_faces(
@@ -210,6 +262,7 @@ def process_faces(
     image_name: str = "image",
     frame_index: int = 0,
     small_faces: str = DEFAULT_SMALL_FACES,
+    options: FaceLoopOptions | None = None,
 ) -> FacesResult:
     """Detect -> align -> ``process_crops`` -> paste back, for one HxWx3 uint8 image.
 
@@ -225,22 +278,12 @@ def process_faces(
     decides what happens to them (:data:`SMALL_FACE_POLICIES`): "redact" (the
     default) blurs them in the returned image, "fail" raises
     :class:`FaceProcessingError`, "keep" leaves them unchanged with a warning.
-    So with the default no detected face comes back unchanged.
+    So with the default no detected face comes back unchanged. ``options``: these keywords as one
+    :class:`FaceLoopOptions` (pass one or the other).
     """
-    res = process_faces_batch(
-        [rgb],
-        process_crops,
-        detector=detector,
-        faces=None if faces is None else [faces],
-        batch_size=batch_size,
-        crop_size=crop_size,
-        min_face_size=min_face_size,
-        erode=erode,
-        feather=feather,
-        color_match=color_match,
-        image_names=[image_name],
-        small_faces=small_faces,
-    )[0]
+    opts = FaceLoopOptions.resolve(options, locals())
+    res = process_faces_batch([rgb], process_crops, detector=detector, faces=None if faces is None else [faces],
+                              image_names=[image_name], options=opts)[0]
     for f in res.faces:
         f.frame_index = frame_index
     return res

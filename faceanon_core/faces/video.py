@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .align import align_faces, extract_crops
-from .paste import DEFAULT_ERODE, DEFAULT_FEATHER, paste_back
-from .process import run_crops
+from .align import align_faces, extract_crops, resize_crops
+from .paste import DEFAULT_ERODE, DEFAULT_FEATHER
+from .process import FaceLoopOptions, finish_faces, refuse_small_faces, run_crops
 from .records import CROP_SIZE, DEFAULT_MIN_FACE_SIZE, AlignedFace, FaceProcessingError, FacesResult, check_rgb
 from .redact import DEFAULT_MARGIN, redact_image
 from .track_records import FaceTracks, TrackedFace
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["IDENTITY_MODES", "TrackAnonymizer", "keyframe_crop", "process_frames", "redact_frames"]
 
 IDENTITY_MODES = ("per-track", "per-frame")
-SMALL_FACE_POLICIES = ("redact", "fail", "keep")
 
 
 def _faces_of(tracks: FaceTracks, frame_index: int) -> list[TrackedFace]:
@@ -105,10 +104,8 @@ def process_frames(
     for the model (eye distance < ``min_face_size``) are blurred (``small_faces="redact"``), fail
     the run (``"fail"``) or are left (``"keep"``, logged).
     """
-    if small_faces not in SMALL_FACE_POLICIES:
-        raise ValueError(f"small_faces must be one of {SMALL_FACE_POLICIES}, got {small_faces!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    opts = FaceLoopOptions(batch_size=batch_size, crop_size=crop_size, min_face_size=min_face_size, erode=erode,
+                           feather=feather, small_faces=small_faces)  # checks the policy and the batch size
     frames = list(frames)
     indices = [int(t) for t in frame_indices]
     if len(frames) != len(indices):
@@ -132,11 +129,7 @@ def process_frames(
             else:
                 keep.append(a)
                 tids.append(face.track_id)
-        if small and small_faces == "fail":
-            raise FaceProcessingError(
-                f"{where}: {len(small)} face(s) too small for the model (eye distance < {min_face_size:g} px); "
-                "use --small-faces redact to blur them"
-            )
+        refuse_small_faces(small, small_faces, where)  # "fail": before the model runs
         for k, tid in enumerate(tids):
             by_track.setdefault(tid, []).append((pos, k))
         aligned_per.append(keep)
@@ -149,24 +142,15 @@ def process_frames(
             [extract_crops(frames[pos], [aligned_per[pos][k]]) for pos, k in members]
         )
         owners = [(f"{name} frame {indices[pos]} (track {tid})", k) for pos, k in members]
-        done = run_crops(crops, lambda c, tid=tid: process_track(tid, c), owners, batch_size)
+        done = run_crops(crops, lambda c, tid=tid: process_track(tid, c), owners, opts.batch_size)
         for (pos, k), crop in zip(members, done, strict=True):
             processed[pos][k] = crop
 
     results = []
     for pos, (rgb, t) in enumerate(zip(frames, indices, strict=True)):
         al = aligned_per[pos]
-        if al:
-            img, mask = paste_back(rgb, al, np.stack(processed[pos]), erode=erode, feather=feather)
-        else:
-            img, mask = rgb.copy(), np.zeros(rgb.shape[:2], np.float32)
-        small = small_per[pos]
-        if small and small_faces == "redact":
-            red = redact_image(img, "blur", faces=small, image_name=f"{name} frame {t}")
-            img, mask = red.image, np.maximum(mask, red.mask)
-        elif small:
-            logger.warning("%s frame %d: %d small face(s) left unchanged (--small-faces keep)", name, t, len(small))
-        results.append(FacesResult(image=img, mask=mask, faces=al, skipped=list(small)))
+        done = np.stack(processed[pos]) if al else None
+        results.append(finish_faces(rgb, al, small_per[pos], done, opts, f"{name} frame {t}"))
     return results
 
 
@@ -215,14 +199,6 @@ class TrackAnonymizer:
         self._sources: dict[int, Any] = {}
         self._noise = None
 
-    def _resize(self, crops: np.ndarray, size: int) -> np.ndarray:
-        if crops.shape[1] == size:
-            return crops
-        import cv2
-
-        interp = cv2.INTER_AREA if crops.shape[1] > size else cv2.INTER_CUBIC
-        return np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in crops])
-
     def source(self, track_id: int):
         """The track's :class:`SourceIdentity`, computed on first use and kept."""
         if track_id not in self._sources:
@@ -234,7 +210,7 @@ class TrackAnonymizer:
                 ) from None
             key = np.asarray(key)
             key = key.astype(np.float32) / 255.0 if key.dtype == np.uint8 else key.astype(np.float32)
-            model_in = self._resize(key[None], self.size)
+            model_in = resize_crops(key[None], self.size)
             self._sources[track_id] = self.pipe.encode_source(
                 model_in, degree=self.degree, height=self.size, width=self.size
             )
@@ -254,7 +230,7 @@ class TrackAnonymizer:
         import torch
 
         n, crop = crops.shape[0], crops.shape[1]
-        model_in = torch.from_numpy(np.ascontiguousarray(self._resize(crops, self.size))).permute(0, 3, 1, 2)
+        model_in = torch.from_numpy(np.ascontiguousarray(resize_crops(crops, self.size))).permute(0, 3, 1, 2)
         common = dict(
             guidance_scale=self.guidance_scale, num_inference_steps=self.steps,
             generator=[torch.Generator().manual_seed(self.seed) for _ in range(n)],
@@ -264,4 +240,4 @@ class TrackAnonymizer:
             out = self.pipe.anonymize(model_in, source=self.source(track_id), **common).images
         else:
             out = self.pipe.anonymize(model_in, degree=self.degree, **common).images
-        return np.clip(self._resize(np.asarray(out, np.float32), crop), 0.0, 1.0)
+        return np.clip(resize_crops(np.asarray(out, np.float32), crop), 0.0, 1.0)

@@ -26,14 +26,14 @@ from ..faces import (
     AlignedFace,
     DetectedFace,
     FaceDetector,
+    FaceLoopOptions,
     FaceProcessingError,
     FacesResult,
     apply_small_face_policy,
     check_rgb,
-    check_small_face_policy,
     extract_crops,
-    locate_faces,
     paste_back,
+    prepare_faces,
     run_crops,
 )
 from .identity import FaceRecognizer
@@ -202,6 +202,7 @@ def guarded_process_faces(
     image_name: str = "image",
     frame_index: int = 0,
     small_faces: str = DEFAULT_SMALL_FACES,
+    options: FaceLoopOptions | None = None,
 ) -> GuardedResult:
     """:func:`faceanon_core.faces.process_faces` with the identity check and retries.
 
@@ -213,19 +214,17 @@ def guarded_process_faces(
     unchecked, and handled by ``small_faces`` as in ``process_faces`` (default:
     blurred). Raises :class:`IdentityLeakError`
     (with the records in ``.checks``) when a face still matches after every
-    try and ``config.fallback == "fail"``.
+    try and ``config.fallback == "fail"``. ``options``: the face-loop keywords
+    as one :class:`~faceanon_core.faces.FaceLoopOptions` (one or the other).
     """
+    opts = FaceLoopOptions.resolve(options, locals())
     config = config or GuardConfig()
-    check_small_face_policy(small_faces)
     threshold = config.threshold_for(recognizer)
-    aligned, skipped = locate_faces(rgb, detector=detector, faces=faces, crop_size=crop_size,
-                                    min_face_size=min_face_size, image_name=image_name, frame_index=frame_index)
-    if skipped and small_faces == "fail":  # refuse before the model runs
-        apply_small_face_policy(FacesResult(rgb, np.zeros(rgb.shape[:2], np.float32), [], skipped), "fail",
-                                image_name)
+    aligned, skipped = prepare_faces(rgb, opts, detector=detector, faces=faces, image_name=image_name,
+                                     frame_index=frame_index)  # "fail" refuses here, before the model runs
     if not aligned:
         empty = GuardedResult(rgb.copy(), np.zeros(rgb.shape[:2], np.float32), aligned, skipped, [])
-        return apply_small_face_policy(empty, small_faces, image_name)
+        return apply_small_face_policy(empty, opts.small_faces, image_name)
 
     name = getattr(recognizer, "name", type(recognizer).__name__)
     refs = recognizer.embed(rgb, [f.landmarks for f in aligned])
@@ -244,8 +243,9 @@ def guarded_process_faces(
         def run(chunk: np.ndarray, s=s, d=d):
             return anonymize(chunk, s, d)
 
-        current[sel] = run_crops(crops[sel], run, [owners[i] for i in sel], batch_size)
-        image, mask = paste_back(rgb, aligned, current, erode=erode, feather=feather, color_match=color_match)
+        current[sel] = run_crops(crops[sel], run, [owners[i] for i in sel], opts.batch_size)
+        image, mask = paste_back(rgb, aligned, current, erode=opts.erode, feather=opts.feather,
+                                 color_match=opts.color_match)
         # Every face is re-checked: a retried neighbour that overlaps could change an earlier pass.
         dist = _distances(recognizer, image, aligned, refs)
         for i in sel:
@@ -288,7 +288,8 @@ def guarded_process_faces(
                 raise IdentityLeakError(
                     f"{image_name}: face {c.face} still matches the original (distance {c.distance:.3f}) even "
                     "filled solid; the output was not written")
-    return apply_small_face_policy(GuardedResult(image, mask, aligned, skipped, checks), small_faces, image_name)
+    return apply_small_face_policy(GuardedResult(image, mask, aligned, skipped, checks), opts.small_faces,
+                                   image_name)
 
 
 def _support(rgb: np.ndarray, faces: Sequence[AlignedFace]) -> np.ndarray:
