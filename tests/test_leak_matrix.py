@@ -31,9 +31,11 @@ video leaves nothing.
 
 ``VIDEO_CHANGED`` = 8 grey levels, mean over the face box clipped to the frame. Decoded input and output are both
 lossy: re-encoding an untouched clip (RGB -> 4:2:0 YUV -> H.264 CRF 18 -> RGB, the CLI's writer) moves a face box
-by 1.8-2.2 levels and a frame without faces by 1.4 (checked below :data:`VIDEO_UNTOUCHED`, 3). The weakest
-intended change is the default blur of the tiny face, re-encoded: 26 levels (blur of the whole faces 29-32, the
-tiny model 40-57). So 8 is 3.6x the codec noise and a third of the weakest redaction, see
+by 1.8-2.2 levels and a frame without faces by 1.4 (checked below :data:`VIDEO_UNTOUCHED`, 3); a face left
+untouched in a frame whose neighbours were redacted (inter-frame prediction carries some of their change) by up to
+3.6, measured by breaking redaction on purpose (held/interpolated faces skipped: those frames read 2.0 and 3.4-3.6).
+The weakest intended change is the default blur of the tiny face, re-encoded: 26 levels (blur of the whole faces
+29-32, the tiny model 40-57). So 8 is 2.2x the worst untouched box and a third of the weakest redaction, see
 ``test_video_threshold_sits_between_codec_noise_and_the_weakest_redaction``. The library and node rows return
 frames without re-encoding (an untouched box: exactly 0).
 """
