@@ -16,11 +16,34 @@ bitwise); the 8-bit round trip of paste-back adds at most 0.5. The weakest inten
 the default blur of a face of the scenarios: 26 to 39 levels measured, the least on the 6 px face
 (boxes also hold unchanged corners outside the elliptic mask), 6x the threshold, see
 ``test_threshold_sits_between_untouched_and_the_weakest_redaction``.
+
+Video (second half of the file): :data:`VIDEO_ENTRY_POINTS` (CLI ``redact`` on a video and on a folder holding
+it, CLI ``anonymize`` on a video; the library's ``redact_frames``, ``process_frames`` with a ``TrackAnonymizer``
+and ``process_frames`` checked by a ``VideoGuard``; the nodes Track Faces -> Redact Faces and Track Faces -> Paste
+Faces Back in a stand-in ComfyUI) x :data:`VIDEO_SCENARIOS` (no face in any frame, the face in some frames only,
+only a tiny face, every face too small for the model, a face leaving through the border, the model raising, the
+guard rejecting, Ctrl-C mid-video), on 256x192 H.264 clips of the astronaut (tests/test_video_cli.py's writer
+and pan). The rule is judged per frame on the decoded output: every frame in which a face is present by
+construction (the detector's misses included: the frames before it finds a face that appears, the last frame of
+a face leaving) has the face's box changed by more than :data:`VIDEO_CHANGED`, or the call fails (non-zero exit
+or an exception) and no output and no ``.part`` file is left. A video is one output: an interrupted or failing
+video leaves nothing.
+
+``VIDEO_CHANGED`` = 8 grey levels, mean over the face box clipped to the frame. Decoded input and output are both
+lossy: re-encoding an untouched clip (RGB -> 4:2:0 YUV -> H.264 CRF 18 -> RGB, the CLI's writer) moves a face box
+by 1.8-2.2 levels and a frame without faces by 1.4 (checked below :data:`VIDEO_UNTOUCHED`, 3); a face left
+untouched in a frame whose neighbours were redacted (inter-frame prediction carries some of their change) by up to
+3.6, measured by breaking redaction on purpose (held/interpolated faces skipped: those frames read 2.0 and 3.4-3.6).
+The weakest intended change is the default blur of the tiny face, re-encoded: 26 levels (blur of the whole faces
+29-32, the tiny model 40-57). So 8 is 2.2x the worst untouched box and a third of the weakest redaction, see
+``test_video_threshold_sits_between_codec_noise_and_the_weakest_redaction``. The library and node rows return
+frames without re-encoding (an untouched box: exactly 0).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,3 +395,352 @@ def test_small_face_policy_is_honoured_by_the_guard_too(policy):
         out = guarded_process_faces(photo, model, FakeRecognizer(1.0), faces=faces, small_faces="keep")
         assert np.array_equal(out.image, photo) and len(out.skipped) == 1
     assert calls == []
+
+
+
+# ================================================================== video
+#
+# The same rule on video, per frame: every frame in which a face is present (by construction: each clip is
+# built with known face boxes) has its box changed by more than VIDEO_CHANGED, or the call fails and nothing
+# is written (no output, no .part). The threshold's arithmetic is in the module docstring.
+
+VIDEO_CHANGED = 8.0
+VIDEO_UNTOUCHED = 3.0  # what re-encoding alone may move a frame without faces, on average (measured 1.4)
+
+
+def _video():
+    """tests/test_video_cli.py: the clip writer and the astronaut pan (imported lazily: it needs PyAV)."""
+    import test_video_cli
+
+    return test_video_cli
+
+
+def v_empty(i: int) -> tuple[np.ndarray, list]:
+    """No face: the sky gradient, drifting."""
+    v = _video()
+    return np.ascontiguousarray(sky()[i : i + v.H, 2 * i : 2 * i + v.W]), []
+
+
+def v_pan(i: int) -> tuple[np.ndarray, list]:
+    """The astronaut's face in every frame (test_video_cli's 256x192 pan, 4 px per frame)."""
+    img, box = _video().frame_at(i)
+    return img, [box]
+
+
+def v_some_frames(i: int) -> tuple[np.ndarray, list]:
+    """The face in frames 4-7 only: it appears between two full detections (frames 3 and 6; found 2 frames
+    late, covered by the track's hold back in time) and is gone from frame 8 on (sky)."""
+    return v_pan(i) if 4 <= i <= 7 else v_empty(i)
+
+
+def v_tiny(i: int) -> tuple[np.ndarray, list]:
+    """Only a tiny face: the astronaut scaled to 100 px on grey (a 17x22 px box, 8 px between the eyes, below
+    the model's 10), drifting 2 px per frame."""
+    v = _video()
+    side, x, y = 100, 60 + 2 * i, 40
+    canvas = np.full((v.H, v.W, 3), 200, np.uint8)
+    canvas[y : y + side, x : x + side] = cv2.resize(astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+    k = side / astronaut().shape[1]
+    b = v.FACE_BOX
+    return canvas, [(x + b[0] * k, y + b[1] * k, x + b[2] * k, y + b[3] * k)]
+
+
+def v_leaving(i: int) -> tuple[np.ndarray, list]:
+    """The face leaving through the left border, 14 px per frame: whole in frames 0-2, cut from frame 3 on, a
+    quarter of its box in the picture in frame 7, where the detector no longer finds it."""
+    v = _video()
+    x0, y0, b = 148 + 14 * i, 20, v.FACE_BOX
+    return astronaut()[y0 : y0 + v.H, x0 : x0 + v.W].copy(), [(b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0)]
+
+
+@dataclass(frozen=True)
+class VideoScenario:
+    frame: object  # frame(i) -> (RGB 256x192, the face boxes in it)
+    expect: str  # "changed" or "fail", as for photos
+    fault: str | None = None  # "raise", "guard", "interrupt" (Ctrl-C at frame 8: the second chunk, mid-video)
+    min_model_face: float | None = None
+    frames: int = 10  # clip length (the fewer face-frames, the less model time)
+
+
+VIDEO_SCENARIOS = {
+    "no_face": VideoScenario(v_empty, "changed"),
+    "face_in_some_frames": VideoScenario(v_some_frames, "changed"),
+    "only_small_face": VideoScenario(v_tiny, "changed"),
+    "too_small_for_the_model": VideoScenario(v_pan, "changed", min_model_face=10000.0),
+    "leaving_through_border": VideoScenario(v_leaving, "changed", frames=8),
+    "model_raises": VideoScenario(v_pan, "fail", fault="raise", frames=4),
+    "guard_rejects": VideoScenario(v_pan, "fail", fault="guard", frames=4),
+    "interrupted": VideoScenario(v_pan, "fail", fault="interrupt"),
+}
+
+
+@functools.cache
+def scenario_clip(name: str, folder: Path) -> tuple[Path, tuple]:
+    """The scenario's clip (H.264, no audio), written once, and its decoded frames: what every entry point
+    is given (the library and the nodes take decoded frames)."""
+    v, scenario = _video(), VIDEO_SCENARIOS[name]
+    clip = v.make_face_clip(folder / f"{name}.mp4", n=scenario.frames, audio=False,
+                            frame=lambda i: scenario.frame(i)[0])
+    return clip, tuple(f.rgb for f in v.frames_of(clip))
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("leak_clips")
+    return lambda name: scenario_clip(name, folder)
+
+
+@dataclass
+class VideoOutcome:
+    output: list | None  # the output frames (decoded from the output file for the CLI), None: nothing written
+    failed: bool
+    leftovers: list = field(default_factory=list)  # files in the output folder other than the output video
+
+
+# Ctrl-C at the call for frame 8 (the second chunk of cli/video.py's CHUNK = 8, after a chunk was encoded):
+# redaction calls redact_region once per face-frame, the model once per track and chunk, and a node's progress
+# bar (where ComfyUI raises its interrupt) is updated once per frame.
+VIDEO_INTERRUPT_AT = {"redact": 9, "anonymize": 2, "node": 9}
+
+
+def cli_video(command: str, folder: bool = False):
+    """``faceanon redact|anonymize clip.mp4 -o out/clip.mp4`` (``folder``: ``faceanon ... in/ -o out/``, the
+    folder run with its manifest); the output file decoded."""
+
+    def run(scenario: VideoScenario, clip: Path, frames: tuple, tmp_path: Path, monkeypatch,
+            tiny_model_dir) -> VideoOutcome:
+        import shutil
+
+        from faceanon_core.cli import main
+
+        interrupt = Interrupt(VIDEO_INTERRUPT_AT[command]) if scenario.fault == "interrupt" else None
+        _patch_cli_faults(monkeypatch, scenario, command, interrupt)
+        out, target = tmp_path / "out", tmp_path / "out" / "clip.mp4"
+        if folder:
+            (tmp_path / "in").mkdir()
+            clip = shutil.copy(clip, tmp_path / "in" / "clip.mp4")
+        args = _cli_args(command, scenario, tiny_model_dir) + [str(tmp_path / "in" if folder else clip),
+                                                                "-o", str(out if folder else target)]
+        try:
+            failed = main(args) != 0
+        except Exception:  # escaped main: the process would end with a traceback and exit code 1
+            failed = True
+        output = [f.rgb for f in _video().frames_of(target)] if target.is_file() else None
+        leftovers = sorted(p.name for p in out.rglob("*") if p.is_file() and p != target
+                           and not p.name.endswith(".jsonl")) if out.exists() else []
+        return VideoOutcome(output, failed, leftovers)
+
+    return run
+
+
+def library_video(kind: str):
+    """The library on the decoded frames, chunk by chunk as the CLI: :class:`VideoFaceDetector`, :func:`track_faces`,
+    then ``redact_frames``, or ``process_frames`` with a :class:`TrackAnonymizer` (the tiny model), or (``guarded``)
+    ``process_frames`` with a stand-in model (the crops inverted: the model's path is the row before) and each chunk
+    checked by a :class:`VideoGuard`. An exception is a failure (a failing call returns nothing)."""
+
+    def run(scenario: VideoScenario, clip: Path, frames: tuple, tmp_path: Path, monkeypatch,
+            tiny_model_dir) -> VideoOutcome:
+        import faceanon_core.faces.redact as redact
+        from faceanon_core.faces import FaceProcessingError, MTCNNDetector
+        from faceanon_core.faces.tracks import LandmarkSmoothing, track_faces
+        from faceanon_core.faces.video import TrackAnonymizer, keyframe_crop, process_frames, redact_frames
+        from faceanon_core.faces.video_detect import VideoFaceDetector
+        from faceanon_core.privacy.video_guard import VideoGuard
+
+        interrupt = Interrupt(VIDEO_INTERRUPT_AT["redact" if kind == "redact_frames" else "anonymize"]) \
+            if scenario.fault == "interrupt" else None
+        detector = VideoFaceDetector(MTCNNDetector())
+        tracks = track_faces([detector.detect(f) for f in frames], smoothing=LandmarkSmoothing(),
+                             frame_size=frames[0].shape[1::-1])
+        sizes = {} if scenario.min_model_face is None else {"min_face_size": scenario.min_model_face}
+        if kind == "redact_frames":
+            monkeypatch.setattr(redact, "redact_region", faulty(redact.redact_region, scenario.fault, interrupt))
+        else:
+            if kind == "guarded":
+                model = lambda tid, crops: 1.0 - crops  # noqa: E731
+            else:
+                keys = {tid: keyframe_crop(frames[tracks.keyframe(tid).frame_index], tracks.keyframe(tid))
+                        for tid in tracks.track_ids}
+                model = TrackAnonymizer(_tiny_pipe(tiny_model_dir), keys, num_inference_steps=2, size=64)
+            anonymizer = faulty(model, scenario.fault, interrupt)
+            guard = VideoGuard(FakeRecognizer(0.0 if scenario.fault == "guard" else 1.0))
+        out = []
+        try:
+            for start in range(0, len(frames), 8):
+                chunk = list(frames[start : start + 8])
+                indices = list(range(start, start + len(chunk)))
+                if kind == "redact_frames":
+                    out += [r.image for r in redact_frames(chunk, indices, tracks, "blur")]
+                    continue
+                res = process_frames(chunk, indices, tracks, anonymizer, **sizes)
+                out += guard.check_chunk(chunk, indices, res, tracks) if kind == "guarded" else [r.image for r in res]
+        except (FaceProcessingError, KeyboardInterrupt, RuntimeError):
+            return VideoOutcome(None, True)
+        return VideoOutcome(out, False)
+
+    return run
+
+
+class ComfyInterrupt(Exception):
+    """What ComfyUI raises in a node when the user cancels (``InterruptProcessingException``, from the hook
+    every ``ProgressBar.update`` calls)."""
+
+
+@functools.cache
+def _nodes():
+    from node_stubs import PACK, load_node_modules
+
+    mods = load_node_modules("faces", "tracks", "backend.faces")
+    mods["redact"] = importlib.import_module(f"{PACK}.faceanon_core.faces.redact")  # the nodes' copy of the library
+    return mods
+
+
+def node_video(kind: str):
+    """The nodes on the frames as Get Video Components gives them (stand-in ComfyUI, node_stubs.py): Track Faces
+    -> Redact Faces, or Track Faces -> (a stand-in model: the crops inverted) -> Paste Faces Back. The same graphs
+    in a real ComfyUI, with Face Anonymize as the model: tests/host/test_leak_matrix_host.py. An exception is a
+    failure: the graph stops before Save Video."""
+
+    def run(scenario: VideoScenario, clip: Path, frames: tuple, tmp_path: Path, monkeypatch,
+            tiny_model_dir) -> VideoOutcome:
+        import torch
+        from node_stubs import run_node
+
+        nodes = _nodes()
+        interrupt = Interrupt(VIDEO_INTERRUPT_AT["node"]) if scenario.fault == "interrupt" else None
+        monkeypatch.setattr(nodes["redact"], "redact_region",
+                            faulty(nodes["redact"].redact_region, "raise" if scenario.fault == "raise" else None,
+                                   None))
+        if interrupt is not None:
+            class Progress:
+                def __init__(self, total):
+                    pass
+
+                def update(self, n):
+                    try:
+                        interrupt.tick()
+                    except KeyboardInterrupt:
+                        raise ComfyInterrupt from None
+
+            monkeypatch.setattr(nodes["backend.faces"].comfy.utils, "ProgressBar", Progress)
+        image = torch.from_numpy(np.stack(frames).astype(np.float32) / 255.0)
+        min_face = 10.0 if scenario.min_model_face is None else scenario.min_model_face
+        try:
+            crops, faces, _ = run_node(nodes["tracks"].FaceAnonTrackFaces, frames=image, threshold=0.95, max_gap=8,
+                                       smoothing=True, min_face_size=min_face, crop_size=128)
+            if kind == "redact":
+                out, _ = run_node(nodes["faces"].FaceAnonRedactFaces, image=image, method="blur", strength=0.0,
+                                  threshold=0.95, faces=faces)
+            else:
+                anonymized = 1.0 - crops if len(faces) else crops  # no face: Face Anonymize passes the placeholder on
+                out, _ = run_node(nodes["faces"].FaceAnonPasteFaces, image=image, crops=anonymized, faces=faces,
+                                  feather=0.025, erode=0.02, color_match=False)
+        except (ValueError, RuntimeError, ComfyInterrupt):
+            return VideoOutcome(None, True)
+        return VideoOutcome([np.round(f.numpy() * 255).astype(np.uint8) for f in out], False)
+
+    return run
+
+
+NO_MODEL = {"guard_rejects": "redact has no guard", "too_small_for_the_model": "redact uses no model"}
+STAND_IN = {"guard_rejects": "the guard node is not in this graph", "model_raises": "the model is a stand-in",
+            "interrupted": "Paste Faces Back has no progress bar (the sampler's: host only)"}
+
+# entry point -> (runner, scenarios that do not apply and why)
+VIDEO_ENTRY_POINTS = {
+    "cli_redact_video": (cli_video("redact"), NO_MODEL),
+    "cli_redact_video_folder": (cli_video("redact", folder=True), NO_MODEL),
+    "cli_anonymize_video": (cli_video("anonymize"), {}),
+    "redact_frames": (library_video("redact_frames"), NO_MODEL),
+    "process_frames": (library_video("process_frames"), {"guard_rejects": "process_frames has no guard"}),
+    "process_frames_guarded": (library_video("guarded"), {}),
+    "node_track_redact": (node_video("redact"), NO_MODEL),
+    "node_track_paste": (node_video("paste"), STAND_IN),
+}
+
+VIDEO_CELLS = [pytest.param(entry, scen, id=f"{entry}-{scen}")
+               for entry, (_, skip) in VIDEO_ENTRY_POINTS.items() for scen in VIDEO_SCENARIOS if scen not in skip]
+
+
+def check_video_outcome(outcome: VideoOutcome, scenario: VideoScenario, originals) -> list[float]:
+    """The matrix's rule on video, per frame; returns the changes measured in the face boxes."""
+    assert outcome.leftovers == [], f"half-written or stray files: {outcome.leftovers}"
+    if scenario.expect == "fail":
+        assert outcome.failed, "the call succeeded where it must fail"
+        assert outcome.output is None, "a failing call wrote an output"  # one video, one output: all or nothing
+        return []
+    assert not outcome.failed and outcome.output is not None, "the call failed"
+    assert len(outcome.output) == len(originals), "frames were dropped or added"
+    changes = []
+    for i, (original, output) in enumerate(zip(originals, outcome.output, strict=True)):
+        assert output.shape == original.shape
+        if scenario.frame is v_empty:  # no face anywhere: every frame as it was, up to re-encoding
+            assert box_change(original, output, (0, 0, original.shape[1], original.shape[0])) <= VIDEO_UNTOUCHED
+        for box in scenario.frame(i)[1]:
+            change = box_change(original, output, box)
+            assert change > VIDEO_CHANGED, f"frame {i}: face at {np.round(box)} changed by only {change:.2f}"
+            changes.append(change)
+    return changes
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The tiny model and MTCNN on 256x192 frames gain nothing from a second thread, and on a shared 2-core machine
+    a busy core makes torch's two threads wait on each other: measured 24 s for the video cells with one thread
+    against 105 s with two while another process held a core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("entry,scenario_name", VIDEO_CELLS)
+def test_video_leak_matrix(entry, scenario_name, clips, tmp_path, monkeypatch, tiny_model_dir, one_torch_thread):
+    pytest.importorskip("av")
+    scenario = VIDEO_SCENARIOS[scenario_name]
+    clip, frames = clips(scenario_name)
+    outcome = VIDEO_ENTRY_POINTS[entry][0](scenario, clip, frames, tmp_path, monkeypatch, tiny_model_dir)
+    check_video_outcome(outcome, scenario, frames)
+
+
+def test_video_threshold_sits_between_codec_noise_and_the_weakest_redaction(clips, tmp_path, monkeypatch):
+    """Re-encoding alone (the CLI's writer, nothing changed) moves a face box by 1.8-2.2 levels and a frame
+    without faces by 1.4; the weakest intended change, the default blur of the tiny face through the CLI
+    (re-encoded), by 26. VIDEO_CHANGED (8) is 3.6x the one and a third of the other."""
+    pytest.importorskip("av")
+    from faceanon_core.media.video import probe_video, write_video
+
+    noise = {}
+    for name in ("no_face", "only_small_face", "too_small_for_the_model"):  # no face, the tiny face, the pan
+        clip, frames = clips(name)
+        copy = write_video(list(frames), tmp_path / f"{name}.mp4", like=probe_video(clip))
+        for i, (original, again) in enumerate(zip(frames, _video().frames_of(copy), strict=True)):
+            boxes = VIDEO_SCENARIOS[name].frame(i)[1] or [(0, 0, original.shape[1], original.shape[0])]
+            noise[name] = max([noise.get(name, 0.0)] + [box_change(original, again.rgb, b) for b in boxes])
+    assert noise["no_face"] < VIDEO_UNTOUCHED / 1.5 and max(noise.values()) < VIDEO_CHANGED / 3, noise
+    scenario = VIDEO_SCENARIOS["only_small_face"]
+    outcome = VIDEO_ENTRY_POINTS["cli_redact_video"][0](scenario, *clips("only_small_face"), tmp_path, monkeypatch,
+                                                        None)
+    weakest = min(check_video_outcome(outcome, scenario, clips("only_small_face")[1]))
+    assert weakest > 3 * VIDEO_CHANGED, weakest
+
+
+def test_video_scenarios_find_what_they_claim(clips):
+    """On the decoded clips: no face in the sky; the face only in frames 4-7; one face too small for the model;
+    the leaving face found while it is half in the picture, not in the last frame (a quarter of it in)."""
+    pytest.importorskip("av")
+    from faceanon_core.faces import align_faces, default_detector
+
+    def found(name):
+        return [default_detector().detect(f) for f in clips(name)[1]]
+
+    assert not any(found("no_face"))
+    assert [bool(f) for f in found("face_in_some_frames")] == [4 <= i <= 7 for i in range(10)]
+    tiny = found("only_small_face")
+    assert all(len(f) == 1 and align_faces(f, min_face_size=0)[0][0].face_size < 10 for f in tiny)
+    leaving = found("leaving_through_border")
+    assert all(len(f) == 1 for f in leaving[:-1]) and leaving[-1] == []
+    assert v_leaving(7)[1][0][0] < 0 < v_leaving(7)[1][0][2]

@@ -30,12 +30,15 @@ def frame_at(i: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
 
 
 def make_face_clip(path: Path, *, n: int = N, audio: bool = True, rotate90: bool = False, vfr: bool = False,
-                   title: str | None = "secret") -> Path:
+                   title: str | None = "secret", frame=None) -> Path:
+    """``n`` frames of ``frame(i)`` (RGB, even sides; default the astronaut pan of :func:`frame_at`)."""
+    draw = frame or (lambda i: frame_at(i)[0])
+    h, w = draw(0).shape[:2]
     with av.open(str(path), "w") as c:
         if title:
             c.metadata["title"] = title
         v = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=FPS)
-        v.width, v.height = (H, W) if rotate90 else (W, H)
+        v.width, v.height = (h, w) if rotate90 else (w, h)
         v.pix_fmt = "yuv420p"
         if vfr:
             v.codec_context.time_base = Fraction(1, 1000)
@@ -44,7 +47,7 @@ def make_face_clip(path: Path, *, n: int = N, audio: bool = True, rotate90: bool
         a = c.add_stream("aac", rate=SR, layout="mono") if audio else None
         pts = 0
         for i in range(n):
-            rgb = frame_at(i)[0]
+            rgb = draw(i)
             if rotate90:
                 rgb = np.ascontiguousarray(np.rot90(rgb, k=1))  # stored turned back; shown upright
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")

@@ -1,7 +1,11 @@
 """The leak matrix on a real ComfyUI (COMFYUI_PATH): every face node and every shipped workflow that takes a
 photo, on the scenarios of tests/test_leak_matrix.py. The outcome is one of: every detected face changed
 (mean absolute difference in its box above ``CHANGED``), a photo without faces unchanged, or an error with
-nothing saved. One server for the module, tiny models, 2 steps: about a minute on 2 cores.
+nothing saved. Video: Load Video -> Get Video Components -> Track Faces -> Redact Faces, and the shipped
+video workflow (Track Faces -> Face Anonymize per track -> Paste Faces Back -> Save Video), on the clips of
+the video matrix there (the face in some frames only, a tiny face, a face leaving through the border): every
+frame's face box changed by more than ``VIDEO_CHANGED``; a broken model folder saves nothing. One server for
+the module, tiny models, 2 steps: about a minute on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,12 +30,24 @@ pytestmark = [pytest.mark.host, pytest.mark.skipif(
 )]
 
 import workflow_host as wh  # noqa: E402
-from test_leak_matrix import CHANGED, border_cut, box_change, detections, mixed, sky, small_astronaut  # noqa: E402
+from test_leak_matrix import (  # noqa: E402
+    CHANGED,
+    VIDEO_CHANGED,
+    VIDEO_SCENARIOS,
+    border_cut,
+    box_change,
+    detections,
+    mixed,
+    scenario_clip,
+    sky,
+    small_astronaut,
+)
 
 # LoadImage of a PNG and SaveImage (which truncates 255 * x) may move an untouched pixel by one level.
 ROUND_TRIP = 1
 
 PHOTOS = {"no_face": sky, "only_small_face": small_astronaut, "cut_by_border": border_cut, "mixed_sizes": mixed}
+VIDEO_CLIPS = ("face_in_some_frames", "only_small_face", "leaving_through_border")  # no face: the test below
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +62,8 @@ def base(tmp_path_factory):
         Image.fromarray(func()).save(root / "input" / f"leak_{name}.png")
     big_sky = np.ascontiguousarray(np.tile(sky(), (3, 2, 1))[:600, :600])
     wh.write_clip(root / "input" / "leak_no_face.mp4", big_sky)
+    for name in VIDEO_CLIPS:
+        scenario_clip(name, root / "input")  # input/<name>.mp4
     return root
 
 
@@ -211,4 +229,62 @@ def test_a_nan_degree_is_refused_and_writes_nothing(server, base):
     entry = server.run(prompt)
     message = error_message(entry) or ""
     assert "degree" in message, entry.get("status")
+    assert outputs_on_disk(base) == before
+
+
+def _save_tensor(link, name):
+    return {"class_type": "FaceAnonTest_SaveTensor", "inputs": {"image": link, "name": name}}
+
+
+def video_graph(kind: str, clip: str) -> dict:
+    """Track Faces -> Redact Faces, or the shipped video workflow (crops at 64 px, the tiny model's size); the
+    frames of Get Video Components saved as node 90, the processed frames as node 91."""
+    if kind == "track_redact":
+        return {"1": {"class_type": "LoadVideo", "inputs": {"file": clip}},
+                "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+                "3": {"class_type": "FaceAnon_TrackFaces", "inputs": {
+                    "frames": ["2", 0], "threshold": 0.95, "max_gap": 8, "smoothing": True, "min_face_size": 10.0,
+                    "crop_size": 64}},
+                "4": {"class_type": "FaceAnon_RedactFaces", "inputs": {
+                    "image": ["2", 0], "method": "blur", "strength": 0.0, "threshold": 0.95, "faces": ["3", 1]}},
+                "90": _save_tensor(["2", 0], "leak_video_in"), "91": _save_tensor(["4", 0], "leak_video_out")}
+    prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "video_frames_api.json"))
+    node = {n["class_type"]: k for k, n in prompt.items()}
+    prompt[node["LoadVideo"]]["inputs"]["file"] = clip
+    prompt[node["FaceAnon_TrackFaces"]]["inputs"]["crop_size"] = 64
+    prompt[node["SaveVideo"]]["inputs"]["filename_prefix"] = "leak/video"
+    prompt["90"] = _save_tensor([node["GetVideoComponents"], 0], "leak_video_in")
+    prompt["91"] = _save_tensor([node["FaceAnon_PasteFaces"], 0], "leak_video_out")
+    return prompt
+
+
+VIDEO_CELLS = [(kind, scen) for kind in ("track_redact", "video_frames") for scen in VIDEO_CLIPS]
+
+
+@pytest.mark.parametrize("kind,scenario", VIDEO_CELLS, ids=[f"{k}-{s}" for k, s in VIDEO_CELLS])
+def test_video_graphs(server, base, kind, scenario):
+    """Every frame in which the clip holds the face (those the detector misses included) has it changed."""
+    import torch
+    from host_helpers import error_message
+
+    entry = server.run(video_graph(kind, f"{scenario}.mp4"), timeout=600)
+    assert error_message(entry) is None, error_message(entry)
+    frames, out = (torch.load(entry["outputs"][k]["text"][0]) for k in ("90", "91"))
+    assert out.shape == frames.shape and frames.shape[0] == VIDEO_SCENARIOS[scenario].frames
+    for i, (a, b) in enumerate(zip(frames, out, strict=True)):
+        original, output = (np.round(x.numpy() * 255).astype(np.uint8) for x in (a, b))
+        for box in VIDEO_SCENARIOS[scenario].frame(i)[1]:
+            change = box_change(original, output, box)
+            assert change > VIDEO_CHANGED, f"frame {i}: face at {np.round(box)} changed by only {change:.2f}"
+
+
+def test_video_workflow_with_a_broken_model_saves_nothing(server, base):
+    from host_helpers import error_message
+
+    before = outputs_on_disk(base)
+    prompt = video_graph("video_frames", "face_in_some_frames.mp4")
+    del prompt["90"], prompt["91"]  # the test's probes: only the workflow's own Save Video
+    prompt["1"]["inputs"]["model_folder"] = "broken"
+    entry = server.run(prompt)
+    assert error_message(entry) is not None
     assert outputs_on_disk(base) == before
