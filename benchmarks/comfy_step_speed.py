@@ -35,10 +35,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "host"))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from comfy_inprocess import import_pack
-    from reference_attn1_patch import reference_patch
+    from helpers.host.comfy_inprocess import import_pack
+    from helpers.reference_attn1_patch import reference_patch
 
     import_pack()
     import comfy.model_base

@@ -26,9 +26,8 @@ import cv2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from faces_helpers import astronaut, big_photo_with_small_faces, collage, grace_hopper  # noqa: E402
-
 from faceanon_core.faces import MTCNNDetector, align_faces, extract_crops, paste_back  # noqa: E402
+from helpers.faces import astronaut, big_photo_with_small_faces, collage, grace_hopper
 
 BIG_SIZES = {"4mp": (2448, 1632), "14mp": (4592, 3056), "48mp": (8000, 6000)}
 

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from faces_helpers import astronaut  # noqa: E402
+from helpers.faces import astronaut
 
 
 def best_of(fn, repeat: int) -> float:

@@ -6,9 +6,11 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 from faceanon_core.testing.tiny_models import TINY_IMAGE_SIZE, write_tiny_model_folder
+
+# The CI policy of the host tests (only a top-level conftest may load a plugin for the tests below it).
+pytest_plugins = ["helpers.host.ci_policy"]
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -43,10 +45,6 @@ def face_images():
 @pytest.fixture
 def run_kwargs():
     return dict(num_inference_steps=2, height=TINY_IMAGE_SIZE, width=TINY_IMAGE_SIZE, output_type="np")
-
-
-def noise(batch: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn((batch, 4, TINY_IMAGE_SIZE // 8, TINY_IMAGE_SIZE // 8), generator=torch.manual_seed(seed))
 
 
 @pytest.fixture(scope="session")

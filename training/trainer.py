@@ -45,7 +45,7 @@ def check_backend(accelerator) -> str:
     """Refuse DeepSpeed up front; name the backend otherwise.
 
     Validation and export need the full weights. Under FSDP the trainer gathers them with
-    ``accelerator.get_state_dict`` (the state-dict logic covered by tests/test_training_sharded.py);
+    ``accelerator.get_state_dict`` (the state-dict logic covered by tests/training/test_training_sharded.py);
     DeepSpeed ZeRO-3 needs its own gather settings and has not been tested here, so a run is
     stopped before training rather than exporting shards as a model.
     """

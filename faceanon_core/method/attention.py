@@ -4,7 +4,7 @@ The UNet's self-attention takes its queries from its own tokens and its keys/val
 from ``[own, source state, driving state]`` along the token axis.  The authors' code
 uses all three as queries and keeps the first third of the output; each query row is
 independent, so queries from the own tokens alone give the same result at a third of
-the cost (proved by ``tests/test_attention.py``).  The reference keys/values do not
+the cost (proved by ``tests/method/test_attention.py``).  The reference keys/values do not
 depend on the timestep, so they are projected once per sampling run and cached.
 """
 

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 #: The detector's smallest face (box side in pixels), the default of the CLI's ``--min-face-size``: the library's
 #: ``DEFAULT_DETECTOR_MIN_FACE`` (faceanon_core.faces.detect; not imported here: it loads OpenCV, and the schemas need
-#: it while ComfyUI starts); tests/test_architecture.py keeps the two equal and this the nodes' only copy.
+#: it while ComfyUI starts); tests/repo/test_architecture.py keeps the two equal and this the nodes' only copy.
 DETECTOR_MIN_FACE = 20.0
 
 

@@ -28,7 +28,7 @@ from . import encoding, mixing, sampling
 logger = logging.getLogger(__name__)
 
 #: The library's ``IDENTITY_MODES`` (faceanon_core.faces.video; not imported here: it loads OpenCV, and the schema
-#: needs them while ComfyUI starts); tests/test_architecture.py keeps the two equal.
+#: needs them while ComfyUI starts); tests/repo/test_architecture.py keeps the two equal.
 IDENTITY_MODES = ("per-track", "per-frame")
 DEFAULT_IDENTITY = IDENTITY_MODES[0]
 NODE = "Face Anonymize"

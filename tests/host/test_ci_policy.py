@@ -1,8 +1,10 @@
 """ci_policy: with CI=true a skipped host test fails unless it needs a GPU (and a host is set); outside CI
-skips stay skips. Checked on a throwaway test file in a child pytest (no ComfyUI needed)."""
+skips stay skips. Checked on a throwaway test file in a child pytest (no ComfyUI needed), with the
+plugin loaded as tests/conftest.py loads it for the whole suite."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -12,12 +14,20 @@ from pathlib import Path
 
 import pytest
 
-HOST_DIR = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def suite_plugins() -> list[str]:
+    """``pytest_plugins`` of tests/conftest.py: the CI policy is among them."""
+    tree = ast.parse((TESTS / "conftest.py").read_text())
+    found = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+             and [ast.unparse(t) for t in node.targets] == ["pytest_plugins"]]
+    assert found and "helpers.host.ci_policy" in found[0], found
+    return found[0]
 
 SAMPLE = textwrap.dedent('''
     import pytest
 
-    pytest_plugins = ["ci_policy"]
     pytestmark = pytest.mark.host
 
 
@@ -55,8 +65,6 @@ SAMPLE = textwrap.dedent('''
 NOT_HOST = textwrap.dedent('''
     import pytest
 
-    pytest_plugins = ["ci_policy"]
-
 
     def test_unit_skip():
         pytest.skip("not a host test")
@@ -67,8 +75,9 @@ def _run(tmp_path, ci: str | None, comfyui_path: str | None):
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     (tmp_path / "test_unit.py").write_text(NOT_HOST)
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    host: needs a real ComfyUI\n")
+    (tmp_path / "conftest.py").write_text(f"pytest_plugins = {suite_plugins()!r}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "COMFYUI_PATH", "PYTEST_ADDOPTS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(HOST_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])
     if ci is not None:
         env["CI"] = ci
     if comfyui_path is not None:

@@ -14,25 +14,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers.host import workflow as wh
+from helpers.host.outputs import EXPECTED, check_outputs  # (the shipped workflows' outputs)
+
 HOST_DIR = Path(__file__).resolve().parent
-for _path in (HOST_DIR, HOST_DIR.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
-pytest_plugins = ["ci_policy"]  # in CI a missing fresh host is a failure, not a skip
-pytestmark = [pytest.mark.host, pytest.mark.skipif(
-    not os.environ.get("COMFYUI_PATH"),
-    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
-           "its environment)",
-)]
-
-import workflow_host as wh  # noqa: E402
-from test_workflows_host import EXPECTED, check_outputs  # noqa: E402  (the shipped workflows' outputs)
+pytestmark = pytest.mark.host
 
 REPO = HOST_DIR.parents[1]
 PACK = "ComfyUI-FaceAnon"
@@ -92,12 +83,9 @@ def base(tmp_path_factory, fresh_python):
 
 
 @pytest.fixture(scope="module")
-def server(base, fresh_python):
-    from host_helpers import ComfyServer
-
-    srv = ComfyServer(base, name="fresh", python=fresh_python, env=clean_env())
-    yield srv
-    srv.stop()
+def server_options(fresh_python):
+    """The fresh venv's Python, without this run's Python settings (the conftest's ``server`` uses them)."""
+    return {"python": fresh_python, "env": clean_env()}
 
 
 def clean_env() -> dict:
@@ -126,7 +114,7 @@ def test_the_fresh_host_has_only_what_a_user_installs(fresh_python, tmp_path):
 
 
 def test_the_pack_loads_without_an_import_error(server):
-    from workflow_checks import our_object_info
+    from helpers.workflows import our_object_info
 
     log = server.log()
     bad = [line for line in log.splitlines() if any(marker in line for marker in IMPORT_ERRORS)]

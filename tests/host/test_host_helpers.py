@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-HOST_DIR = Path(__file__).resolve().parent
-if str(HOST_DIR) not in sys.path:
-    sys.path.insert(0, str(HOST_DIR))
-
-from host_helpers import stop_process_group  # noqa: E402
+from helpers.host.server import stop_process_group
 
 
 def _alive(pid: int) -> bool:

@@ -5,7 +5,6 @@ Set COMFYUI_PATH to a ComfyUI checkout and COMFYUI_PYTHON to the interpreter of 
 ``ci_policy`` allows only GPU skips, that is a failure). The parts that import ComfyUI itself run in
 COMFYUI_PYTHON (``inprocess_parity.py``), so this file runs under either interpreter (CI runs
 ``"$COMFYUI_PYTHON" -m pytest tests/host``).
-(No conftest.py in this folder: the top-level tests import ``conftest`` by name.)
 """
 
 from __future__ import annotations
@@ -13,31 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-HOST_DIR = Path(__file__).resolve().parent
-for _path in (HOST_DIR, HOST_DIR.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from host_helpers import ComfyServer, error_message, make_base, test_images  # noqa: E402
-from inprocess_parity import run_inprocess  # noqa: E402
+from helpers.host.inprocess_parity import run_inprocess
+from helpers.host.server import ComfyServer, error_message, make_base, test_images
 
 logger = logging.getLogger(__name__)
 
-pytest_plugins = ["ci_policy"]
-pytestmark = [
-    pytest.mark.host,
-    pytest.mark.skipif(
-        not os.environ.get("COMFYUI_PATH"),
-        reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python "
-               "of its environment)",
-    ),
-]
+pytestmark = pytest.mark.host
 
 NODES = {
     "FaceAnon_ModelLoader": (["MODEL", "FACEANON_REFNET", "FACEANON_REFNET", "VAE", "CLIP_VISION"]),
@@ -109,28 +94,15 @@ def result_tensor(entry, node="10") -> torch.Tensor:
 # ------------------------------------------------------------------ fixtures: server, tiny models, core reference
 
 
-@pytest.fixture(scope="session")
-def comfy_base(tmp_path_factory):
-    from host_helpers import make_base
-
-    return make_base(tmp_path_factory.mktemp("comfy_base"))
-
-
-@pytest.fixture(scope="session")
-def server(comfy_base):
+@pytest.fixture(scope="module")
+def server_options():
     # fp32 CLIP vision (ComfyUI stores text/vision encoders in fp16 by default) for the parity checks
-    from host_helpers import ComfyServer
-
-    srv = ComfyServer(comfy_base, extra_args=("--fp32-text-enc",))
-    yield srv
-    srv.stop()
+    return {"extra_args": ("--fp32-text-enc",)}
 
 
-@pytest.fixture(scope="session")
-def tiny_folder(comfy_base):
-    return comfy_base / "models" / "faceanon" / "tiny"
-
-
+@pytest.fixture(scope="module")
+def tiny_folder(base):
+    return base / "models" / "faceanon" / "tiny"
 
 
 def fixed_sigma_scheduler(pipe, sigmas):
@@ -145,13 +117,13 @@ def fixed_sigma_scheduler(pipe, sigmas):
     return FixedSigmaEuler.from_config(pipe.scheduler.config)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def comfy_sigmas():
     """ComfyUI's own sigma schedule, computed in COMFYUI_PYTHON."""
     return torch.tensor(run_inprocess("sigmas", PARITY_SCHEDULER, str(STEPS)))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def core_pipe(tiny_folder):
     from faceanon_core import FaceAnonPipeline
 
@@ -161,7 +133,7 @@ def core_pipe(tiny_folder):
 
 
 def core_anonymize(pipe, sigmas, images, seed, degree, cfg):
-    from pack import pack_module
+    from helpers.pack import pack_module
 
     seeded_noise = pack_module("nodes.backend.batching").seeded_noise  # pure torch: no ComfyUI import
 
@@ -311,14 +283,14 @@ def test_noise_prediction_matches_the_core_at_the_same_sigma(tiny_folder):
 # ------------------------------------------------------------------ faces on a real photo: small faces, leak guard
 
 
-@pytest.fixture(scope="session")
-def astronaut_input(comfy_base):
+@pytest.fixture(scope="module")
+def astronaut_input(base):
     import shutil
 
     from faceanon_core.samples import sample_path
 
-    (comfy_base / "input").mkdir(exist_ok=True)
-    shutil.copy(sample_path("grace_hopper"), comfy_base / "input" / "grace_hopper.jpg")
+    (base / "input").mkdir(exist_ok=True)
+    shutil.copy(sample_path("grace_hopper"), base / "input" / "grace_hopper.jpg")
     return "grace_hopper.jpg"
 
 
@@ -347,8 +319,8 @@ def _loaded(photo_path):
     return torch.from_numpy(np.asarray(Image.open(photo_path).convert("RGB")).astype(np.float32) / 255)
 
 
-def test_faces_too_small_for_the_model_are_blurred_not_passed_through(server, comfy_base, astronaut_input):
-    original = _loaded(comfy_base / "input" / astronaut_input)
+def test_faces_too_small_for_the_model_are_blurred_not_passed_through(server, base, astronaut_input):
+    original = _loaded(base / "input" / astronaut_input)
     kept = result_tensor(server.run(_face_graph(astronaut_input)), node="4")
     # An unchanged crop pasted back reproduces the photo (8-bit level, interpolation).
     assert float((kept - original).abs().mean()) < 2e-3

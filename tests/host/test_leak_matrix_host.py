@@ -1,5 +1,5 @@
 """The leak matrix on a real ComfyUI (COMFYUI_PATH): every face node and every shipped workflow that takes a
-photo, on the scenarios of tests/test_leak_matrix.py. The outcome is one of: every detected face changed
+photo, on the scenarios of tests/privacy/test_leak_matrix.py. The outcome is one of: every detected face changed
 (mean absolute difference in its box above ``CHANGED``), a photo without faces unchanged, or an error with
 nothing saved. Video: Load Video -> Get Video Components -> Track Faces -> Redact Faces, and the shipped
 video workflow (Track Faces -> Face Anonymize per track -> Paste Faces Back -> Save Video), on the clips of
@@ -10,27 +10,13 @@ the module, tiny models, 2 steps: about a minute on 2 cores.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-HOST_DIR = Path(__file__).resolve().parent
-for path in (HOST_DIR, HOST_DIR.parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-pytest_plugins = ["ci_policy"]  # in CI, only GPU skips count as skips
-pytestmark = [pytest.mark.host, pytest.mark.skipif(
-    not os.environ.get("COMFYUI_PATH"),
-    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
-           "its environment)",
-)]
-
-import workflow_host as wh  # noqa: E402
-from test_leak_matrix import (  # noqa: E402
+from helpers.host import workflow as wh
+from helpers.leak import (
     CHANGED,
     VIDEO_CHANGED,
     VIDEO_SCENARIOS,
@@ -43,6 +29,8 @@ from test_leak_matrix import (  # noqa: E402
     small_astronaut,
 )
 
+pytestmark = pytest.mark.host
+
 # LoadImage of a PNG and SaveImage (which truncates 255 * x) may move an untouched pixel by one level.
 ROUND_TRIP = 1
 
@@ -51,29 +39,18 @@ VIDEO_CLIPS = ("face_in_some_frames", "only_small_face", "leaving_through_border
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    from host_helpers import make_base
+def base(base):
     from PIL import Image
 
-    root = make_base(tmp_path_factory.mktemp("leak_base"))
-    wh.write_model_folder(root)
-    wh.write_inputs(root / "input")
+    wh.write_model_folder(base)
+    wh.write_inputs(base / "input")
     for name, func in PHOTOS.items():
-        Image.fromarray(func()).save(root / "input" / f"leak_{name}.png")
+        Image.fromarray(func()).save(base / "input" / f"leak_{name}.png")
     big_sky = np.ascontiguousarray(np.tile(sky(), (3, 2, 1))[:600, :600])
-    wh.write_clip(root / "input" / "leak_no_face.mp4", big_sky)
+    wh.write_clip(base / "input" / "leak_no_face.mp4", big_sky)
     for name in VIDEO_CLIPS:
-        scenario_clip(name, root / "input")  # input/<name>.mp4
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(base):
-    from host_helpers import ComfyServer
-
-    srv = ComfyServer(base, name="leak_matrix")
-    yield srv
-    srv.stop()
+        scenario_clip(name, base / "input")  # input/<name>.mp4
+    return base
 
 
 def saved(base: Path, entry: dict, node: str) -> list[np.ndarray]:
@@ -140,7 +117,7 @@ NODE_CELLS = [(kind, scen) for kind in ("detect_anonymize_paste", "redact", "det
 
 @pytest.mark.parametrize("kind,scenario", NODE_CELLS, ids=[f"{k}-{s}" for k, s in NODE_CELLS])
 def test_face_nodes(server, base, kind, scenario):
-    from host_helpers import error_message
+    from helpers.host.server import error_message
 
     prompt, save = node_graph(kind, f"leak_{scenario}.png")
     entry = server.run(prompt)
@@ -163,7 +140,7 @@ def test_every_photo_workflow_is_in_the_matrix():
 
 @pytest.mark.parametrize("name,scenario", WORKFLOW_CELLS, ids=[f"{n}-{s}" for n, s in WORKFLOW_CELLS])
 def test_shipped_workflows(server, base, name, scenario):
-    from host_helpers import error_message
+    from helpers.host.server import error_message
 
     load, save = WORKFLOWS[name]
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / f"{name}_api.json"))
@@ -176,7 +153,8 @@ def test_shipped_workflows(server, base, name, scenario):
 
 def test_video_workflow_on_a_clip_without_faces(server, base):
     import torch
-    from host_helpers import error_message
+
+    from helpers.host.server import error_message
 
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "video_frames_api.json"))
     node = {n["class_type"]: k for k, n in prompt.items()}
@@ -197,7 +175,7 @@ def test_video_workflow_on_a_clip_without_faces(server, base):
 
 
 def test_face_swap_without_a_source_face_fails_and_writes_nothing(server, base):
-    from host_helpers import error_message
+    from helpers.host.server import error_message
 
     before = outputs_on_disk(base)
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "face_swap_api.json"))
@@ -209,7 +187,7 @@ def test_face_swap_without_a_source_face_fails_and_writes_nothing(server, base):
 
 def test_a_model_that_fails_writes_nothing(server, base):
     """The model failing to load (the 'broken' folder has a UNet only) stops the graph before any save."""
-    from host_helpers import error_message
+    from helpers.host.server import error_message
 
     before = outputs_on_disk(base)
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "anonymize_group_photo_api.json"))
@@ -221,7 +199,7 @@ def test_a_model_that_fails_writes_nothing(server, base):
 
 
 def test_a_nan_degree_is_refused_and_writes_nothing(server, base):
-    from host_helpers import error_message
+    from helpers.host.server import error_message
 
     before = outputs_on_disk(base)
     prompt, _ = node_graph("detect_anonymize_paste", "leak_mixed_sizes.png")
@@ -265,7 +243,8 @@ VIDEO_CELLS = [(kind, scen) for kind in ("track_redact", "video_frames") for sce
 def test_video_graphs(server, base, kind, scenario):
     """Every frame in which the clip holds the face (those the detector misses included) has it changed."""
     import torch
-    from host_helpers import error_message
+
+    from helpers.host.server import error_message
 
     entry = server.run(video_graph(kind, f"{scenario}.mp4"), timeout=600)
     assert error_message(entry) is None, error_message(entry)
@@ -279,7 +258,7 @@ def test_video_graphs(server, base, kind, scenario):
 
 
 def test_video_workflow_with_a_broken_model_saves_nothing(server, base):
-    from host_helpers import error_message
+    from helpers.host.server import error_message
 
     before = outputs_on_disk(base)
     prompt = video_graph("video_frames", "face_in_some_frames.mp4")

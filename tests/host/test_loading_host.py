@@ -7,24 +7,12 @@ models/faceanon/ (never the server's absolute path).
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-HOST_DIR = Path(__file__).resolve().parent
-for _path in (HOST_DIR, HOST_DIR.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-pytest_plugins = ["ci_policy"]  # in CI, only GPU skips count as skips
-pytestmark = [pytest.mark.host, pytest.mark.skipif(
-    not os.environ.get("COMFYUI_PATH"),
-    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
-           "its environment)",
-)]
+pytestmark = pytest.mark.host
 
 PARTS = ("unet", "referencenet", "conditioning_referencenet")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -33,8 +21,8 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """models/faceanon with the tiny model as written ("tiny"), registered with ComfyUI's folder_paths."""
-    from comfy_inprocess import import_pack
-    from tiny_folder import write_host_model_folder
+    from helpers.host.comfy_inprocess import import_pack
+    from helpers.host.tiny_folder import write_host_model_folder
 
     import_pack()
     import folder_paths

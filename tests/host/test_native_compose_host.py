@@ -9,45 +9,15 @@ the Verify node says how to install its extra.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-HOST_DIR = Path(__file__).resolve().parent
-for _path in (HOST_DIR, HOST_DIR.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from helpers.host.server import error_message, test_images
 
-from host_helpers import error_message, test_images  # noqa: E402
-
-pytest_plugins = ["ci_policy"]  # in CI, only GPU skips count as skips
-pytestmark = [pytest.mark.host, pytest.mark.skipif(
-    not os.environ.get("COMFYUI_PATH"),
-    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
-           "its environment)",
-)]
+pytestmark = pytest.mark.host
 
 STEPS, CFG, SAMPLER, SCHEDULER, DEGREE = 3, 4.0, "euler", "simple", 1.25
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    from host_helpers import make_base
-
-    return make_base(tmp_path_factory.mktemp("compose_base"))
-
-
-@pytest.fixture(scope="module")
-def server(base):
-    from host_helpers import ComfyServer
-
-    srv = ComfyServer(base, name="compose")
-    yield srv
-    srv.stop()
 
 
 def references(count: int, seed: int = 0) -> dict:
@@ -177,8 +147,6 @@ def test_latent_batch_that_does_not_match_the_references_is_a_clear_error(server
 
 
 def test_missing_model_folder_says_where_it_goes_and_how_to_fetch_it(server):
-    from host_helpers import ComfyServer  # noqa: F401  (the server fixture is a ComfyServer)
-
     prompt = ours(1, 1, "per image", "no_weights")
     prompt["1"]["inputs"]["model_folder"] = "face-anon-simple"
     status, answer = server.post("/prompt", {"prompt": prompt})
@@ -204,7 +172,7 @@ def test_object_info_lists_apply_references_with_tooltips(server):
 
 
 def test_every_input_of_every_node_has_a_tooltip_on_the_server(server):
-    from workflow_checks import missing_tooltips
+    from helpers.workflows import missing_tooltips
 
     ours = {name: entry for name, entry in server.get("/object_info").items() if name.startswith("FaceAnon_")}
     assert len(ours) == 13
@@ -230,7 +198,7 @@ def test_the_server_refuses_a_value_that_is_not_one_of_the_choices(server, node,
 
 @pytest.fixture(scope="module")
 def loaded(base):
-    from comfy_inprocess import import_pack
+    from helpers.host.comfy_inprocess import import_pack
 
     import_pack()
     import folder_paths

@@ -4,7 +4,6 @@ Set COMFYUI_PATH to a ComfyUI checkout and COMFYUI_PYTHON to the interpreter of 
 (default: this interpreter); without COMFYUI_PATH every test here is skipped (in CI, where
 ``ci_policy`` allows only GPU skips, that is a failure). The command runs as a user runs it: a
 separate process (``python -m faceanon_core.cli queue``), against ``main.py --cpu``.
-(No conftest.py in this folder: the top-level tests import ``conftest`` by name.)
 """
 
 from __future__ import annotations
@@ -23,24 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-HOST_DIR = Path(__file__).resolve().parent
-for _path in (HOST_DIR, HOST_DIR.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from faceanon_core.client import apply_sets
+from helpers.host.server import REPO
 
-from host_helpers import REPO, ComfyServer, make_base  # noqa: E402
-
-from faceanon_core.client import apply_sets  # noqa: E402
-
-pytest_plugins = ["ci_policy"]
-pytestmark = [
-    pytest.mark.host,
-    pytest.mark.skipif(
-        not os.environ.get("COMFYUI_PATH"),
-        reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python "
-               "of its environment)",
-    ),
-]
+pytestmark = pytest.mark.host
 
 # the shipped API-format files (*_api.json): the one place that names their folder
 API_WORKFLOWS = REPO / "workflows" / "api"
@@ -59,13 +44,6 @@ def faceanon_queue(*args, **kwargs) -> subprocess.Popen:
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = make_base(tmp_path_factory.mktemp("comfy_queue"))
-    with ComfyServer(base, name="queue") as srv:
-        yield srv
 
 
 def photo(seed: int, size: tuple[int, int]) -> np.ndarray:

@@ -4,32 +4,18 @@ Per track, the result of every crop is Face Swap's with the track's keyframe cro
 degree (the same source branch, the same noise image from the seed): that is what "one source per track,
 every frame a driving image against it, one initial noise" means, checked against the node that already
 did it. The source ReferenceNet runs once per track; per-frame mode and no faces are the per-crop path.
-The fakes-based checks of the orchestration are in tests/test_track_identity_nodes.py.
+The fakes-based checks of the orchestration are in tests/nodes/test_track_identity_nodes.py.
 """
 
 from __future__ import annotations
-
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-HOST_DIR = Path(__file__).resolve().parent
-for _path in (HOST_DIR, HOST_DIR.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from helpers.host.server import test_images
 
-from host_helpers import test_images  # noqa: E402
-
-pytest_plugins = ["ci_policy"]  # in CI, only GPU skips count as skips
-pytestmark = [pytest.mark.host, pytest.mark.skipif(
-    not os.environ.get("COMFYUI_PATH"),
-    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python of "
-           "its environment)",
-)]
+pytestmark = pytest.mark.host
 
 DEGREE, SEED, STEPS = 1.25, 3, 2
 TRACK_IDS = [0, 0, 1, 0, 1]  # two people, in frame order
@@ -38,8 +24,8 @@ KEYFRAMES = {0: 3, 1: 2}
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
-    from comfy_inprocess import import_pack
-    from tiny_folder import write_host_model_folder
+    from helpers.host.comfy_inprocess import import_pack
+    from helpers.host.tiny_folder import write_host_model_folder
 
     root = tmp_path_factory.mktemp("track_identity_models")
     write_host_model_folder(root / "tiny", seed=0)

@@ -6,81 +6,30 @@ COMFYUI_PYTHON); skipped without."""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-HOST_DIR = Path(__file__).resolve().parent
-for path in (HOST_DIR, HOST_DIR.parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from helpers.host import workflow as wh
+from helpers.video import FPS, frame_at, make_face_clip
 
-import workflow_host as wh  # noqa: E402
+pytestmark = pytest.mark.host
 
-pytest_plugins = ["ci_policy"]  # in CI, only GPU skips count as skips
-pytestmark = [pytest.mark.host, pytest.mark.skipif(
-    not os.environ.get("COMFYUI_PATH"),
-    reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON)",
-)]
-
-N, HIDDEN, FPS, RATE = 8, 3, 25, 16000
-FACE_BOX = (180, 60, 268, 174)  # the astronaut's face in the photo
-
-
-def _write_clip(path: Path) -> list[tuple[int, int]]:
-    """8 frames of 256x192 panning over the astronaut photo; in frame 3 a grey box hides the face. A mono
-    AAC tone as audio. Returns the face centre per frame."""
-    import av
-    import numpy as np
-    from faces_helpers import astronaut
-
-    centres = []
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=FPS)
-        v.width, v.height, v.pix_fmt = 256, 192, "yuv420p"
-        a = c.add_stream("aac", rate=RATE, layout="mono")
-        for i in range(N):
-            x0, y0 = 100 - 4 * i, 20
-            img = astronaut()[y0 : y0 + 192, x0 : x0 + 256].copy()
-            b = [FACE_BOX[0] - x0, FACE_BOX[1] - y0, FACE_BOX[2] - x0, FACE_BOX[3] - y0]
-            if i == HIDDEN:
-                img[b[1] - 10 : b[3] + 10, b[0] - 10 : b[2] + 10] = 128
-            centres.append(((b[0] + b[2]) // 2, (b[1] + b[3]) // 2))
-            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        tone = np.sin(np.arange(RATE * N // FPS, dtype=np.float32) * 2 * np.pi * 440 / RATE) * 0.2
-        for start in range(0, tone.size, 1024):
-            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = RATE, start
-            for p in a.encode(frame):
-                c.mux(p)
-        for p in a.encode(None):
-            c.mux(p)
-    return centres
-
-
-def face_box(i: int) -> tuple[int, int, int, int]:
-    """The face's box (x0, y0, x1, y1) in frame ``i`` of the clip."""
-    x0, y0 = 100 - 4 * i, 20
-    return FACE_BOX[0] - x0, FACE_BOX[1] - y0, FACE_BOX[2] - x0, FACE_BOX[3] - y0
+N, HIDDEN = 8, 3  # frames of the clip; the one in which a grey box hides the face
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    from host_helpers import ComfyServer, make_base
-
-    base = make_base(tmp_path_factory.mktemp("video_base"))
+def base(base):
     wh.write_model_folder(base)
     (base / "input").mkdir(exist_ok=True)
-    centres = _write_clip(base / "input" / "faces.mp4")
-    srv = ComfyServer(base, name="video")
-    yield srv, base, centres
-    srv.stop()
+    make_face_clip(base / "input" / "faces.mp4", n=N, hide=HIDDEN, title=None)
+    return base
+
+
+@pytest.fixture(scope="module")
+def served(server, base):
+    """The server, its base directory and the face's centre in each frame of the clip."""
+    boxes = [frame_at(i)[1] for i in range(N)]
+    return server, base, [((x0 + x1) // 2, (y0 + y1) // 2) for x0, y0, x1, y1 in boxes]
 
 
 def _graph():
@@ -111,7 +60,7 @@ def test_track_faces_node_is_listed(served):
 
 
 def test_native_video_nodes_track_and_redact_every_frame(served):
-    from host_helpers import error_message
+    from helpers.host.server import error_message
 
     srv, base, centres = served
     entry = srv.run(_graph())
@@ -140,10 +89,9 @@ def test_shipped_video_workflow_anonymizes_every_tracked_face_in_every_frame(ser
     the face is changed in every frame, the one the detector missed (filled in by the track) included."""
     from fractions import Fraction
 
-    from host_helpers import error_message
-    from test_leak_matrix import CHANGED
-
     from faceanon_core.media.video import probe_video
+    from helpers.host.server import error_message
+    from helpers.leak import CHANGED
 
     srv, base, _ = served
     prompt = wh.tiny_settings(wh.load_json(wh.WORKFLOWS_API / "video_frames_api.json"))
@@ -160,7 +108,7 @@ def test_shipped_video_workflow_anonymizes_every_tracked_face_in_every_frame(ser
     frames, out, crops = (torch.load(entry["outputs"][k]["text"][0]) for k in ("90", "91", "92"))
     assert frames.shape == out.shape == (N, 192, 256, 3) and crops.shape[0] == N  # one tracked face per frame
     for i in range(N):
-        x0, y0, x1, y1 = face_box(i)
+        x0, y0, x1, y1 = frame_at(i)[1]
         change = float((out[i, y0:y1, x0:x1] - frames[i, y0:y1, x0:x1]).abs().mean()) * 255
         assert change > CHANGED, f"frame {i}: the face changed by only {change:.2f} levels"
     assert torch.equal(out[:, :5, :5], frames[:, :5, :5])  # outside the faces untouched

@@ -11,45 +11,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-HOST_DIR = Path(__file__).resolve().parent
-for path in (HOST_DIR, HOST_DIR.parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from helpers.host import workflow as wh
+from helpers.host.outputs import EXPECTED, H, W, check_outputs, view
 
-pytest_plugins = ["ci_policy"]  # in CI, only GPU skips (none here): a missing chromium fails
-pytestmark = [
-    pytest.mark.host,
-    pytest.mark.skipif(
-        not os.environ.get("COMFYUI_PATH"),
-        reason="COMFYUI_PATH is not set: the host tests need a ComfyUI checkout (and COMFYUI_PYTHON, the python "
-               "of its environment)",
-    ),
-]
-
-import workflow_host as wh  # noqa: E402
+pytestmark = pytest.mark.host
 
 NAMES = wh.workflow_names()
-W, H = 512, 600  # the sample photo
-# per workflow: {output node: (type, count, (width, height))}; the tiny models work at 64 px
-EXPECTED = {
-    "anonymize_crop": {"4": ("output", 1, (512, 512))},
-    "anonymize_crop_granular": {"10": ("output", 1, (64, 64))},
-    "anonymize_crop_native": {"11": ("output", 1, (64, 64))},
-    "anonymize_group_photo": {"6": ("output", 1, (2 * W, H)), "8": ("output", 1, (2 * W, H)),
-                              "9": ("temp", 2, (512, 512))},
-    "face_swap": {"9": ("output", 1, (W, H))},
-    "degree_sweep": {"12": ("output", 1, (5 * 512, 512))},
-    "video_frames": {"8": ("output", 1, None)},
-    "redact_faces": {"3": ("output", 1, (2 * W, H)), "5": ("temp", 1, (2 * W, H))},
-}
 # the workflows saved before the V3 nodes: frozen, as their files are
 EXPECTED_0_1 = {
     "anonymize_crop": {"4": ("output", 1, (512, 512))},
@@ -68,28 +40,10 @@ CASE_IDS = [f"{key}-{name}" for key, name in CASES]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    from host_helpers import make_base
-
-    root = make_base(tmp_path_factory.mktemp("wf_base"))
-    wh.write_model_folder(root)
-    wh.write_inputs(root / "input")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(base):
-    from host_helpers import ComfyServer
-
-    srv = ComfyServer(base, name="workflows")
-    yield srv
-    srv.stop()
-
-
-def view(server, item) -> bytes:
-    query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
-    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=30) as response:
-        return response.read()
+def base(base):
+    wh.write_model_folder(base)
+    wh.write_inputs(base / "input")
+    return base
 
 
 def test_every_workflow_has_expectations():
@@ -100,7 +54,7 @@ def test_every_workflow_has_expectations():
         f"{name}{suffix}.json" for name in EXPECTED_0_1 for suffix in ("", "_api"))
 
 
-PACK = "ComfyUI-FaceAnon"  # the folder name under custom_nodes/ (host_helpers.make_base)
+PACK = "ComfyUI-FaceAnon"  # the folder name under custom_nodes/ (helpers.host.server.make_base)
 
 
 def fetch(server, path: str) -> bytes:
@@ -126,30 +80,6 @@ def test_the_frontend_finds_a_help_page_for_every_node(server):
     for node in ours:
         page = fetch(server, f"/extensions/{PACK}/docs/{node}.md").decode()
         assert page.startswith("# ") and f"`{node}`" in page, node
-
-
-def check_outputs(server, base, entry: dict, expected: dict) -> None:
-    """The prompt succeeded and wrote exactly the expected images (type, count, size) / video."""
-    from host_helpers import error_message
-    from PIL import Image
-
-    assert error_message(entry) is None, error_message(entry)
-    assert entry["status"]["status_str"] == "success"
-    outputs = entry["outputs"]
-    assert set(outputs) == set(expected), outputs
-    for node, (kind, count, size) in expected.items():
-        items = outputs[node]["images"]
-        assert len(items) == count and all(i["type"] == kind for i in items), (node, items)
-        for item in items:
-            data = view(server, item)
-            if item["filename"].endswith(".mp4"):
-                path = base / "output" / item["subfolder"] / item["filename"]
-                assert wh.count_video_frames(path) == (wh.VIDEO_FRAMES, 320, 320)
-                from faceanon_core.media.video import probe_video
-
-                assert probe_video(path).fps == wh.VIDEO_FPS  # Create Video takes the clip's own rate
-            else:
-                assert Image.open(io.BytesIO(data)).size == size, (node, item)
 
 
 @pytest.mark.parametrize("folder_key,name", CASES, ids=CASE_IDS)
@@ -192,10 +122,10 @@ def test_native_workflow_gives_the_granular_image(server):
 
 
 def test_our_node_definitions_match_the_servers(server):
-    """The main suite reads our nodes through a stand-in of ComfyUI's V3 API (tests/comfy_io_standin.py): what it
-    builds must be exactly what this ComfyUI serves, every field of every node (the model folder list aside: it
+    """The main suite reads our nodes through a stand-in of ComfyUI's V3 API (tests/helpers/comfy_io_standin.py): what
+    it builds must be exactly what this ComfyUI serves, every field of every node (the model folder list aside: it
     is the server's folders), and the same nodes."""
-    from workflow_checks import our_object_info
+    from helpers.workflows import our_object_info
 
     real = server.get("/object_info")
     ours = our_object_info()
@@ -211,7 +141,7 @@ def test_our_node_definitions_match_the_servers(server):
 def test_the_servers_node_api_is_the_saved_one(server):
     """What saved workflows depend on (tests/data/node_public_api.json, the nodes before the V3 move) is what the
     real server lists now: no input, output, default, range or choice changed (new optional inputs aside)."""
-    from workflow_checks import PUBLIC_API, api_breaks, public_api
+    from helpers.workflows import PUBLIC_API, api_breaks, public_api
 
     real = server.get("/object_info")
     required = real["KSampler"]["input"]["required"]
