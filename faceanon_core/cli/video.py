@@ -38,6 +38,7 @@ from ..faces.video import (
     redact_frames,
 )
 from ..faces.video_detect import VideoFaceDetector
+from ..media.manifest import RECOVERABLE
 from ..media.video import (
     VIDEO_EXTENSIONS,
     OutputExistsError,
@@ -63,6 +64,9 @@ __all__ = ["add_video_options", "anonymize_video", "is_video_run", "only_videos"
 #: Frames decoded and processed together (the memory bound: a few 1080p frames).
 CHUNK = 8
 _ERRORS = (VideoReadError, VideoWriteError, OutputExistsError, FaceProcessingError, FaceDetectorError, ValueError)
+#: What fails one video of a run given by name: the same errors a folder run records and goes on after
+#: (``media.manifest.RECOVERABLE``: a model's RuntimeError, a full disk), one line naming the video, exit 1.
+_VIDEO_FAILED = (*_ERRORS, *RECOVERABLE)
 
 
 def is_video_run(inputs) -> bool:
@@ -95,6 +99,14 @@ def _fail(cmd: str, msg: str, code: int = 1) -> int:
     """One error line; ``code`` 2 when found before any work (bad input/output), 1 when a video failed."""
     print(f"faceanon {cmd}: error: {msg}", file=sys.stderr)
     return code
+
+
+def _video_failed(cmd: str, info: VideoInfo, exc: Exception) -> int:
+    """A video failed mid-run (nothing of it written: :func:`_write` is atomic): one line naming it, exit 1."""
+    msg = str(exc) or type(exc).__name__
+    if str(info.path) not in msg:
+        msg = f"{info.path}: {msg}" if isinstance(exc, _ERRORS) else f"{info.path}: {type(exc).__name__}: {msg}"
+    return _fail(cmd, msg)
 
 
 def _plan(cmd: str, args) -> list[tuple[VideoInfo, Path]]:
@@ -297,11 +309,11 @@ def run_redact_video(args) -> int:
         detector = detector_from_args(args)
     except _ERRORS as exc:
         return _fail("redact", str(exc), 2)
-    try:
-        for info, dst in plan:
+    for info, dst in plan:
+        try:
             redact_video(info, dst, args, detector)
-    except _ERRORS as exc:
-        return _fail("redact", str(exc))
+        except _VIDEO_FAILED as exc:
+            return _video_failed("redact", info, exc)
     return 0
 
 
@@ -319,18 +331,19 @@ def run_anonymize_video(args) -> int:
         detector = detector_from_args(args)
     except _ERRORS as exc:
         return _fail("anonymize", str(exc), 2)
-    try:
-        all_tracks = [video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing)
-                      for info, _ in plan]
-    except _ERRORS as exc:
-        return _fail("anonymize", str(exc))
+    all_tracks = []
+    for info, _ in plan:
+        try:
+            all_tracks.append(video_tracks(info, detector, max_gap=args.max_gap, smoothing=not args.no_smoothing))
+        except _VIDEO_FAILED as exc:
+            return _video_failed("anonymize", info, exc)
     pipe = load_pipeline(args)
     pipe.set_progress_bar_config(disable=True)
-    try:
-        for (info, dst), tracks in zip(plan, all_tracks, strict=True):
+    for (info, dst), tracks in zip(plan, all_tracks, strict=True):
+        try:
             anonymize_video(info, dst, args, tracks, pipe, recognizer)
-    except _ERRORS as exc:
-        return _fail("anonymize", str(exc))
+        except _VIDEO_FAILED as exc:
+            return _video_failed("anonymize", info, exc)
     return 0
 
 

@@ -143,6 +143,23 @@ def test_interrupted_run_leaves_nothing_and_a_rerun_works(clip, tmp_path, monkey
     assert main(["redact", str(clip), "-o", str(out)]) == 0 and probe_video(out).frames == N
 
 
+@pytest.mark.parametrize("stage", ["tracking", "writing"])
+def test_an_unexpected_error_mid_video_is_one_line_naming_the_video(stage, clip, tmp_path, monkeypatch, capsys):
+    """A RuntimeError (a model or library bug, out of memory) fails the video as a folder run would: exit 1, one
+    error line naming the video and the error's type, no traceback, nothing written."""
+
+    def broken(*a, **k):
+        raise RuntimeError("broken on purpose")
+
+    target = "faceanon_core.cli.video.track_faces" if stage == "tracking" else "faceanon_core.cli.video.redact_frames"
+    monkeypatch.setattr(target, broken)
+    out = tmp_path / "o.mp4"
+    assert main(["redact", str(clip), "-o", str(out)]) == 1  # raises (a traceback) without the run's except
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert err == [f"faceanon redact: error: {clip}: RuntimeError: broken on purpose"]
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("identity", ["per-track", "per-frame"])
 def test_anonymize_clip_with_the_tiny_model(clip, tmp_path, tiny_model_dir, identity, capsys):
     out = tmp_path / "anon.mp4"
