@@ -22,7 +22,8 @@ HOST_DIR = Path(__file__).resolve().parent
 REPO = HOST_DIR.parents[2]
 # A test-only node pack: deterministic images in, float tensors out (no 8-bit PNG rounding). Its source is a
 # .txt file, written into the test server's custom_nodes/ as __init__.py: ComfyUI-Manager's scanner reads every
-# .py file of the repository for node ids, and these test nodes are not part of the pack (tests/nodes/test_front_door.py).
+# .py file of the repository for node ids, and these test nodes are not part of the pack
+# (tests/nodes/test_front_door.py).
 PROBE_PACK = (HOST_DIR / "probe_pack.txt").read_text(encoding="utf-8")
 
 
