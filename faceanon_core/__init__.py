@@ -23,6 +23,7 @@ _LAZY = {
     "FaceAnonOutput": "faceanon_core.method.pipeline",
     "FaceAnonPipelineOutput": "faceanon_core.method.pipeline",
     "ReferenceStates": "faceanon_core.method.states",
+    "StatesMeta": "faceanon_core.method.states",
     "mix_embeds": "faceanon_core.method.states",
     "mix_states": "faceanon_core.method.states",
     "check_model_folder": "faceanon_core.method.loading",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -129,6 +130,35 @@ class StateCapture:
         return {name: self.states[name] for name in sorted_in_forward_order(self.states)}
 
 
+@dataclass(frozen=True)
+class StatesMeta:
+    """What a capture was made with; it travels with the states so that the nodes can check their wiring.
+
+    ``role``: the ReferenceNet that captured them (``"source"``/``"driving"``; None when not known, e.g.
+    states built by hand). ``routing``: the routing mode the layers were captured for (None: ``as_trained``).
+    ``embed_degree``: the degree of Eq. 1 the ReferenceNet saw. ``degree``: the degree of Eq. 2 once
+    :meth:`ReferenceStates.mixed` applied it (None: not mixed).
+    """
+
+    role: str | None = None
+    routing: str | None = None
+    embed_degree: float = 0.0
+    degree: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> StatesMeta:
+        """From a saved states file; files from 0.2 and earlier held the degrees as strings (``"0.5"``)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown reference-states metadata {unknown}; expected some of {sorted(known)}")
+        values = dict(data)
+        for name in ("embed_degree", "degree"):
+            if values.get(name) is not None:
+                values[name] = float(values[name])
+        return cls(**values)
+
+
 @dataclass
 class ReferenceStates:
     """Per-layer states of one ReferenceNet for a batch of images.
@@ -140,9 +170,11 @@ class ReferenceStates:
 
     cond: dict[str, torch.Tensor]
     uncond: dict[str, torch.Tensor] | None = None
-    meta: dict[str, str] = field(default_factory=dict)
+    meta: StatesMeta = field(default_factory=StatesMeta)
 
     def __post_init__(self):
+        if not isinstance(self.meta, StatesMeta):
+            raise TypeError(f"meta must be a StatesMeta, not {type(self.meta).__name__}")
         order = sorted_in_forward_order(self.cond)
         self.cond = {name: self.cond[name] for name in order}
         if self.uncond is not None:
@@ -168,8 +200,7 @@ class ReferenceStates:
         if self.uncond is None:
             raise ValueError("these states have no unconditional branch, so the degree cannot be applied")
         cond = {name: mix_states(self.cond[name], self.uncond[name], degree) for name in self.cond}
-        meta = dict(self.meta, degree=str(float(degree)))
-        return ReferenceStates(cond=cond, uncond=self.uncond, meta=meta)
+        return ReferenceStates(cond=cond, uncond=self.uncond, meta=replace(self.meta, degree=float(degree)))
 
     def to(self, device=None, dtype=None) -> ReferenceStates:
         def move(states):
@@ -177,12 +208,12 @@ class ReferenceStates:
                 return None
             return {k: v.to(device=device, dtype=dtype) for k, v in states.items()}
 
-        return ReferenceStates(cond=move(self.cond), uncond=move(self.uncond), meta=dict(self.meta))
+        return ReferenceStates(cond=move(self.cond), uncond=move(self.uncond), meta=self.meta)
 
     def select(self, index) -> ReferenceStates:
         """A sub-batch of the conditional states (the unconditional ones are shared)."""
         cond = {k: v[index] for k, v in self.cond.items()}
-        return ReferenceStates(cond=cond, uncond=self.uncond, meta=dict(self.meta))
+        return ReferenceStates(cond=cond, uncond=self.uncond, meta=self.meta)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a ``.safetensors`` file atomically (temporary file, then rename)."""
@@ -193,7 +224,7 @@ class ReferenceStates:
             tensors.update({f"uncond/{k}": v.contiguous().cpu() for k, v in self.uncond.items()})
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"faceanon_states": json.dumps(self.meta)})
+        save_file(tensors, str(tmp), metadata={"faceanon_states": json.dumps(asdict(self.meta))})
         os.replace(tmp, path)
 
     @classmethod
@@ -208,4 +239,5 @@ class ReferenceStates:
             for key in handle.keys():  # noqa: SIM118 (safe_open is no dict)
                 part, name = key.split("/", 1)
                 (cond if part == "cond" else uncond)[name] = handle.get_tensor(key)
-        return cls(cond=cond, uncond=uncond or None, meta=json.loads(metadata["faceanon_states"]))
+        meta = StatesMeta.from_dict(json.loads(metadata["faceanon_states"]))
+        return cls(cond=cond, uncond=uncond or None, meta=meta)

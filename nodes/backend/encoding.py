@@ -10,7 +10,7 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-from ...faceanon_core.method.states import ReferenceStates, expand_batch
+from ...faceanon_core.method.states import ReferenceStates, StatesMeta, expand_batch
 from . import layout as comfy_layout
 from .capture import CaptureDone, StateRecorder, capture_inputs, split_capture
 from .images import pooled_clip, resize_images
@@ -86,7 +86,7 @@ def capture_from_latents(refnet, latents: torch.Tensor, embeds: torch.Tensor, de
         pbar.update(x.shape[0])
     states = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
     cond, uncond = split_capture(states, batch)
-    meta = {"routing": refnet.routing_mode, "role": refnet.role, "embed_degree": repr(float(degree))}
+    meta = StatesMeta(role=refnet.role, routing=refnet.routing_mode, embed_degree=float(degree))
     return ReferenceStates(cond=cond, uncond=uncond, meta=meta)
 
 

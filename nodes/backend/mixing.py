@@ -18,7 +18,7 @@ FROM_CAPTURE = -1.0
 
 def captured_degree(states: ReferenceStates) -> float:
     """The degree a capture was made with (Eq. 1 before the ReferenceNet): a property of the states."""
-    return float(states.meta.get("embed_degree", "0.0"))
+    return states.meta.embed_degree
 
 
 def mix_captured(states: ReferenceStates, embeds: torch.Tensor, degree: float | None = None):
@@ -28,10 +28,11 @@ def mix_captured(states: ReferenceStates, embeds: torch.Tensor, degree: float | 
     the capture's. ``degree`` (the Mix node's input, kept for saved workflows) is checked:
     ``None`` or :data:`FROM_CAPTURE` take the capture's, any other value must equal it.
     """
-    if not callable(getattr(states, "mixed", None)) or not isinstance(getattr(states, "meta", None), dict):
+    # Duck-typed: the pack's faceanon_core and an installed one are different modules with equal classes.
+    if not callable(getattr(states, "mixed", None)) or not hasattr(getattr(states, "meta", None), "embed_degree"):
         raise ValueError("states must come from the FaceAnon ReferenceNet capture node")
-    if "degree" in states.meta:
-        raise ValueError(f"these states are already mixed (degree {states.meta['degree']}); mix captured states once")
+    if states.meta.degree is not None:
+        raise ValueError(f"these states are already mixed (degree {states.meta.degree:g}); mix captured states once")
     captured = captured_degree(states)
     if degree is not None and float(degree) != FROM_CAPTURE and abs(captured - float(degree)) > 1e-6:
         raise ValueError(
@@ -46,7 +47,7 @@ def mix_captured(states: ReferenceStates, embeds: torch.Tensor, degree: float | 
 def check_source_degree(states: ReferenceStates) -> None:
     """Sampling needs Eq. 2 applied to states captured with a degree (else the identity side is half-done)."""
     captured = captured_degree(states)
-    if captured != 0.0 and "degree" not in states.meta:
+    if captured != 0.0 and states.meta.degree is None:
         raise ValueError(f"the source states were captured with degree {captured:g} but never mixed: connect them "
                          "through FaceAnon Mix States (Eq. 2) and use its states and embeds outputs")
 
@@ -54,7 +55,8 @@ def check_source_degree(states: ReferenceStates) -> None:
 def check_driving_degree(states: ReferenceStates) -> None:
     """The driving ReferenceNet always sees the real image (degree 0)."""
     captured = captured_degree(states)
-    if captured != 0.0 or "degree" in states.meta:
+    mixed = states.meta.degree
+    if captured != 0.0 or mixed is not None:
         raise ValueError(f"the driving states were captured or mixed with degree "
-                         f"{states.meta.get('degree', captured)}: the driving side keeps the real image, use "
+                         f"{captured if mixed is None else mixed:g}: the driving side keeps the real image, use "
                          "degree 0 on its capture node and no Mix States")

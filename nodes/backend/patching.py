@@ -42,8 +42,8 @@ def check_reference_inputs(model, source_states, source_embeds, driving_states, 
                                ("driving_states", driving_states, "driving")):
         if not isinstance(states, ReferenceStates):
             raise ValueError(f"{what} must come from the FaceAnon ReferenceNet capture node")
-        if states.meta.get("role", role) != role:
-            raise ValueError(f"{what} were captured with the {states.meta['role']} ReferenceNet; "
+        if states.meta.role not in (None, role):
+            raise ValueError(f"{what} were captured with the {states.meta.role} ReferenceNet; "
                              f"connect the loader's {role}_refnet to that capture node")
     check_source_degree(source_states)
     check_driving_degree(driving_states)
@@ -198,7 +198,7 @@ def apply_references(model, source_states, source_embeds, driving_states, drivin
     refuse_multigpu(model)
     unet_config, batch = check_reference_inputs(model, source_states, source_embeds, driving_states, driving_embeds)
     layout = comfy_layout.attn1_layout(unet_config)
-    routing, _ = comfy_layout.routed_layers(layout, source_states.meta.get("routing", "as_trained"))
+    routing, _ = comfy_layout.routed_layers(layout, source_states.meta.routing or "as_trained")
     patched = model.clone()
     patch = install_reference_patch(patched, layout, routing, source_states, driving_states,
                                     sigma_range=sigma_range_of(model, start_percent, end_percent), batch=batch)

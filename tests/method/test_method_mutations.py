@@ -36,7 +36,7 @@ import pytest
 import torch
 
 from faceanon_core.method.attention import attn1_names, route_states
-from faceanon_core.method.states import ReferenceStates, mix_embeds, mix_states
+from faceanon_core.method.states import ReferenceStates, StatesMeta, mix_embeds, mix_states
 from faceanon_core.testing.tiny_models import TINY_IMAGE_SIZE
 from helpers.pack import pack_module
 from helpers.reference_attn1_patch import reference_rows, sdpa_attention
@@ -280,7 +280,7 @@ def test_nodes_eq1_is_applied_before_the_referencenet_and_eq2_after():
     assert torch.equal(c[2:], torch.zeros_like(c[2:])) and torch.equal(x[2:], torch.zeros_like(x[2:]))
     assert torch.equal(x[:2], latents)
     states = _states(0, batch=2)
-    states.meta["embed_degree"] = repr(0.25)
+    states.meta = StatesMeta(role="source", embed_degree=0.25)
     mixed, z = mixing.mix_captured(states, embeds, 0.25)
     name = states.layer_names[0]
     torch.testing.assert_close(mixed.cond[name], 0.75 * states.cond[name] + 0.25 * states.uncond[name])

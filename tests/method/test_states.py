@@ -3,6 +3,7 @@ import torch
 
 from faceanon_core.method.states import (
     ReferenceStates,
+    StatesMeta,
     expand_batch,
     forward_order_key,
     mix_embeds,
@@ -53,7 +54,7 @@ def test_reference_states_mix_save_load(tmp_path):
     mixed = states.mixed(1.0)
     for name in NAMES:
         torch.testing.assert_close(mixed.cond[name], uncond[name].expand(2, -1, -1))
-    assert mixed.meta["degree"] == "1.0"
+    assert mixed.meta.degree == 1.0 and states.meta.degree is None  # mixing makes new states
     path = tmp_path / "states.safetensors"
     mixed.save(path)
     loaded = ReferenceStates.load(path)
@@ -62,6 +63,33 @@ def test_reference_states_mix_save_load(tmp_path):
         assert torch.equal(loaded.cond[name], mixed.cond[name])
         assert torch.equal(loaded.uncond[name], mixed.uncond[name])
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_reference_states_metadata_is_typed_and_saved_with_them(tmp_path):
+    """The capture's facts (role, routing, the degrees) are a StatesMeta, saved and read back as such; a file
+    written by 0.2 (degrees as strings) still loads; a dict or an unknown key is refused, not carried along."""
+    cond, uncond = {NAMES[0]: torch.randn(2, 3, 4)}, {NAMES[0]: torch.randn(1, 3, 4)}
+    states = ReferenceStates(cond=cond, uncond=uncond,
+                             meta=StatesMeta(role="source", routing="per_layer", embed_degree=1.25))
+    mixed = states.mixed(1.25)
+    assert mixed.meta == StatesMeta(role="source", routing="per_layer", embed_degree=1.25, degree=1.25)
+    assert mixed.select([1]).meta == mixed.meta and mixed.to(dtype=torch.float64).meta == mixed.meta
+    mixed.save(tmp_path / "new.safetensors")
+    assert ReferenceStates.load(tmp_path / "new.safetensors").meta == mixed.meta
+
+    import json
+
+    from safetensors.torch import save_file
+
+    old = {"role": "source", "routing": "as_trained", "embed_degree": "0.5", "degree": "0.5"}
+    save_file({f"cond/{NAMES[0]}": cond[NAMES[0]]}, str(tmp_path / "old.safetensors"),
+              metadata={"faceanon_states": json.dumps(old)})
+    loaded = ReferenceStates.load(tmp_path / "old.safetensors").meta
+    assert loaded == StatesMeta(role="source", routing="as_trained", embed_degree=0.5, degree=0.5)
+    with pytest.raises(ValueError, match="unknown reference-states metadata"):
+        StatesMeta.from_dict({"embed_degre": 0.5})
+    with pytest.raises(TypeError, match="StatesMeta"):
+        ReferenceStates(cond=cond, meta={"embed_degree": "0.5"})
 
 
 def test_reference_states_errors(tmp_path):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from faceanon_core.method.attention import attn1_names, project_reference, reference_attention, route_states
-from faceanon_core.method.states import ReferenceStates, mix_embeds, mix_states
+from faceanon_core.method.states import ReferenceStates, StatesMeta, mix_embeds, mix_states
 from faceanon_core.testing.tiny_models import tiny_unet_config
 from helpers.pack import pack_module
 from helpers.reference_attn1_patch import cached_bytes, reference_patch, reference_rows, sdpa_attention
@@ -125,7 +125,7 @@ def _patch(batch=3, channels=8, mode="as_trained"):
     routing, refs = cl.routed_layers(layout, mode)
     source = ReferenceStates(cond={r: _states(batch, channels=channels, seed=i) for i, r in enumerate(refs)},
                              uncond={r: _states(1, channels=channels, seed=50 + i) for i, r in enumerate(refs)},
-                             meta={"role": "source"})
+                             meta=StatesMeta(role="source"))
     driving = ReferenceStates(cond={r: _states(batch, channels=channels, seed=90 + i) for i, r in enumerate(refs)})
     return reference_patch(att, layout, routing, source, driving), layout, routing, source, driving
 
@@ -380,7 +380,7 @@ def test_capture_inputs_split_and_mixing_via_the_node_path():
     rows = torch.randn(4, 5, 6)
     cond, uncond = cap.split_capture({name: rows}, 3)
     assert torch.equal(cond[name], rows[:3]) and torch.equal(uncond[name], rows[3:])
-    states = ReferenceStates(cond=cond, uncond=uncond, meta={"embed_degree": "1.25", "role": "source"})
+    states = ReferenceStates(cond=cond, uncond=uncond, meta=StatesMeta(role="source", embed_degree=1.25))
     mixed, mixed_embeds = mixing.mix_captured(states, embeds, 1.25)
     assert torch.allclose(mixed.cond[name], mix_states(rows[:3], rows[3:], 1.25))
     assert torch.allclose(mixed_embeds, -0.25 * embeds)
@@ -397,22 +397,22 @@ def test_the_degree_is_a_property_of_the_captured_states():
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
     rows, embeds = torch.randn(3, 5, 6), torch.randn(2, 1, 32)
     states = ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]},
-                             meta={"embed_degree": "0.75", "role": "source"})
+                             meta=StatesMeta(role="source", embed_degree=0.75))
     for degree in (None, mixing.FROM_CAPTURE, 0.75):  # new graphs, the Mix default, a saved workflow's value
         mixed, mixed_embeds = mixing.mix_captured(states, embeds, degree)
-        assert mixed.meta["degree"] == "0.75" and torch.allclose(mixed_embeds, 0.25 * embeds)
+        assert mixed.meta.degree == 0.75 and torch.allclose(mixed_embeds, 0.25 * embeds)
         assert torch.allclose(mixed.cond[name], mix_states(rows[:2], rows[2:], 0.75))
     assert mixing.captured_degree(states) == 0.75
     # a sampler given states captured with a degree but never mixed would use half the method
     with pytest.raises(ValueError, match="never mixed"):
         mixing.check_source_degree(states)
     mixing.check_source_degree(mixed)
-    mixing.check_source_degree(ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]}, meta={}))  # a swap
+    mixing.check_source_degree(ReferenceStates(cond={name: rows[:2]}, uncond={name: rows[2:]}))  # a swap: degree 0
     with pytest.raises(ValueError, match="driving side keeps the real image"):
         mixing.check_driving_degree(states)
     with pytest.raises(ValueError, match="driving side keeps the real image"):
         mixing.check_driving_degree(mixed)
-    mixing.check_driving_degree(ReferenceStates(cond={name: rows[:2]}, meta={"embed_degree": "0.0"}))
+    mixing.check_driving_degree(ReferenceStates(cond={name: rows[:2]}, meta=StatesMeta(embed_degree=0.0)))
 
 
 # ------------------------------------------------------------------ sampler inputs

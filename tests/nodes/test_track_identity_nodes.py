@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceanon_core.method.states import ReferenceStates, expand_batch
+from faceanon_core.method.states import ReferenceStates, StatesMeta, expand_batch
 from helpers.node_stubs import load_node_modules, run_node
 
 NODES = load_node_modules("oneshot", "backend.encoding", "backend.sampling", "backend.mixing", "backend.batching",
@@ -60,8 +60,7 @@ class Fakes:
         self.captures.append({"role": refnet.role, "latents": latents.clone(), "degree": degree})
         cond = {LAYER: latents.flatten(2).transpose(1, 2).contiguous()}
         uncond = {LAYER: torch.zeros_like(cond[LAYER][:1])}
-        return ReferenceStates(cond=cond, uncond=uncond, meta={"embed_degree": repr(float(degree)),
-                                                                          "role": refnet.role})
+        return ReferenceStates(cond=cond, uncond=uncond, meta=StatesMeta(role=refnet.role, embed_degree=degree))
 
     def dual_reference_sample(self, model, source, source_embeds, driving, driving_embeds, latent, settings):
         shape = latent["samples"].shape
@@ -120,7 +119,7 @@ def test_per_track_runs_the_source_branch_once_per_track_on_its_keyframe(monkeyp
     assert [c["latents"].shape[0] for c in drivers] == [4, 3] and all(c["degree"] == 0.0 for c in drivers)
     # one sampling run per track, against one source state of batch 1 (broadcast, not copied per frame)
     assert [s["batch"] for s in fakes.samples] == [4, 3]
-    assert all(s["source"].batch_size == 1 and s["source"].meta.get("degree") == str(DEGREE) for s in fakes.samples)
+    assert all(s["source"].batch_size == 1 and s["source"].meta.degree == DEGREE for s in fakes.samples)
     # every crop of a track reads its track's keyframe source: out = decode(own + S'(key) + noise)
     for row, track in enumerate(TRACK_IDS):
         key = KEYFRAMES[track]
