@@ -30,10 +30,55 @@ def frame_at(i: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     return img, (b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0)
 
 
+def write_clip(path: Path, picture, n: int, *, audio: str | None = "aac", rotation_ccw: float | None = None,
+               metadata: dict | None = None, vfr_steps_ms: tuple[int, ...] | None = None, fmt: str | None = None,
+               options: dict | None = None) -> Path:
+    """The one synthetic clip writer: ``n`` frames ``picture(i)`` (RGB, as stored) encoded with PyAV (H.264, or
+    MPEG-4 where libx264 is missing), with a 440 Hz mono tone in ``audio``'s codec (``"aac"``, ``"pcm_s16le"``,
+    or None: no audio); ``rotation_ccw`` the display rotation, ``vfr_steps_ms`` irregular frame intervals."""
+    h, w = picture(0).shape[:2]
+    with av.open(str(path), "w", format=fmt, options=options or {}) as c:
+        if metadata:
+            c.metadata.update(metadata)
+        v = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=FPS)
+        v.width, v.height, v.pix_fmt = w, h, ("yuv444p" if w % 2 or h % 2 else "yuv420p")
+        if vfr_steps_ms:
+            v.codec_context.time_base = Fraction(1, 1000)
+        if rotation_ccw is not None:
+            v.set_display_rotation(rotation_ccw)
+        a = c.add_stream(audio, rate=SR, layout="mono") if audio else None
+        pts = 0
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            if vfr_steps_ms:
+                frame.pts, frame.time_base = pts, Fraction(1, 1000)
+                pts += vfr_steps_ms[i % len(vfr_steps_ms)]
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        if a is not None:
+            size, total, t = a.codec_context.frame_size or 1024, int(SR * n / FPS), 0
+            while t < total:
+                s = (0.3 * np.sin(2 * np.pi * 440 * np.arange(t, t + size) / SR)).astype(np.float32)
+                if audio == "aac":
+                    af = av.AudioFrame.from_ndarray(s[None], format="fltp", layout="mono")
+                else:
+                    af = av.AudioFrame.from_ndarray((s * 32767).astype(np.int16)[None], format="s16", layout="mono")
+                af.sample_rate, af.pts = SR, t
+                for p in a.encode(af):
+                    c.mux(p)
+                t += size
+            for p in a.encode(None):
+                c.mux(p)
+    return path
+
+
 def make_face_clip(path: Path, *, n: int = N, audio: bool = True, rotate90: bool = False, vfr: bool = False,
                    title: str | None = "secret", frame=None, hide: int | None = None) -> Path:
     """``n`` frames of ``frame(i)`` (RGB, even sides; default the astronaut pan of :func:`frame_at`). ``hide``:
-    in that frame of the default pan a grey box hides the face, so the detector misses it there."""
+    in that frame of the default pan a grey box hides the face, so the detector misses it there. ``rotate90``:
+    stored turned back, shown upright (a phone's portrait clip)."""
     if frame is not None and hide is not None:
         raise ValueError("hide= needs the default frames (their face box is known)")
 
@@ -45,43 +90,11 @@ def make_face_clip(path: Path, *, n: int = N, audio: bool = True, rotate90: bool
             rgb[y0 - 10 : y1 + 10, x0 - 10 : x1 + 10] = 128
         return rgb
 
-    h, w = draw(0).shape[:2]
-    with av.open(str(path), "w") as c:
-        if title:
-            c.metadata["title"] = title
-        v = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=FPS)
-        v.width, v.height = (h, w) if rotate90 else (w, h)
-        v.pix_fmt = "yuv420p"
-        if vfr:
-            v.codec_context.time_base = Fraction(1, 1000)
-        if rotate90:
-            v.set_display_rotation(-90)  # shown turned 90 degrees clockwise, like a phone's portrait clip
-        a = c.add_stream("aac", rate=SR, layout="mono") if audio else None
-        pts = 0
-        for i in range(n):
-            rgb = draw(i)
-            if rotate90:
-                rgb = np.ascontiguousarray(np.rot90(rgb, k=1))  # stored turned back; shown upright
-            picture = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            if vfr:
-                picture.pts, picture.time_base = pts, Fraction(1, 1000)
-                pts += (30, 50, 40)[i % 3]
-            for p in v.encode(picture):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        if a is not None:
-            size, total, t = a.codec_context.frame_size or 1024, int(SR * n / FPS), 0
-            while t < total:
-                s = (0.3 * np.sin(2 * np.pi * 440 * np.arange(t, t + size) / SR)).astype(np.float32)
-                af = av.AudioFrame.from_ndarray(s[None], format="fltp", layout="mono")
-                af.sample_rate, af.pts = SR, t
-                for p in a.encode(af):
-                    c.mux(p)
-                t += size
-            for p in a.encode(None):
-                c.mux(p)
-    return path
+    def stored(i):
+        return np.ascontiguousarray(np.rot90(draw(i), k=1)) if rotate90 else draw(i)
+
+    return write_clip(path, stored, n, audio="aac" if audio else None, rotation_ccw=-90 if rotate90 else None,
+                      metadata={"title": title} if title else None, vfr_steps_ms=(30, 50, 40) if vfr else None)
 
 
 def frames_of(path) -> list:

@@ -29,11 +29,11 @@ from faceanon_core.media.video import (
     to_upright,
     write_video,
 )
+from helpers.video import FPS, SR, write_clip
 
 av = pytest.importorskip("av")
 
-W, H, N, FPS = 64, 48, 24, 25
-SR = 16000
+W, H, N = 64, 48, 24
 VFR_STEPS_MS = [30, 50, 40, 90]  # irregular frame intervals
 LOCATION = "+48.8577+002.2950/"
 
@@ -48,57 +48,12 @@ def _picture(i: int, w: int = W, h: int = H) -> np.ndarray:
     return img
 
 
-def make_clip(
-    path: Path,
-    *,
-    n: int = N,
-    w: int = W,
-    h: int = H,
-    audio: str | None = "aac",
-    rotation_ccw: float | None = None,
-    metadata: dict | None = None,
-    vfr: bool = False,
-    fmt: str | None = None,
-    options: dict | None = None,
-) -> Path:
-    """Encode a small H.264 clip (and a 440 Hz mono audio track) with PyAV."""
-    with av.open(str(path), "w", format=fmt, options=options or {}) as c:
-        if metadata:
-            c.metadata.update(metadata)
-        v = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=FPS)
-        v.width, v.height, v.pix_fmt = w, h, ("yuv444p" if w % 2 or h % 2 else "yuv420p")
-        if vfr:
-            v.codec_context.time_base = Fraction(1, 1000)
-        if rotation_ccw is not None:
-            v.set_display_rotation(rotation_ccw)
-        a = c.add_stream(audio, rate=SR, layout="mono") if audio else None
-        pts = 0
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(_picture(i, w, h), format="rgb24")
-            if vfr:
-                frame.pts, frame.time_base = pts, Fraction(1, 1000)
-                pts += VFR_STEPS_MS[i % len(VFR_STEPS_MS)]
-            for p in v.encode(frame):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        if a is not None:
-            size = a.codec_context.frame_size or 1024
-            total, t = int(SR * n / FPS), 0
-            planar = audio == "aac"
-            while t < total:
-                s = (0.3 * np.sin(2 * np.pi * 440 * np.arange(t, t + size) / SR)).astype(np.float32)
-                if planar:
-                    af = av.AudioFrame.from_ndarray(s[None], format="fltp", layout="mono")
-                else:
-                    af = av.AudioFrame.from_ndarray((s * 32767).astype(np.int16)[None], format="s16", layout="mono")
-                af.sample_rate, af.pts = SR, t
-                for p in a.encode(af):
-                    c.mux(p)
-                t += size
-            for p in a.encode(None):
-                c.mux(p)
-    return path
+def make_clip(path: Path, *, n: int = N, w: int = W, h: int = H, audio: str | None = "aac",
+              rotation_ccw: float | None = None, metadata: dict | None = None, vfr: bool = False,
+              fmt: str | None = None, options: dict | None = None) -> Path:
+    """A small clip of :func:`_picture` (and a 440 Hz mono tone): :func:`helpers.video.write_clip`."""
+    return write_clip(path, lambda i: _picture(i, w, h), n, audio=audio, rotation_ccw=rotation_ccw,
+                      metadata=metadata, vfr_steps_ms=tuple(VFR_STEPS_MS) if vfr else None, fmt=fmt, options=options)
 
 
 @pytest.fixture(scope="module")
